@@ -67,10 +67,10 @@ pub struct ConfigError {
 impl LogConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, reason: String| Err(ConfigError { key, reason });
-        if self.segment_bytes < 4096 || self.segment_bytes > limits::SEGMENT_BYTES_MAX {
+        if self.segment_bytes < 1024 || self.segment_bytes > limits::SEGMENT_BYTES_MAX {
             return bad(
                 "segment_bytes",
-                format!("must be between 4096 and {}", limits::SEGMENT_BYTES_MAX),
+                format!("must be between 1024 and {}", limits::SEGMENT_BYTES_MAX),
             );
         }
         if self.index_interval_bytes == 0 {

@@ -1,0 +1,141 @@
+//! The command line: subcommands and their flags, as clap parses them.
+//!
+//! Setting flags are kept as raw strings; `config` parses them with the same setters as the
+//! file and the environment, so a value means the same thing wherever it is given.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sluice: a message broker for AMQP 0-9-1 and Kafka clients, built on one append-only log.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker until SIGINT or SIGTERM.
+    ///
+    /// Locks the data directory (one sluice process per directory) and listens for AMQP
+    /// and Kafka clients. Settings are layered: built-in defaults, then the --config file,
+    /// then SLUICE_* environment variables, then these flags; config/sluice.toml in the
+    /// source tree lists every setting with its default.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file to read settings from (unknown keys are an error).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for stored data and the lock file; created if missing
+    /// [default: ./sluice-data] [env: SLUICE_DATA_DIR] [file key: data_dir]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+
+    /// Address for AMQP 0-9-1 clients, an IP address and a port (0 picks a free port)
+    /// [default: 127.0.0.1:5672] [env: SLUICE_AMQP_LISTEN] [file key: amqp.listen]
+    #[arg(long, value_name = "IP:PORT")]
+    pub amqp_listen: Option<String>,
+
+    /// Address for Kafka clients, an IP address and a port (0 picks a free port)
+    /// [default: 127.0.0.1:9092] [env: SLUICE_KAFKA_LISTEN] [file key: kafka.listen]
+    #[arg(long, value_name = "IP:PORT")]
+    pub kafka_listen: Option<String>,
+}
+
+impl ServeArgs {
+    /// The value given on the command line for the setting with this file key, if any.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        match key {
+            "data_dir" => self.data_dir.clone(),
+            "amqp.listen" => self.amqp_listen.clone(),
+            "kafka.listen" => self.kafka_listen.clone(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, SETTINGS};
+    use clap::CommandFactory;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(["sluice", "serve"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Serve(args) => args,
+        }
+    }
+
+    #[test]
+    fn every_setting_flag_reaches_its_setting() {
+        for setting in SETTINGS {
+            let Some(flag) = setting.flag else { continue };
+            let args = serve_args(&[flag, "value"]);
+            assert_eq!(
+                args.setting(setting.key).as_deref(),
+                Some("value"),
+                "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn serve_has_no_setting_flag_missing_from_the_settings_table() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["config", "help"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert!(
+                SETTINGS.iter().any(|s| s.flag == Some(flag.as_str())),
+                "{flag} is not in config::SETTINGS"
+            );
+        }
+    }
+
+    #[test]
+    fn flag_help_names_the_env_var_file_key_and_default() {
+        let defaults = Config::default();
+        let default_of = |key: &str| match key {
+            "data_dir" => defaults.data_dir.display().to_string(),
+            "amqp.listen" => defaults.amqp_listen.to_string(),
+            "kafka.listen" => defaults.kafka_listen.to_string(),
+            other => panic!("no default listed for {other}"),
+        };
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for setting in SETTINGS {
+            let Some(flag) = setting.flag else { continue };
+            let arg = serve
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")).as_deref() == Some(flag))
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(help.contains(setting.env), "{flag}: {help}");
+            assert!(
+                help.contains(&format!("file key: {}", setting.key)),
+                "{flag}: {help}"
+            );
+            assert!(
+                help.contains(&format!("default: {}", default_of(setting.key))),
+                "{flag}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

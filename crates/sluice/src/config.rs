@@ -1,0 +1,793 @@
+//! Settings of `sluice serve`, layered: built-in defaults < TOML file < `SLUICE_*`
+//! environment < command-line flags.
+//!
+//! Every setting is one row of [`SETTINGS`]: its dotted file key, its environment variable,
+//! its flag if it has one, and one string setter. The file, the environment and the flags
+//! all go through that setter, so a value parses the same way wherever it is written, and
+//! every error names the key and the source it came from. Storage settings are the
+//! defaults of every log and are checked as a whole by `LogConfig::validate` once every
+//! source has been applied.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use sluice_log::config::{FlushPolicy, LogConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Everything `serve` needs, layered and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Root of all stored data and of the lock file.
+    pub data_dir: PathBuf,
+    /// Where AMQP 0-9-1 clients connect.
+    pub amqp_listen: SocketAddr,
+    /// Where Kafka clients connect.
+    pub kafka_listen: SocketAddr,
+    /// A `tracing_subscriber::EnvFilter` directive such as `info` or `info,sluice=debug`.
+    pub log_level: String,
+    /// Defaults of every log the broker opens.
+    pub storage: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sluice-data"),
+            amqp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5672)),
+            kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
+            log_level: "info".to_owned(),
+            storage: LogConfig::default(),
+        }
+    }
+}
+
+/// Where a setting's value came from; `Display` is what an error line starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default { key: String },
+    File { path: PathBuf, key: String },
+    Env { var: &'static str },
+    Flag { flag: &'static str },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default { key } => write!(f, "{key} (built-in default)"),
+            Origin::File { path, key } => write!(f, "{}: {key}", path.display()),
+            Origin::Env { var } => f.write_str(var),
+            Origin::Flag { flag } => f.write_str(flag),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Each variant displays as one line that names
+/// the file, variable or flag and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Syntax { path: PathBuf, reason: String },
+    #[error("{}: {key}: unknown key", path.display())]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("{origin}: {reason}")]
+    Value { origin: Origin, reason: String },
+}
+
+/// One setting: how each source names it and how its string form is parsed and applied.
+pub struct Setting {
+    /// Dotted key in the TOML file (`amqp.listen` is `listen` in table `[amqp]`).
+    pub key: &'static str,
+    pub env: &'static str,
+    /// Command-line flag, for the settings common enough to deserve one.
+    pub flag: Option<&'static str>,
+    set: fn(&mut Draft, &str) -> Result<(), String>,
+}
+
+/// Every setting, in the order the default file lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "data_dir",
+        env: "SLUICE_DATA_DIR",
+        flag: Some("--data-dir"),
+        set: |d, v| {
+            if v.is_empty() {
+                return Err("expected a directory path, got \"\"".to_owned());
+            }
+            d.config.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.listen",
+        env: "SLUICE_AMQP_LISTEN",
+        flag: Some("--amqp-listen"),
+        set: |d, v| {
+            d.config.amqp_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.listen",
+        env: "SLUICE_KAFKA_LISTEN",
+        flag: Some("--kafka-listen"),
+        set: |d, v| {
+            d.config.kafka_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log.level",
+        env: "SLUICE_LOG_LEVEL",
+        flag: None,
+        set: |d, v| {
+            EnvFilter::try_new(v).map_err(|e| format!("invalid log filter {v:?}: {e}"))?;
+            d.config.log_level = v.to_owned();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.segment_bytes",
+        env: "SLUICE_STORAGE_SEGMENT_BYTES",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.segment_bytes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.segment_ms",
+        env: "SLUICE_STORAGE_SEGMENT_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.segment_ms = parse_optional_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.index_interval_bytes",
+        env: "SLUICE_STORAGE_INDEX_INTERVAL_BYTES",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.index_interval_bytes = parse_u32(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.batch_bytes_max",
+        env: "SLUICE_STORAGE_BATCH_BYTES_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.batch_bytes_max = parse_u32(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.flush",
+        env: "SLUICE_STORAGE_FLUSH",
+        flag: None,
+        set: |d, v| {
+            d.flush = parse_flush_mode(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.flush_interval_ms",
+        env: "SLUICE_STORAGE_FLUSH_INTERVAL_MS",
+        flag: None,
+        set: |d, v| {
+            d.flush_interval_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.flush_bytes",
+        env: "SLUICE_STORAGE_FLUSH_BYTES",
+        flag: None,
+        set: |d, v| {
+            d.flush_bytes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.retention_bytes",
+        env: "SLUICE_STORAGE_RETENTION_BYTES",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.retention_bytes = parse_optional_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.retention_ms",
+        env: "SLUICE_STORAGE_RETENTION_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.retention_ms = parse_optional_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.open_segments_max",
+        env: "SLUICE_STORAGE_OPEN_SEGMENTS_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.storage.open_segments_max = parse_usize(v)?;
+            Ok(())
+        },
+    },
+];
+
+/// No setting key has more than this many dotted parts; a table nested deeper in the file
+/// can only be an unknown key, so the walk stops there.
+const KEY_PARTS_MAX: usize = 2;
+
+/// Builds the configuration from the defaults, then the file at `file` if any, then the
+/// environment (`env` looks a variable up), then the flags (`flag` looks a value up by
+/// setting key), and validates the storage settings.
+pub fn load(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<OsString>,
+    flag: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut draft = Draft::new(Config::default());
+    if let Some(path) = file {
+        draft.apply_file(path)?;
+    }
+    for setting in SETTINGS {
+        if let Some(value) = env(setting.env) {
+            let origin = Origin::Env { var: setting.env };
+            let Some(value) = value.to_str() else {
+                return Err(ConfigError::Value {
+                    origin,
+                    reason: "not valid UTF-8".to_owned(),
+                });
+            };
+            draft.apply(setting, value, origin)?;
+        }
+    }
+    for setting in SETTINGS {
+        if let (Some(name), Some(value)) = (setting.flag, flag(setting.key)) {
+            draft.apply(setting, &value, Origin::Flag { flag: name })?;
+        }
+    }
+    draft.finish()
+}
+
+/// How appends reach the disk, before it is folded into a `FlushPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlushMode {
+    Sync,
+    Async,
+}
+
+/// A `Config` while sources are applied. The flush settings are held apart from
+/// `storage.flush` because `FlushPolicy::Sync` has nowhere to keep an interval or a byte
+/// threshold, yet a file may set `flush_interval_ms` and the environment then switch
+/// `flush` to "async".
+struct Draft {
+    config: Config,
+    flush: FlushMode,
+    flush_interval_ms: u64,
+    flush_bytes: u64,
+    /// Where the current value of each key came from, to name it if validation fails.
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Draft {
+    fn new(config: Config) -> Self {
+        // The thresholds a switch to "async" starts from are those of the default policy.
+        let (async_interval_ms, async_bytes) = match FlushPolicy::default() {
+            FlushPolicy::Async { interval_ms, bytes } => (interval_ms, bytes),
+            FlushPolicy::Sync => (1000, 64 * 1024 * 1024),
+        };
+        let (flush, flush_interval_ms, flush_bytes) = match config.storage.flush {
+            FlushPolicy::Sync => (FlushMode::Sync, async_interval_ms, async_bytes),
+            FlushPolicy::Async { interval_ms, bytes } => (FlushMode::Async, interval_ms, bytes),
+        };
+        Self {
+            config,
+            flush,
+            flush_interval_ms,
+            flush_bytes,
+            origins: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, setting: &Setting, value: &str, origin: Origin) -> Result<(), ConfigError> {
+        match (setting.set)(self, value) {
+            Ok(()) => {
+                self.origins.insert(setting.key, origin);
+                Ok(())
+            }
+            Err(reason) => Err(ConfigError::Value { origin, reason }),
+        }
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                reason: describe_syntax_error(&text, &e),
+            })?;
+        for (key, value) in flatten(&table) {
+            let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key,
+                });
+            };
+            let origin = Origin::File {
+                path: path.to_owned(),
+                key,
+            };
+            match scalar_string(value) {
+                Ok(value) => self.apply(setting, &value, origin)?,
+                Err(reason) => return Err(ConfigError::Value { origin, reason }),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        self.config.storage.flush = match self.flush {
+            FlushMode::Sync => FlushPolicy::Sync,
+            FlushMode::Async => FlushPolicy::Async {
+                interval_ms: self.flush_interval_ms,
+                bytes: self.flush_bytes,
+            },
+        };
+        if let Err(error) = self.config.storage.validate() {
+            let key = format!("storage.{}", error.key);
+            let origin = self
+                .origins
+                .get(key.as_str())
+                .cloned()
+                .unwrap_or(Origin::Default { key });
+            return Err(ConfigError::Value {
+                origin,
+                reason: error.reason,
+            });
+        }
+        Ok(self.config)
+    }
+}
+
+/// The table's leaves as dotted keys, sorted, so errors come in a stable order.
+fn flatten(table: &toml::Table) -> Vec<(String, &toml::Value)> {
+    let mut leaves = Vec::new();
+    let mut pending: Vec<(String, usize, &toml::Table)> = vec![(String::new(), 0, table)];
+    while let Some((prefix, depth, table)) = pending.pop() {
+        for (name, value) in table {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value {
+                toml::Value::Table(inner) if depth + 1 < KEY_PARTS_MAX => {
+                    pending.push((key, depth + 1, inner));
+                }
+                _ => leaves.push((key, value)),
+            }
+        }
+    }
+    leaves.sort_by(|a, b| a.0.cmp(&b.0));
+    leaves
+}
+
+/// A scalar TOML value as the string a setter parses, so `segment_bytes = 4096` and
+/// `SLUICE_STORAGE_SEGMENT_BYTES=4096` mean the same.
+fn scalar_string(value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Datetime(d) => Ok(d.to_string()),
+        toml::Value::Array(_) => Err("expected a single value, got an array".to_owned()),
+        toml::Value::Table(_) => Err("expected a single value, got a table".to_owned()),
+    }
+}
+
+/// A TOML syntax error on one line: position, then the parser's message.
+fn describe_syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line} column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("invalid socket address {value:?}"))
+}
+
+fn parse_u64(value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("expected a non-negative integer, got {value:?}"))
+}
+
+fn parse_u32(value: &str) -> Result<u32, String> {
+    u32::try_from(parse_u64(value)?)
+        .map_err(|_| format!("expected at most {}, got {value:?}", u32::MAX))
+}
+
+fn parse_usize(value: &str) -> Result<usize, String> {
+    usize::try_from(parse_u64(value)?)
+        .map_err(|_| format!("expected at most {}, got {value:?}", usize::MAX))
+}
+
+/// A limit that may be switched off with "none" (TOML has no null).
+fn parse_optional_u64(value: &str) -> Result<Option<u64>, String> {
+    if value == "none" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("expected a non-negative integer or \"none\", got {value:?}"))
+}
+
+fn parse_flush_mode(value: &str) -> Result<FlushMode, String> {
+    match value {
+        "sync" => Ok(FlushMode::Sync),
+        "async" => Ok(FlushMode::Async),
+        _ => Err(format!("expected \"sync\" or \"async\", got {value:?}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const DEFAULT_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/sluice.toml");
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn no_flag(_: &str) -> Option<String> {
+        None
+    }
+
+    fn write_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load_with(
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let env: HashMap<String, OsString> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        let flags: HashMap<String, String> = flags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        load(file, &|var| env.get(var).cloned(), &|key| {
+            flags.get(key).cloned()
+        })
+    }
+
+    fn error_line(result: Result<Config, ConfigError>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_sources_give_the_defaults() {
+        let config = load(None, &no_env, &no_flag).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.data_dir, PathBuf::from("./sluice-data"));
+        assert_eq!(config.amqp_listen.to_string(), "127.0.0.1:5672");
+        assert_eq!(config.kafka_listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.log_level, "info");
+    }
+
+    #[test]
+    fn the_shipped_default_file_equals_the_built_in_defaults() {
+        let config = load(Some(Path::new(DEFAULT_FILE)), &no_env, &no_flag).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn the_shipped_default_file_lists_every_setting() {
+        let text = std::fs::read_to_string(DEFAULT_FILE).unwrap();
+        let table = text.parse::<toml::Table>().unwrap();
+        let mut in_file: Vec<String> = flatten(&table).into_iter().map(|(k, _)| k).collect();
+        let mut settings: Vec<String> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        in_file.sort();
+        settings.sort();
+        assert_eq!(in_file, settings);
+    }
+
+    #[test]
+    fn every_setting_has_a_unique_key_env_var_and_flag() {
+        for (i, a) in SETTINGS.iter().enumerate() {
+            let expected_env = format!("SLUICE_{}", a.key.replace('.', "_").to_uppercase());
+            assert_eq!(a.env, expected_env);
+            for b in SETTINGS.iter().skip(i + 1) {
+                assert_ne!(a.key, b.key);
+                assert!(a.flag.is_none() || a.flag != b.flag);
+            }
+        }
+    }
+
+    #[test]
+    fn env_beats_file_and_flag_beats_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "data_dir = \"/from-file\"\n[amqp]\nlisten = \"127.0.0.2:1\"\n[kafka]\nlisten = \"127.0.0.2:2\"\n",
+        );
+        let config = load_with(
+            Some(&file),
+            &[
+                ("SLUICE_AMQP_LISTEN", "127.0.0.3:1"),
+                ("SLUICE_KAFKA_LISTEN", "127.0.0.3:2"),
+            ],
+            &[("kafka.listen", "127.0.0.4:2")],
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from-file"));
+        assert_eq!(config.amqp_listen.to_string(), "127.0.0.3:1");
+        assert_eq!(config.kafka_listen.to_string(), "127.0.0.4:2");
+    }
+
+    #[test]
+    fn file_values_reach_every_storage_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            r#"
+            [log]
+            level = "debug,sluice=trace"
+            [storage]
+            segment_bytes = 8192
+            segment_ms = "none"
+            index_interval_bytes = 512
+            batch_bytes_max = 1024
+            flush = "async"
+            flush_interval_ms = 5
+            flush_bytes = 4096
+            retention_bytes = 1_000_000
+            retention_ms = 60000
+            open_segments_max = 3
+            "#,
+        );
+        let config = load_with(Some(&file), &[], &[]).unwrap();
+        assert_eq!(config.log_level, "debug,sluice=trace");
+        let expected = LogConfig {
+            segment_bytes: 8192,
+            segment_ms: None,
+            index_interval_bytes: 512,
+            batch_bytes_max: 1024,
+            flush: FlushPolicy::Async {
+                interval_ms: 5,
+                bytes: 4096,
+            },
+            retention_bytes: Some(1_000_000),
+            retention_ms: Some(60000),
+            open_segments_max: 3,
+        };
+        assert_eq!(config.storage, expected);
+    }
+
+    #[test]
+    fn flush_sync_from_env_overrides_async_thresholds_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nflush_interval_ms = 7\n");
+        let config = load_with(Some(&file), &[("SLUICE_STORAGE_FLUSH", "sync")], &[]).unwrap();
+        assert_eq!(config.storage.flush, FlushPolicy::Sync);
+    }
+
+    #[test]
+    fn async_thresholds_from_the_file_survive_a_later_switch_to_async() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nflush = \"sync\"\nflush_interval_ms = 7\n");
+        let config = load_with(Some(&file), &[("SLUICE_STORAGE_FLUSH", "async")], &[]).unwrap();
+        let default_bytes = match FlushPolicy::default() {
+            FlushPolicy::Async { bytes, .. } => bytes,
+            FlushPolicy::Sync => panic!("default flush policy is async"),
+        };
+        assert_eq!(
+            config.storage.flush,
+            FlushPolicy::Async {
+                interval_ms: 7,
+                bytes: default_bytes
+            }
+        );
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let line = error_line(load_with(None, &[("SLUICE_AMQP_LISTEN", "abc")], &[]));
+        assert_eq!(line, "SLUICE_AMQP_LISTEN: invalid socket address \"abc\"");
+    }
+
+    #[test]
+    fn bad_flag_value_names_the_flag() {
+        let line = error_line(load_with(None, &[], &[("kafka.listen", "localhost")]));
+        assert_eq!(line, "--kafka-listen: invalid socket address \"localhost\"");
+    }
+
+    #[test]
+    fn bad_file_value_names_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nflush = \"sometimes\"\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert_eq!(
+            line,
+            format!(
+                "{}: storage.flush: expected \"sync\" or \"async\", got \"sometimes\"",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nsegment_size = 4096\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert_eq!(
+            line,
+            format!("{}: storage.segment_size: unknown key", file.display())
+        );
+    }
+
+    #[test]
+    fn deeply_nested_table_is_an_unknown_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage.flush.deep]\nx = 1\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert_eq!(
+            line,
+            format!(
+                "{}: storage.flush: expected a single value, got a table",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn array_value_is_rejected_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "data_dir = [\"a\", \"b\"]\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert_eq!(
+            line,
+            format!(
+                "{}: data_dir: expected a single value, got an array",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn negative_and_fractional_numbers_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nretention_ms = -1\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert!(
+            line.ends_with(
+                "storage.retention_ms: expected a non-negative integer or \"none\", got \"-1\""
+            ),
+            "{line}"
+        );
+        let line = error_line(load_with(
+            None,
+            &[("SLUICE_STORAGE_SEGMENT_BYTES", "1.5")],
+            &[],
+        ));
+        assert_eq!(
+            line,
+            "SLUICE_STORAGE_SEGMENT_BYTES: expected a non-negative integer, got \"1.5\""
+        );
+    }
+
+    #[test]
+    fn u32_setting_rejects_a_value_past_its_range() {
+        let line = error_line(load_with(
+            None,
+            &[("SLUICE_STORAGE_INDEX_INTERVAL_BYTES", "4294967296")],
+            &[],
+        ));
+        assert_eq!(
+            line,
+            "SLUICE_STORAGE_INDEX_INTERVAL_BYTES: expected at most 4294967295, got \"4294967296\""
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_file_and_the_line_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "data_dir = \"x\"\namqp.listen = \n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert!(
+            line.starts_with(&format!("{}: line 2 column ", file.display())),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let line = error_line(load_with(
+            Some(Path::new("/nonexistent/sluice.toml")),
+            &[],
+            &[],
+        ));
+        assert!(
+            line.starts_with("/nonexistent/sluice.toml: cannot read: "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn validation_error_names_the_storage_key_and_its_source() {
+        let line = error_line(load_with(
+            None,
+            &[("SLUICE_STORAGE_SEGMENT_BYTES", "10")],
+            &[],
+        ));
+        assert!(
+            line.starts_with("SLUICE_STORAGE_SEGMENT_BYTES: must be between "),
+            "{line}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "[storage]\nflush_interval_ms = 0\n");
+        let line = error_line(load_with(Some(&file), &[], &[]));
+        assert_eq!(
+            line,
+            format!(
+                "{}: storage.flush_interval_ms: must be at least 1",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_is_rejected() {
+        let line = error_line(load_with(None, &[("SLUICE_LOG_LEVEL", "sluice=loud")], &[]));
+        assert!(
+            line.starts_with("SLUICE_LOG_LEVEL: invalid log filter \"sluice=loud\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn non_utf8_env_value_is_rejected_naming_the_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let env = |var: &str| (var == "SLUICE_DATA_DIR").then(|| OsString::from_vec(vec![0xff]));
+        let line = error_line(load(None, &env, &no_flag));
+        assert_eq!(line, "SLUICE_DATA_DIR: not valid UTF-8");
+    }
+}

@@ -1,0 +1,119 @@
+//! `sluice serve`: the process lifetime around the broker.
+//!
+//! Order of work: lock the data directory, install the SIGINT/SIGTERM handlers, bind one
+//! TCP listener per protocol face, then accept until a signal. Shutdown runs the other
+//! way: stop accepting and close the listeners, release the lock, log `stopped`.
+//!
+//! The AMQP and Kafka faces are not built yet: each accept loop closes a connection as
+//! soon as it is accepted. The ports, the lock and shutdown are real; the protocols are not.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::lock::DataDirLock;
+
+/// Pause after a failed accept. Accept fails mostly when the process is out of file
+/// descriptors; retrying at once would spin a core without freeing any.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    info!(data_dir = %config.data_dir.display(), "data directory locked");
+    // Storage is not opened by serve yet; the defaults are shown so a config can be checked.
+    debug!(storage = ?config.storage, "storage defaults");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(listen_until_signal(config))?;
+    drop(runtime);
+    drop(lock);
+    info!("stopped");
+    Ok(())
+}
+
+async fn listen_until_signal(config: &Config) -> anyhow::Result<()> {
+    // Handlers go in before any listener binds: once a `listening` line is out, SIGTERM
+    // must mean a clean stop, not the default kill.
+    let mut signals = Signals::install()?;
+    let amqp = bind("amqp.listen", config.amqp_listen).await?;
+    let kafka = bind("kafka.listen", config.kafka_listen).await?;
+    info!(amqp = %amqp.local_addr, "listening");
+    info!(kafka = %kafka.local_addr, "listening");
+    // The accept loops own the listeners: when a signal wins the select, both loops are
+    // dropped and their sockets closed before this function returns.
+    let signal = tokio::select! {
+        signal = signals.recv() => signal,
+        never = accept_loop("amqp", amqp.listener) => match never {},
+        never = accept_loop("kafka", kafka.listener) => match never {},
+    };
+    info!(signal, "shutting down");
+    Ok(())
+}
+
+struct Bound {
+    listener: TcpListener,
+    /// The address actually bound, with the port the OS chose when the config said 0.
+    local_addr: SocketAddr,
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<Bound> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot bind {addr}"))?;
+    let local_addr = listener
+        .local_addr()
+        .with_context(|| format!("{key}: cannot read the bound address of {addr}"))?;
+    Ok(Bound {
+        listener,
+        local_addr,
+    })
+}
+
+/// Accepts connections and closes each one at once: the protocol face behind this
+/// listener is not built yet, so a client sees its connection accepted and then closed.
+async fn accept_loop(face: &'static str, listener: TcpListener) -> Infallible {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                debug!(face, %peer, "connection closed: protocol not implemented yet");
+                drop(stream);
+            }
+            Err(error) => {
+                warn!(face, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// The signals that stop the server.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next stop signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}

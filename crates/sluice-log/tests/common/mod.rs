@@ -1,4 +1,4 @@
-#![allow(
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
     dead_code,
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 //! Crash tests: damage one file of a closed log the way a crash or a bad disk would (cut
 //! at a byte, zeros over the tail, a flipped byte, a missing index) and reopen. The log
 //! must open, never return a batch that differs from what was written, keep everything

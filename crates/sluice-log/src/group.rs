@@ -3,13 +3,15 @@
 //! leader fsyncs (without the lock) others keep appending; the next leader's fsync then
 //! covers all of them, so N waiting writers cost far fewer than N fsyncs.
 //!
-//! Async owners (one task per queue/partition) use the same primitives directly:
-//! `Log::sync_job` on the owner, `SyncJob::run` on a blocking thread, `Log::synced` back.
+//! Async owners (one task per queue/partition) use [`GroupCommit`]: the owner appends and
+//! parks waiters, runs `SyncJob::run` on a blocking thread, and releases the waiters each
+//! finished job covers. Writers never wait on threads of their own.
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::LogError;
-use crate::log::{Appended, Log};
+use crate::log::{Appended, Log, SyncJob, Synced};
 
 #[derive(Debug)]
 struct State {
@@ -85,5 +87,71 @@ impl SharedLog {
             self.synced.notify_all();
             state.log.synced(result?);
         }
+    }
+}
+
+/// Group commit for an owner task (one per queue/partition): writers that need durability
+/// park a waiter here after their append; the owner runs at most one [`SyncJob`] at a
+/// time, off its own thread, and each finished job releases every waiter it covers.
+/// Appends that arrive while a job runs are covered by the next one.
+#[derive(Debug)]
+pub struct GroupCommit<W> {
+    waiters: VecDeque<(u64, W)>,
+    waiters_max: usize,
+    in_flight: bool,
+}
+
+impl<W> GroupCommit<W> {
+    /// `waiters_max` bounds the parked writers; past it `wait` pushes back.
+    pub fn new(waiters_max: usize) -> Self {
+        GroupCommit {
+            waiters: VecDeque::new(),
+            waiters_max,
+            in_flight: false,
+        }
+    }
+
+    /// Parks `waiter` until the log is durable up to `next_offset`. Gives the waiter back
+    /// when the queue is full, for the caller to apply backpressure.
+    pub fn wait(&mut self, next_offset: u64, waiter: W) -> Result<(), W> {
+        if self.waiters.len() >= self.waiters_max {
+            return Err(waiter);
+        }
+        self.waiters.push_back((next_offset, waiter));
+        Ok(())
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The next fsync to run, if writers wait and none is running.
+    pub fn start(&mut self, log: &mut Log) -> Result<Option<SyncJob>, LogError> {
+        if self.in_flight || self.waiters.is_empty() {
+            return Ok(None);
+        }
+        let job = log.sync_job()?;
+        self.in_flight = job.is_some();
+        Ok(job)
+    }
+
+    /// Records a finished job and returns the waiters it made durable, in append order.
+    pub fn finish(&mut self, log: &mut Log, synced: Synced) -> impl Iterator<Item = W> + '_ {
+        self.in_flight = false;
+        log.synced(synced);
+        let durable = log.durable_offset();
+        let covered = self.waiters.partition_point(|(next, _)| *next <= durable);
+        self.waiters.drain(..covered).map(|(_, w)| w)
+    }
+
+    /// A job failed: the log's durability is unknown, so nothing is released; the caller
+    /// fails the waiters with [`GroupCommit::fail_all`].
+    pub fn fail_all(&mut self) -> impl Iterator<Item = W> + '_ {
+        self.in_flight = false;
+        self.waiters.drain(..).map(|(_, w)| w)
     }
 }

@@ -28,6 +28,6 @@ mod sendfile;
 
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::LogError;
-pub use group::SharedLog;
+pub use group::{GroupCommit, SharedLog};
 pub use log::{Appended, Batch, Log, LogStats, SyncJob, Synced};
 pub use sendfile::{FileSlice, send_file_slice};

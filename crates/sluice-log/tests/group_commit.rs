@@ -67,3 +67,60 @@ fn group_commit_issues_far_fewer_fsyncs_than_concurrent_durable_appends() {
         writers * per_writer
     );
 }
+
+#[path = "common/owner.rs"]
+mod owner;
+
+#[test]
+fn an_async_owner_shares_each_fsync_among_many_waiting_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let config = LogConfig {
+        flush: FlushPolicy::Sync,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config.clone(), &clock);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let writers = 64;
+    let per_writer = 20;
+    let log = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let owner = tokio::spawn(owner::run(log, rx));
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_writer {
+                        let (reply, done) = tokio::sync::oneshot::channel();
+                        tx.send(owner::Append {
+                            payload: b"durable",
+                            reply,
+                        })
+                        .await
+                        .unwrap();
+                        done.await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        owner.await.unwrap()
+    });
+    let stats = log.stats();
+    eprintln!("async owner: {stats:?}");
+    assert_eq!(stats.appends, (writers * per_writer) as u64);
+    assert_eq!(log.durable_offset(), log.next_offset());
+    assert!(
+        stats.fsyncs * 4 < stats.appends,
+        "{} fsyncs for {} appends",
+        stats.fsyncs,
+        stats.appends
+    );
+}

@@ -25,6 +25,7 @@ mod log;
 mod scan;
 mod segment;
 mod sendfile;
+mod sys;
 
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::LogError;

@@ -256,8 +256,9 @@ impl Log {
             self.flush_buffer()?;
         }
         if frame as usize > WRITE_BUFFER_BYTES {
-            self.write_at(&header.encode(), position)?;
-            self.write_at(payload, position + BATCH_HEADER_BYTES as u64)?;
+            let file = self.active_file()?;
+            crate::sys::write_all_vectored_at(file, &[&header.encode(), payload], position)
+                .map_err(LogError::io(&self.active.path))?;
             self.written = position + frame;
         } else {
             self.buffer.extend_from_slice(&header.encode());

@@ -4,14 +4,18 @@
 //! TCP listener per protocol face, then accept until a signal. Shutdown runs the other
 //! way: stop accepting and close the listeners, release the lock, log `stopped`.
 //!
-//! The AMQP and Kafka faces are not built yet: each accept loop closes a connection as
-//! soon as it is accepted. The ports, the lock and shutdown are real; the protocols are not.
+//! The AMQP listener serves AMQP 0-9-1 (in memory for now: queues and messages do not
+//! survive a restart yet). The Kafka face is not built yet: its accept loop closes each
+//! connection as soon as it is accepted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use sluice_amqp::{Broker, ConnectionConfig, serve_connection};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -50,9 +54,10 @@ async fn listen_until_signal(config: &Config) -> anyhow::Result<()> {
     info!(kafka = %kafka.local_addr, "listening");
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
+    let broker = Arc::new(Broker::new(config.storage.batch_bytes_max as usize));
     let signal = tokio::select! {
         signal = signals.recv() => signal,
-        never = accept_loop("amqp", amqp.listener) => match never {},
+        never = amqp_accept_loop(amqp.listener, broker) => match never {},
         never = accept_loop("kafka", kafka.listener) => match never {},
     };
     info!(signal, "shutting down");
@@ -76,6 +81,28 @@ async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<Bound> {
         listener,
         local_addr,
     })
+}
+
+/// Accepts AMQP connections, one task each.
+async fn amqp_accept_loop(listener: TcpListener, broker: Arc<Broker>) -> Infallible {
+    let config = ConnectionConfig::default();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                debug!(%peer, "amqp connection accepted");
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    Arc::clone(&broker),
+                    config.clone(),
+                ));
+            }
+            Err(error) => {
+                warn!(face = "amqp", %error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
 }
 
 /// Accepts connections and closes each one at once: the protocol face behind this

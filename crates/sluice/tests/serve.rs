@@ -166,7 +166,7 @@ fn assert_closed_by_server(addr: SocketAddr) {
 }
 
 #[test]
-fn serve_accepts_a_connection_on_each_listener_and_closes_it() {
+fn serve_speaks_amqp_on_its_amqp_listener_and_accepts_on_the_kafka_one() {
     let temp = tempfile::tempdir().unwrap();
     let dir = data_dir(&temp);
     let mut server = Server::start(temp.path(), &args_with_data_dir(&dir, &FREE_PORTS), &[]);
@@ -174,9 +174,23 @@ fn serve_accepts_a_connection_on_each_listener_and_closes_it() {
     let kafka = server.listening("kafka");
     assert_ne!(amqp.port(), 0);
     assert_ne!(kafka.port(), 0);
-    assert_closed_by_server(amqp);
+    assert_answers_amqp_handshake(amqp);
     assert_closed_by_server(kafka);
     assert!(dir.join(".lock").is_file());
+}
+
+/// A client's protocol header is answered with `connection.start` (a method frame on
+/// channel 0 for class 10, method 10).
+fn assert_answers_amqp_handshake(addr: SocketAddr) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut head = [0u8; 11];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 1, "method frame");
+    assert_eq!(&head[1..3], &[0, 0], "channel 0");
+    assert_eq!(&head[7..11], &[0, 10, 0, 10], "connection.start");
 }
 
 #[test]

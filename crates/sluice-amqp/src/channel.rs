@@ -1,0 +1,938 @@
+//! One AMQP channel: its methods (exchange, queue, basic, confirm), the message being
+//! published (method, header, body frames), its consumers, and the deliveries it awaits
+//! acknowledgements for. Methods come in from the connection; frames go out through
+//! `Ctx::out`. Errors are returned to the connection, which closes the channel or the
+//! connection as their kind says.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+use sluice_core::{Message, Value};
+use sluice_engine::queue::{Consumer, ConsumerId, Entry, MessageId};
+use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
+
+use crate::broker::{Broker, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost};
+use crate::error::{AmqpError, codes};
+use crate::frame;
+use crate::props;
+
+/// What a channel needs from its connection while handling a method.
+pub struct Ctx<'a> {
+    pub broker: &'a Broker,
+    pub vhost: &'a Arc<VHost>,
+    pub connection: ConnectionId,
+    pub outbox: &'a Outbox,
+    pub out: &'a mut BytesMut,
+    pub frame_max: u32,
+}
+
+/// A `basic.publish` waiting for its content.
+struct Publishing {
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
+    mandatory: bool,
+    body_size: u64,
+    properties: Bytes,
+    known: props::Known,
+    body: BytesMut,
+    first_body: Option<Bytes>,
+}
+
+struct ConsumerEntry {
+    id: ConsumerId,
+    queue: Arc<QueueCell>,
+}
+
+struct Unacked {
+    queue: Arc<QueueCell>,
+    id: MessageId,
+}
+
+pub struct Channel {
+    pub id: u16,
+    /// `channel.close` was sent; everything but close / close-ok is ignored.
+    pub closing: bool,
+    publishing: Option<Box<Publishing>>,
+    header_expected: bool,
+    confirm: bool,
+    publish_seq: u64,
+    confirmed: u64,
+    confirm_sent: u64,
+    prefetch: u16,
+    consumers: HashMap<Arc<str>, ConsumerEntry>,
+    next_delivery_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    routed: Vec<Arc<str>>,
+}
+
+fn short(s: &str) -> ShortString {
+    ShortString::from(s.to_string())
+}
+
+fn ok(out: &mut BytesMut, channel: u16, method: AMQPClass) -> Result<(), AmqpError> {
+    frame::write_method(out, channel, method);
+    Ok(())
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Self {
+        Channel {
+            id,
+            closing: false,
+            publishing: None,
+            header_expected: false,
+            confirm: false,
+            publish_seq: 0,
+            confirmed: 0,
+            confirm_sent: 0,
+            prefetch: 0,
+            consumers: HashMap::new(),
+            next_delivery_tag: 1,
+            unacked: BTreeMap::new(),
+            routed: Vec::new(),
+        }
+    }
+
+    pub fn handle_method(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass) -> Result<(), AmqpError> {
+        if self.publishing.is_some() {
+            return Err(AmqpError::connection(
+                codes::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - expected content header or body, got a method",
+            ));
+        }
+        let class = method.get_amqp_class_id();
+        let method_id = method.get_amqp_method_id();
+        let result = match method {
+            AMQPClass::Basic(m) => self.basic(ctx, m),
+            AMQPClass::Queue(m) => self.queue(ctx, m),
+            AMQPClass::Exchange(m) => self.exchange(ctx, m),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                self.confirm = true;
+                if s.nowait {
+                    Ok(())
+                } else {
+                    ok(
+                        ctx.out,
+                        self.id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    )
+                }
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => ok(
+                ctx.out,
+                self.id,
+                AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: f.active,
+                })),
+            ),
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) if self.confirm => Err(
+                AmqpError::precondition("cannot switch from confirm to tx mode"),
+            ),
+            AMQPClass::Tx(_) => Err(AmqpError::connection(
+                codes::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - transactions are not supported yet",
+            )),
+            other => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                format!(
+                    "COMMAND_INVALID - method {}.{} not allowed on a channel",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                ),
+            )),
+        };
+        result.map_err(|e| e.during(class, method_id))
+    }
+
+    fn exchange(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        let id = self.id;
+        match method {
+            exchange::AMQPMethod::Declare(d) => {
+                let name = d.exchange.as_str();
+                if d.passive {
+                    if ctx.vhost.router().exchange(name).is_none() {
+                        return Err(AmqpError::not_found("exchange", name));
+                    }
+                } else {
+                    let kind: ExchangeKind = d.kind.as_str().parse().map_err(|_| {
+                        AmqpError::connection(
+                            codes::COMMAND_INVALID,
+                            format!(
+                                "COMMAND_INVALID - unknown exchange type '{}'",
+                                d.kind.as_str()
+                            ),
+                        )
+                    })?;
+                    let def = ExchangeDef {
+                        name: name.into(),
+                        kind,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: props::table_from_amqp(&d.arguments),
+                    };
+                    ctx.vhost.router_mut().declare_exchange(def)?;
+                }
+                if d.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                )
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                let when = if d.if_unused {
+                    DeleteWhen::Unused
+                } else {
+                    DeleteWhen::Always
+                };
+                ctx.vhost
+                    .router_mut()
+                    .delete_exchange(d.exchange.as_str(), when)?;
+                if d.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                )
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let binding = Binding {
+                    source: b.source.as_str().into(),
+                    destination: Destination::Exchange(b.destination.as_str().into()),
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: props::table_from_amqp(&b.arguments),
+                };
+                ctx.vhost.router_mut().bind(binding)?;
+                if b.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                )
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let binding = Binding {
+                    source: b.source.as_str().into(),
+                    destination: Destination::Exchange(b.destination.as_str().into()),
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: props::table_from_amqp(&b.arguments),
+                };
+                ctx.vhost.router_mut().unbind(&binding)?;
+                if b.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                )
+            }
+            _ => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "COMMAND_INVALID - unexpected exchange method",
+            )),
+        }
+    }
+
+    /// The queue a method names; an exclusive queue of another connection is locked.
+    fn find_queue(&self, ctx: &Ctx<'_>, name: &str) -> Result<Arc<QueueCell>, AmqpError> {
+        let queue = ctx
+            .vhost
+            .queue(name)
+            .ok_or_else(|| AmqpError::not_found("queue", name))?;
+        check_owner(&queue, ctx.connection)?;
+        Ok(queue)
+    }
+
+    fn queue(&mut self, ctx: &mut Ctx<'_>, method: queue::AMQPMethod) -> Result<(), AmqpError> {
+        let id = self.id;
+        match method {
+            queue::AMQPMethod::Declare(d) => {
+                let requested = d.queue.as_str();
+                let (queue, created) = if d.passive {
+                    (self.find_queue(ctx, requested)?, false)
+                } else {
+                    if requested.starts_with("amq.") {
+                        return Err(AmqpError::channel(
+                            codes::ACCESS_REFUSED,
+                            format!(
+                                "ACCESS_REFUSED - queue name '{requested}' contains reserved prefix 'amq.*'"
+                            ),
+                        ));
+                    }
+                    let name: Arc<str> = if requested.is_empty() {
+                        server_name("amq.gen-", ctx.broker.next_id()).into()
+                    } else {
+                        requested.into()
+                    };
+                    let def = QueueDef {
+                        durable: d.durable,
+                        exclusive_owner: d.exclusive.then_some(ctx.connection),
+                        auto_delete: d.auto_delete,
+                        arguments: props::table_from_amqp(&d.arguments),
+                    };
+                    let (queue, created) = ctx.vhost.declare_queue(name, def.clone());
+                    if !created {
+                        check_owner(&queue, ctx.connection)?;
+                        check_equivalent(&queue, &def)?;
+                    }
+                    (queue, created)
+                };
+                let _ = created;
+                if d.nowait {
+                    return Ok(());
+                }
+                let (messages, consumers) = queue.counts();
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: short(&queue.name),
+                        message_count: messages,
+                        consumer_count: consumers,
+                    })),
+                )
+            }
+            queue::AMQPMethod::Bind(b) => {
+                self.find_queue(ctx, b.queue.as_str())?;
+                let binding = Binding {
+                    source: b.exchange.as_str().into(),
+                    destination: Destination::Queue(b.queue.as_str().into()),
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: props::table_from_amqp(&b.arguments),
+                };
+                ctx.vhost.router_mut().bind(binding)?;
+                if b.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                )
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                self.find_queue(ctx, b.queue.as_str())?;
+                let binding = Binding {
+                    source: b.exchange.as_str().into(),
+                    destination: Destination::Queue(b.queue.as_str().into()),
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: props::table_from_amqp(&b.arguments),
+                };
+                ctx.vhost.router_mut().unbind(&binding)?;
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                )
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let queue = self.find_queue(ctx, p.queue.as_str())?;
+                let count = queue.purge();
+                if p.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: count,
+                    })),
+                )
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = d.queue.as_str();
+                let count = match ctx.vhost.queue(name) {
+                    None => 0,
+                    Some(queue) => {
+                        check_owner(&queue, ctx.connection)?;
+                        let (messages, consumers) = queue.counts();
+                        if d.if_unused && consumers > 0 {
+                            return Err(AmqpError::precondition(format!(
+                                "queue '{name}' in vhost '/' in use"
+                            )));
+                        }
+                        if d.if_empty && messages > 0 {
+                            return Err(AmqpError::precondition(format!(
+                                "queue '{name}' in vhost '/' is not empty"
+                            )));
+                        }
+                        ctx.vhost.delete_queue(name)
+                    }
+                };
+                if d.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: count,
+                    })),
+                )
+            }
+            _ => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "COMMAND_INVALID - unexpected queue method",
+            )),
+        }
+    }
+
+    fn basic(&mut self, ctx: &mut Ctx<'_>, method: basic::AMQPMethod) -> Result<(), AmqpError> {
+        let id = self.id;
+        match method {
+            basic::AMQPMethod::Publish(p) => {
+                let exchange = p.exchange.as_str();
+                {
+                    let router = ctx.vhost.router();
+                    match router.exchange(exchange) {
+                        None => return Err(AmqpError::not_found("exchange", exchange)),
+                        Some(def) if def.internal => {
+                            return Err(AmqpError::channel(
+                                codes::ACCESS_REFUSED,
+                                format!(
+                                    "ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '/'"
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                self.publishing = Some(Box::new(Publishing {
+                    exchange: exchange.into(),
+                    routing_key: p.routing_key.as_str().into(),
+                    mandatory: p.mandatory,
+                    body_size: 0,
+                    properties: Bytes::new(),
+                    known: props::Known::default(),
+                    body: BytesMut::new(),
+                    first_body: None,
+                }));
+                self.header_expected = true;
+                Ok(())
+            }
+            basic::AMQPMethod::Qos(q) => {
+                // Per-consumer prefetch (global = false) as RabbitMQ; a global limit is
+                // applied per consumer too for now.
+                self.prefetch = q.prefetch_count;
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                )
+            }
+            basic::AMQPMethod::Consume(c) => self.consume(ctx, c),
+            basic::AMQPMethod::Cancel(c) => {
+                let tag: Arc<str> = c.consumer_tag.as_str().into();
+                self.cancel_consumer(ctx.vhost, &tag);
+                if c.nowait {
+                    return Ok(());
+                }
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })),
+                )
+            }
+            basic::AMQPMethod::Get(g) => {
+                let queue = self.find_queue(ctx, g.queue.as_str())?;
+                match queue.get(g.no_ack) {
+                    None => ok(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                    Some((entry, remaining)) => {
+                        let tag = self.take_delivery_tag(&queue, &entry, g.no_ack);
+                        frame::write_method(
+                            ctx.out,
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                                delivery_tag: tag,
+                                redelivered: entry.redelivered,
+                                exchange: short(&entry.message.exchange),
+                                routing_key: short(&entry.message.routing_key),
+                                message_count: remaining,
+                            })),
+                        );
+                        frame::write_content(
+                            ctx.out,
+                            id,
+                            &entry.message.properties,
+                            &entry.message.body,
+                            ctx.frame_max,
+                        );
+                        Ok(())
+                    }
+                }
+            }
+            basic::AMQPMethod::Ack(a) => {
+                let settled = self.take_unacked(a.delivery_tag, a.multiple)?;
+                for (queue, ids) in settled {
+                    queue.ack(&ids);
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Nack(n) => self.reject(n.delivery_tag, n.multiple, n.requeue),
+            basic::AMQPMethod::Reject(r) => self.reject(r.delivery_tag, false, r.requeue),
+            basic::AMQPMethod::Recover(r) => {
+                self.recover(r.requeue);
+                ok(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                )
+            }
+            basic::AMQPMethod::RecoverAsync(r) => {
+                self.recover(r.requeue);
+                Ok(())
+            }
+            _ => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "COMMAND_INVALID - unexpected basic method",
+            )),
+        }
+    }
+
+    fn consume(&mut self, ctx: &mut Ctx<'_>, c: basic::Consume) -> Result<(), AmqpError> {
+        let queue = self.find_queue(ctx, c.queue.as_str())?;
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            server_name("amq.ctag-", ctx.broker.next_id()).into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                codes::NOT_ALLOWED,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let arguments = props::table_from_amqp(&c.arguments);
+        let priority = arguments
+            .get("x-priority")
+            .and_then(Value::as_i64)
+            .map_or(0, |p| {
+                p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+            });
+        let consumer_id = ctx.broker.next_id();
+        let consumer = Consumer {
+            id: consumer_id,
+            tag: Arc::clone(&tag),
+            no_ack: c.no_ack,
+            prefetch: u32::from(self.prefetch),
+            exclusive: c.exclusive,
+            priority,
+            unacked: 0,
+        };
+        // consume-ok goes out before the first delivery, which the queue may send at once.
+        let mark = ctx.out.len();
+        if !c.nowait {
+            frame::write_method(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            );
+        }
+        if let Err(e) = queue.consume(
+            consumer,
+            ctx.outbox.clone(),
+            self.id,
+            Arc::new(Flow::default()),
+        ) {
+            ctx.out.truncate(mark);
+            return Err(e.into());
+        }
+        self.consumers.insert(
+            tag,
+            ConsumerEntry {
+                id: consumer_id,
+                queue,
+            },
+        );
+        Ok(())
+    }
+
+    /// Cancels a consumer of this channel; auto-delete queues left unused go away.
+    fn cancel_consumer(&mut self, vhost: &VHost, tag: &Arc<str>) {
+        if let Some(entry) = self.consumers.remove(tag)
+            && entry.queue.cancel(entry.id)
+        {
+            vhost.delete_queue(&entry.queue.name);
+        }
+    }
+
+    /// The broker cancelled a consumer (its queue was deleted).
+    pub fn consumer_cancelled(&mut self, out: &mut BytesMut, consumer: ConsumerId, tag: &Arc<str>) {
+        if self.consumers.get(tag).is_some_and(|c| c.id == consumer) {
+            self.consumers.remove(tag);
+            frame::write_method(
+                out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: short(tag),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+
+    /// Whether a consumer is still registered on this channel.
+    pub fn has_consumer(&self, tag: &str, consumer: ConsumerId) -> bool {
+        self.consumers.get(tag).is_some_and(|c| c.id == consumer)
+    }
+
+    fn take_delivery_tag(&mut self, queue: &Arc<QueueCell>, entry: &Entry, no_ack: bool) -> u64 {
+        let tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        if !no_ack {
+            self.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Arc::clone(queue),
+                    id: entry.id,
+                },
+            );
+        }
+        tag
+    }
+
+    /// Writes a delivery from a queue to one of this channel's consumers.
+    pub fn deliver(
+        &mut self,
+        ctx_out: &mut BytesMut,
+        frame_max: u32,
+        tag: &str,
+        no_ack: bool,
+        queue: &Arc<QueueCell>,
+        entry: &Entry,
+    ) {
+        let delivery_tag = self.take_delivery_tag(queue, entry, no_ack);
+        frame::write_deliver(
+            ctx_out,
+            self.id,
+            tag,
+            delivery_tag,
+            entry.redelivered,
+            &entry.message.exchange,
+            &entry.message.routing_key,
+        );
+        frame::write_content(
+            ctx_out,
+            self.id,
+            &entry.message.properties,
+            &entry.message.body,
+            frame_max,
+        );
+    }
+
+    /// Removes unacked deliveries up to `tag` (or just `tag`), grouped by queue. Tag 0
+    /// with `multiple` means all of them. An unknown tag is PRECONDITION_FAILED (406).
+    fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<QueueIds>, AmqpError> {
+        let taken: Vec<Unacked> = if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            if tag != 0 && !self.unacked.contains_key(&tag) {
+                return Err(AmqpError::precondition(format!(
+                    "unknown delivery tag {tag}"
+                )));
+            }
+            let rest = self.unacked.split_off(&upto.saturating_add(1));
+            std::mem::replace(&mut self.unacked, rest)
+                .into_values()
+                .collect()
+        } else {
+            match self.unacked.remove(&tag) {
+                Some(u) => vec![u],
+                None => {
+                    return Err(AmqpError::precondition(format!(
+                        "unknown delivery tag {tag}"
+                    )));
+                }
+            }
+        };
+        Ok(group_by_queue(taken))
+    }
+
+    fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
+        for (queue, ids) in self.take_unacked(tag, multiple)? {
+            if requeue {
+                queue.requeue(&ids);
+            } else {
+                // Dead-lettering of rejected messages comes with the DLX work.
+                queue.discard(&ids);
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, _requeue: bool) {
+        // RabbitMQ requeues on recover whatever `requeue` says.
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        for (queue, ids) in group_by_queue(all) {
+            queue.requeue(&ids);
+        }
+    }
+
+    /// A content header frame for the message being published.
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> Result<(), AmqpError> {
+        let Some(p) = self.publishing.as_mut().filter(|_| self.header_expected) else {
+            return Err(AmqpError::connection(
+                codes::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - content header without basic.publish",
+            ));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::connection(
+                codes::FRAME_ERROR,
+                "FRAME_ERROR - content header for a class other than basic",
+            ));
+        }
+        if body_size > ctx.broker.message_bytes_max as u64 {
+            self.publishing = None;
+            return Err(AmqpError::precondition(format!(
+                "message size {body_size} is larger than configured max size {}",
+                ctx.broker.message_bytes_max
+            ))
+            .during(60, 40));
+        }
+        p.known = props::read_known(&properties, true)?;
+        p.properties = properties;
+        p.body_size = body_size;
+        self.header_expected = false;
+        if body_size == 0 {
+            return self.finish_publish(ctx);
+        }
+        Ok(())
+    }
+
+    pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, body: Bytes) -> Result<(), AmqpError> {
+        let Some(p) = self.publishing.as_mut().filter(|_| !self.header_expected) else {
+            return Err(AmqpError::connection(
+                codes::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - content body without header",
+            ));
+        };
+        let have = p.first_body.as_ref().map_or(0, |b| b.len()) + p.body.len();
+        if (have + body.len()) as u64 > p.body_size {
+            return Err(AmqpError::connection(
+                codes::FRAME_ERROR,
+                "FRAME_ERROR - content body larger than announced",
+            ));
+        }
+        if p.first_body.is_none() && p.body.is_empty() {
+            p.first_body = Some(body);
+        } else {
+            if let Some(first) = p.first_body.take() {
+                p.body.reserve(p.body_size as usize);
+                p.body.extend_from_slice(&first);
+            }
+            p.body.extend_from_slice(&body);
+        }
+        let have = p.first_body.as_ref().map_or(0, |b| b.len()) + p.body.len();
+        if have as u64 == p.body_size {
+            return self.finish_publish(ctx);
+        }
+        Ok(())
+    }
+
+    /// Routes a complete message to its queues, returns it when it is mandatory and
+    /// unroutable, and counts it for publisher confirms.
+    fn finish_publish(&mut self, ctx: &mut Ctx<'_>) -> Result<(), AmqpError> {
+        let Some(p) = self.publishing.take() else {
+            return Ok(());
+        };
+        let p = *p;
+        let body = match p.first_body {
+            Some(b) => b,
+            None => p.body.freeze(),
+        };
+        let message = Arc::new(Message {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            properties: p.properties,
+            body,
+            persistent: p.known.persistent,
+            priority: p.known.priority,
+            expiration_ms: p.known.expiration_ms,
+        });
+        self.routed.clear();
+        ctx.vhost.router().route(
+            &message.exchange,
+            &message.routing_key,
+            p.known.headers.as_ref(),
+            &mut self.routed,
+        )?;
+        let mut delivered = 0;
+        for name in &self.routed {
+            if let Some(queue) = ctx.vhost.queue(name) {
+                queue.publish(Arc::clone(&message));
+                delivered += 1;
+            }
+        }
+        if delivered == 0 && p.mandatory {
+            frame::write_method(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: codes::NO_ROUTE,
+                    reply_text: short("NO_ROUTE"),
+                    exchange: short(&message.exchange),
+                    routing_key: short(&message.routing_key),
+                })),
+            );
+            frame::write_content(
+                ctx.out,
+                self.id,
+                &message.properties,
+                &message.body,
+                ctx.frame_max,
+            );
+        }
+        if self.confirm {
+            self.publish_seq += 1;
+            self.confirmed = self.publish_seq;
+        }
+        Ok(())
+    }
+
+    /// Writes one `basic.ack` covering every publish confirmed since the last call.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if self.confirmed > self.confirm_sent {
+            let multiple = self.confirmed - self.confirm_sent > 1;
+            frame::write_confirm_ack(out, self.id, self.confirmed, multiple);
+            self.confirm_sent = self.confirmed;
+        }
+    }
+
+    /// The channel is closing: cancel its consumers and requeue what it had unacked.
+    pub fn release(&mut self, vhost: &VHost) {
+        let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_consumer(vhost, &tag);
+        }
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        for (queue, ids) in group_by_queue(all) {
+            queue.requeue(&ids);
+        }
+        self.publishing = None;
+    }
+}
+
+/// Message ids of one queue.
+type QueueIds = (Arc<QueueCell>, Vec<MessageId>);
+
+fn group_by_queue(items: Vec<Unacked>) -> Vec<QueueIds> {
+    let mut groups: Vec<QueueIds> = Vec::new();
+    for u in items {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, ids)) => ids.push(u.id),
+            None => groups.push((u.queue, vec![u.id])),
+        }
+    }
+    groups
+}
+
+fn check_owner(queue: &QueueCell, connection: ConnectionId) -> Result<(), AmqpError> {
+    match queue.def.exclusive_owner {
+        Some(owner) if owner != connection => Err(AmqpError::channel(
+            codes::RESOURCE_LOCKED,
+            format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                queue.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_equivalent(queue: &QueueCell, requested: &QueueDef) -> Result<(), AmqpError> {
+    let current = &queue.def;
+    let mismatch = |arg: &str, received: String, now: String| {
+        Err(AmqpError::precondition(format!(
+            "inequivalent arg '{arg}' for queue '{}' in vhost '/': received '{received}' but current is '{now}'",
+            queue.name
+        )))
+    };
+    if current.durable != requested.durable {
+        return mismatch(
+            "durable",
+            requested.durable.to_string(),
+            current.durable.to_string(),
+        );
+    }
+    if current.auto_delete != requested.auto_delete {
+        return mismatch(
+            "auto_delete",
+            requested.auto_delete.to_string(),
+            current.auto_delete.to_string(),
+        );
+    }
+    if current.exclusive_owner.is_some() != requested.exclusive_owner.is_some() {
+        return Err(AmqpError::channel(
+            codes::RESOURCE_LOCKED,
+            format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '/'",
+                queue.name
+            ),
+        ));
+    }
+    for (key, value) in requested.arguments.iter().chain(current.arguments.iter()) {
+        if !key.starts_with("x-") {
+            continue;
+        }
+        let a = requested.arguments.get(key);
+        let b = current.arguments.get(key);
+        if a != b {
+            let show = |v: Option<&Value>| v.map_or("none".to_string(), |v| format!("{v:?}"));
+            let _ = value;
+            return mismatch(key, show(a), show(b));
+        }
+    }
+    Ok(())
+}
+
+/// A server-generated name (`amq.gen-…`, `amq.ctag-…`): unique per broker run and hard
+/// to guess, as RabbitMQ's are.
+fn server_name(prefix: &str, n: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos.rotate_left(17);
+    let mut out = String::with_capacity(prefix.len() + 22);
+    out.push_str(prefix);
+    for _ in 0..22 {
+        // xorshift64*: spreads the counter and the time over the name.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        out.push(char::from(
+            ALPHABET.get((v >> 58) as usize).copied().unwrap_or(b'A'),
+        ));
+    }
+    out
+}

@@ -1,0 +1,661 @@
+//! One AMQP connection: protocol header, `connection.start`/`tune`/`open` handshake with
+//! SASL PLAIN and AMQPLAIN, heartbeats, channel multiplexing, and the close handshakes.
+//! The task reads frames, hands methods to channels, takes deliveries from queues through
+//! its outbox, and writes all output in batches.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, ConnectionId, Outbound, VHost};
+use crate::channel::{Channel, Ctx};
+use crate::error::{AmqpError, codes};
+use crate::frame::{self, Frame, PROTOCOL_HEADER};
+
+/// Settings the server offers in `connection.tune`, and bounds of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest frame, header and end octet included (RabbitMQ's default: 128 KiB).
+    pub frame_max: u32,
+    /// Highest channel number (RabbitMQ's default: 2047).
+    pub channel_max: u16,
+    /// Heartbeat interval offered to clients, in seconds (RabbitMQ's default: 60).
+    pub heartbeat_s: u16,
+    /// Time a client has to finish the handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Largest frame accepted before `tune-ok` settles the real limit.
+const FRAME_MAX_BEFORE_TUNE: u32 = 131_072;
+/// Outbox slots per connection: deliveries are bounded by consumer flow limits first.
+const OUTBOX_CAPACITY: usize = 1 << 16;
+/// How long to wait for `close-ok` after sending `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent `connection.close` and wait for `close-ok`.
+    Closing,
+    Done,
+}
+
+struct Conn {
+    id: ConnectionId,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    phase: Phase,
+    vhost: Option<Arc<VHost>>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat_s: u16,
+    channels: HashMap<u16, Channel>,
+    /// Channels with publisher confirms to send before the next write.
+    confirm_dirty: Vec<u16>,
+    out: BytesMut,
+    outbox: mpsc::Sender<Outbound>,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+) {
+    if let Err(e) = run(stream, peer, broker, config).await {
+        tracing::debug!(%peer, error = %e, "amqp connection ended");
+    }
+}
+
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut header = [0u8; 8];
+    let read = tokio::time::timeout(config.handshake_timeout, rd.read_exact(&mut header)).await;
+    if !matches!(read, Ok(Ok(_))) || &header != PROTOCOL_HEADER {
+        // RabbitMQ answers a wrong header with the one it speaks, then closes.
+        wr.write_all(PROTOCOL_HEADER).await?;
+        return Ok(());
+    }
+    let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let mut conn = Conn {
+        id: broker.next_id(),
+        peer,
+        broker,
+        phase: Phase::AwaitStartOk,
+        vhost: None,
+        frame_max: FRAME_MAX_BEFORE_TUNE,
+        channel_max: config.channel_max,
+        heartbeat_s: 0,
+        config,
+        channels: HashMap::new(),
+        confirm_dirty: Vec::new(),
+        out: BytesMut::with_capacity(64 * 1024),
+        outbox,
+    };
+    conn.send_start();
+    let started = Instant::now();
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut closing_since: Option<Instant> = None;
+    let result = loop {
+        if let Err(e) = conn.write_pending(&mut wr, &mut last_write).await {
+            break Err(e);
+        }
+        if conn.phase == Phase::Done {
+            break Ok(());
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut inbuf) => {
+                match read {
+                    Ok(0) => break Ok(()),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        conn.process_input(&mut inbuf);
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            Some(item) = inbox.recv() => {
+                conn.outbound(item);
+                // Drain what else is ready so it goes out in the same write.
+                for _ in 0..256 {
+                    match inbox.try_recv() {
+                        Ok(item) => conn.outbound(item),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if conn.phase != Phase::Open && conn.phase != Phase::Closing
+                    && now.duration_since(started) > conn.config.handshake_timeout
+                {
+                    break Ok(());
+                }
+                if conn.phase == Phase::Closing {
+                    let since = *closing_since.get_or_insert(now);
+                    if now.duration_since(since) > CLOSE_TIMEOUT {
+                        break Ok(());
+                    }
+                }
+                if conn.heartbeat_s > 0 {
+                    let interval = Duration::from_secs(u64::from(conn.heartbeat_s));
+                    if now.duration_since(last_read) > interval * 2 {
+                        tracing::info!(peer = %conn.peer, "missed heartbeats from client, closing");
+                        break Ok(());
+                    }
+                    if now.duration_since(last_write) >= interval / 2 {
+                        frame::write_heartbeat(&mut conn.out);
+                    }
+                }
+            }
+        }
+    };
+    conn.release_all();
+    let _ = wr.shutdown().await;
+    result
+}
+
+impl Conn {
+    async fn write_pending(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        last_write: &mut Instant,
+    ) -> std::io::Result<()> {
+        for id in std::mem::take(&mut self.confirm_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms(&mut self.out);
+            }
+        }
+        if !self.out.is_empty() {
+            wr.write_all(&self.out).await?;
+            self.out.clear();
+            *last_write = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn send_start(&mut self) {
+        let mut capabilities = FieldTable::default();
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "per_consumer_qos",
+            "authentication_failure_close",
+            "consumer_priorities",
+        ] {
+            capabilities.insert(ShortString::from(cap.to_string()), AMQPValue::Boolean(true));
+        }
+        let mut props = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+        props.insert(ShortString::from("product".to_string()), text("Sluice"));
+        props.insert(
+            ShortString::from("version".to_string()),
+            text(env!("CARGO_PKG_VERSION")),
+        );
+        props.insert(ShortString::from("platform".to_string()), text("Rust"));
+        props.insert(
+            ShortString::from("capabilities".to_string()),
+            AMQPValue::FieldTable(capabilities),
+        );
+        frame::write_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props,
+                mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+                locales: LongString::from(b"en_US".to_vec()),
+            })),
+        );
+    }
+
+    fn process_input(&mut self, inbuf: &mut BytesMut) {
+        while self.phase != Phase::Done {
+            match frame::parse(inbuf, self.frame_max) {
+                Ok(Some(f)) => {
+                    if let Err(e) = self.handle_frame(f) {
+                        self.fail(e);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail(e);
+                    // The stream cannot be re-synchronised after a framing error.
+                    inbuf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the close for an error: the channel's, or the whole connection's.
+    fn fail(&mut self, error: AmqpError) {
+        match error {
+            AmqpError::Channel {
+                code,
+                text,
+                class_id,
+                method_id,
+            } => {
+                // Channel errors carry their channel through `handle_frame`'s caller.
+                tracing::debug!(code, %text, "channel error without channel");
+                self.close_connection(code, &text, class_id, method_id);
+            }
+            AmqpError::Connection {
+                code,
+                text,
+                class_id,
+                method_id,
+            } => {
+                self.close_connection(code, &text, class_id, method_id);
+            }
+        }
+    }
+
+    fn close_connection(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        if matches!(self.phase, Phase::Closing | Phase::Done) {
+            return;
+        }
+        tracing::debug!(peer = %self.peer, code, text, "closing connection");
+        frame::write_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: code,
+                reply_text: ShortString::from(truncate(text)),
+                class_id,
+                method_id,
+            })),
+        );
+        self.release_all();
+        self.phase = if matches!(self.phase, Phase::Open) {
+            Phase::Closing
+        } else {
+            Phase::Done
+        };
+    }
+
+    fn handle_frame(&mut self, f: Frame) -> Result<(), AmqpError> {
+        if self.phase == Phase::Closing {
+            // Only close-ok (or a crossing close) matters now.
+            if let Frame::Method(0, m) = f {
+                match *m {
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                        self.phase = Phase::Done
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                        self.send_close_ok();
+                        self.phase = Phase::Done;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        match f {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(_) => Err(AmqpError::connection(
+                codes::FRAME_ERROR,
+                "FRAME_ERROR - heartbeat frame on a channel other than 0",
+            )),
+            Frame::Method(0, m) => self.connection_method(*m),
+            _ if self.phase != Phase::Open => Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                "CHANNEL_ERROR - expected a connection method during the handshake",
+            )),
+            Frame::Method(ch, m) => self.channel_method(ch, *m),
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            } => self.with_channel(channel, |ch, ctx| {
+                ch.handle_header(ctx, class_id, body_size, properties)
+            }),
+            Frame::Body(channel, body) => {
+                self.with_channel(channel, |ch, ctx| ch.handle_body(ctx, body))
+            }
+        }
+    }
+
+    fn connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
+        let class = m.get_amqp_class_id();
+        let method = m.get_amqp_method_id();
+        let AMQPClass::Connection(m) = m else {
+            return Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "COMMAND_INVALID - only connection methods are allowed on channel 0",
+            )
+            .during(class, method));
+        };
+        match (self.phase, m) {
+            (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(s)) => {
+                let login = credentials(s.mechanism.as_str(), s.response.as_bytes());
+                let allowed = matches!(&login, Some((user, pass)) if user == "guest" && pass == "guest")
+                    && self.peer.ip().is_loopback();
+                if !allowed {
+                    tracing::info!(peer = %self.peer, mechanism = s.mechanism.as_str(), "login refused");
+                    return Err(AmqpError::connection(
+                        codes::ACCESS_REFUSED,
+                        format!(
+                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                            s.mechanism.as_str()
+                        ),
+                    ));
+                }
+                frame::write_method(
+                    &mut self.out,
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: self.config.channel_max,
+                        frame_max: self.config.frame_max,
+                        heartbeat: self.config.heartbeat_s,
+                    })),
+                );
+                self.phase = Phase::AwaitTuneOk;
+                Ok(())
+            }
+            (Phase::AwaitTuneOk, connection::AMQPMethod::TuneOk(t)) => {
+                let frame_max = if t.frame_max == 0 {
+                    self.config.frame_max
+                } else {
+                    t.frame_max
+                };
+                if frame_max < 4096 || frame_max > self.config.frame_max {
+                    return Err(AmqpError::connection(
+                        codes::NOT_ALLOWED,
+                        format!(
+                            "NOT_ALLOWED - frame_max {} outside 4096..={}",
+                            t.frame_max, self.config.frame_max
+                        ),
+                    ));
+                }
+                self.frame_max = frame_max;
+                self.channel_max = match t.channel_max {
+                    0 => self.config.channel_max,
+                    n => n.min(self.config.channel_max),
+                };
+                self.heartbeat_s = t.heartbeat;
+                self.phase = Phase::AwaitOpen;
+                Ok(())
+            }
+            (Phase::AwaitOpen, connection::AMQPMethod::Open(o)) => {
+                let name = o.virtual_host.as_str();
+                let Some(vhost) = self.broker.vhost(name) else {
+                    return Err(AmqpError::connection(
+                        codes::NOT_ALLOWED,
+                        format!("NOT_ALLOWED - vhost {name} not found"),
+                    ));
+                };
+                self.vhost = Some(vhost);
+                frame::write_method(
+                    &mut self.out,
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+                );
+                self.phase = Phase::Open;
+                Ok(())
+            }
+            (_, connection::AMQPMethod::Close(_)) => {
+                self.release_all();
+                self.send_close_ok();
+                self.phase = Phase::Done;
+                Ok(())
+            }
+            (_, connection::AMQPMethod::CloseOk(_)) => {
+                self.phase = Phase::Done;
+                Ok(())
+            }
+            (_, connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => {
+                Ok(())
+            }
+            _ => Err(AmqpError::connection(
+                codes::COMMAND_INVALID,
+                "COMMAND_INVALID - connection method out of order",
+            )
+            .during(class, method)),
+        }
+    }
+
+    fn send_close_ok(&mut self) {
+        frame::write_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+    }
+
+    fn channel_method(&mut self, id: u16, m: AMQPClass) -> Result<(), AmqpError> {
+        match m {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                if id > self.channel_max {
+                    return Err(AmqpError::connection(
+                        codes::CHANNEL_ERROR,
+                        format!(
+                            "CHANNEL_ERROR - channel {id} above channel_max {}",
+                            self.channel_max
+                        ),
+                    ));
+                }
+                if self.channels.contains_key(&id) {
+                    return Err(AmqpError::connection(
+                        codes::CHANNEL_ERROR,
+                        "CHANNEL_ERROR - second 'channel.open' seen",
+                    ));
+                }
+                self.channels.insert(id, Channel::new(id));
+                frame::write_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                if let Some(mut ch) = self.channels.remove(&id)
+                    && let Some(vhost) = &self.vhost
+                {
+                    ch.release(vhost);
+                }
+                frame::write_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                if self.channels.get(&id).is_some_and(|c| c.closing) {
+                    self.channels.remove(&id);
+                }
+                Ok(())
+            }
+            m => self.with_channel(id, |ch, ctx| ch.handle_method(ctx, m)),
+        }
+    }
+
+    /// Runs `f` on an open channel; a channel error closes just that channel.
+    fn with_channel(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Channel, &mut Ctx<'_>) -> Result<(), AmqpError>,
+    ) -> Result<(), AmqpError> {
+        let Some(vhost) = self.vhost.clone() else {
+            return Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                "CHANNEL_ERROR - connection not open",
+            ));
+        };
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"),
+            ));
+        };
+        if ch.closing {
+            return Ok(());
+        }
+        let mut ctx = Ctx {
+            broker: &self.broker,
+            vhost: &vhost,
+            connection: self.id,
+            outbox: &self.outbox,
+            out: &mut self.out,
+            frame_max: self.frame_max,
+        };
+        match f(ch, &mut ctx) {
+            Ok(()) => {
+                self.confirm_dirty.push(id);
+                Ok(())
+            }
+            Err(AmqpError::Channel {
+                code,
+                text,
+                class_id,
+                method_id,
+            }) => {
+                tracing::debug!(channel = id, code, %text, "closing channel");
+                ch.flush_confirms(&mut self.out);
+                frame::write_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                        reply_code: code,
+                        reply_text: ShortString::from(truncate(&text)),
+                        class_id,
+                        method_id,
+                    })),
+                );
+                ch.release(&vhost);
+                ch.closing = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handles work sent by queues: a delivery to write, or a consumer to cancel.
+    fn outbound(&mut self, item: Outbound) {
+        match item {
+            Outbound::Deliver {
+                channel,
+                consumer,
+                tag,
+                no_ack,
+                queue,
+                entry,
+                flow,
+            } => {
+                let live = self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|ch| !ch.closing && ch.has_consumer(&tag, consumer));
+                let resume = flow.release();
+                if live && let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.deliver(&mut self.out, self.frame_max, &tag, no_ack, &queue, &entry);
+                    if resume {
+                        queue.dispatch();
+                    }
+                } else {
+                    // The consumer went away while this was in flight.
+                    queue.restore(entry);
+                    queue.dispatch();
+                }
+            }
+            Outbound::Cancelled {
+                channel,
+                consumer,
+                tag,
+            } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.consumer_cancelled(&mut self.out, consumer, &tag);
+                }
+            }
+        }
+    }
+
+    /// Releases every channel and deletes this connection's exclusive queues.
+    fn release_all(&mut self) {
+        let Some(vhost) = self.vhost.clone() else {
+            return;
+        };
+        for (_, mut ch) in self.channels.drain() {
+            ch.release(&vhost);
+        }
+        for name in vhost.queues_owned_by(self.id) {
+            vhost.delete_queue(&name);
+        }
+    }
+}
+
+fn truncate(text: &str) -> String {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_string()
+}
+
+/// User and password from a SASL response: PLAIN is `authzid\0user\0password`;
+/// AMQPLAIN is a field table without its length prefix holding LOGIN and PASSWORD.
+fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let pass = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            Some((user, pass))
+        }
+        "AMQPLAIN" => {
+            let mut framed = Vec::with_capacity(response.len() + 4);
+            framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
+            framed.extend_from_slice(response);
+            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            let text = |key: &str| match table.inner().get(key) {
+                Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+                _ => None,
+            };
+            Some((text("LOGIN")?, text("PASSWORD")?))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,17 @@
+//! The AMQP 0-9-1 face: frames in, broker operations, frames out, with RabbitMQ's
+//! semantics and reply codes. Frames are decoded and encoded with `amq-protocol`; the
+//! connection and channel state machines are ours.
+//!
+//! Layers, one per file: `frame` (bytes ↔ frames, bounded), `connection` (handshake,
+//! tuning, heartbeats, channel multiplexing), `channel` (the methods), `broker` (shared
+//! queues and routing), `props` (message properties), `error` (reply codes).
+
+pub mod broker;
+mod channel;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod props;
+
+pub use broker::Broker;
+pub use connection::{ConnectionConfig, serve_connection};

@@ -1,0 +1,123 @@
+//! Conversions between `amq-protocol`'s field tables and Sluice's typed tables, and the
+//! few message properties the broker itself acts on.
+
+use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
+use amq_protocol::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
+use bytes::Bytes;
+use sluice_core::{Table, Value};
+
+use crate::error::{AmqpError, codes};
+
+pub fn table_from_amqp(table: &FieldTable) -> Table {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), value_from_amqp(v)))
+        .collect()
+}
+
+fn value_from_amqp(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(v) => Value::Bool(*v),
+        AMQPValue::ShortShortInt(v) => Value::I8(*v),
+        AMQPValue::ShortShortUInt(v) => Value::U8(*v),
+        AMQPValue::ShortInt(v) => Value::I16(*v),
+        AMQPValue::ShortUInt(v) => Value::U16(*v),
+        AMQPValue::LongInt(v) => Value::I32(*v),
+        AMQPValue::LongUInt(v) => Value::U32(*v),
+        AMQPValue::LongLongInt(v) => Value::I64(*v),
+        AMQPValue::Float(v) => Value::F32(*v),
+        AMQPValue::Double(v) => Value::F64(*v),
+        AMQPValue::DecimalValue(d) => Value::Decimal {
+            scale: d.scale,
+            value: d.value,
+        },
+        AMQPValue::ShortString(s) => Value::ShortString(s.as_str().to_string()),
+        AMQPValue::LongString(s) => Value::LongString(Bytes::copy_from_slice(s.as_bytes())),
+        AMQPValue::FieldArray(a) => {
+            Value::Array(a.as_slice().iter().map(value_from_amqp).collect())
+        }
+        AMQPValue::Timestamp(t) => Value::Timestamp(*t),
+        AMQPValue::FieldTable(t) => Value::Table(table_from_amqp(t)),
+        AMQPValue::ByteArray(b) => Value::Bytes(Bytes::copy_from_slice(b.as_slice())),
+        AMQPValue::Void => Value::Void,
+    }
+}
+
+pub fn table_to_amqp(table: &Table) -> FieldTable {
+    let mut out = FieldTable::default();
+    for (k, v) in table.iter() {
+        out.insert(ShortString::from(k.to_string()), value_to_amqp(v));
+    }
+    out
+}
+
+fn value_to_amqp(value: &Value) -> AMQPValue {
+    match value {
+        Value::Bool(v) => AMQPValue::Boolean(*v),
+        Value::I8(v) => AMQPValue::ShortShortInt(*v),
+        Value::U8(v) => AMQPValue::ShortShortUInt(*v),
+        Value::I16(v) => AMQPValue::ShortInt(*v),
+        Value::U16(v) => AMQPValue::ShortUInt(*v),
+        Value::I32(v) => AMQPValue::LongInt(*v),
+        Value::U32(v) => AMQPValue::LongUInt(*v),
+        Value::I64(v) => AMQPValue::LongLongInt(*v),
+        Value::F32(v) => AMQPValue::Float(*v),
+        Value::F64(v) => AMQPValue::Double(*v),
+        Value::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue {
+            scale: *scale,
+            value: *value,
+        }),
+        Value::ShortString(s) => AMQPValue::ShortString(ShortString::from(s.clone())),
+        Value::LongString(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(value_to_amqp).collect::<Vec<_>>(),
+        )),
+        Value::Timestamp(t) => AMQPValue::Timestamp(*t),
+        Value::Table(t) => AMQPValue::FieldTable(table_to_amqp(t)),
+        Value::Bytes(b) => AMQPValue::ByteArray(ByteArray::from(b.to_vec())),
+        Value::Void => AMQPValue::Void,
+    }
+}
+
+/// What the broker reads from a message's properties.
+#[derive(Debug, Default)]
+pub struct Known {
+    pub persistent: bool,
+    pub priority: u8,
+    pub expiration_ms: Option<u64>,
+    pub headers: Option<Table>,
+}
+
+/// Decodes the property bytes of a content header; malformed ones are a SYNTAX_ERROR,
+/// an `expiration` that is not a non-negative integer is PRECONDITION_FAILED as in
+/// RabbitMQ.
+pub fn read_known(raw: &[u8], want_headers: bool) -> Result<Known, AmqpError> {
+    let props: AMQPProperties = match parse_properties(raw) {
+        Ok((&[], p)) => p,
+        _ => {
+            return Err(AmqpError::connection(
+                codes::SYNTAX_ERROR,
+                "SYNTAX_ERROR - malformed content header properties",
+            ));
+        }
+    };
+    let expiration_ms = match props.expiration() {
+        Some(e) => Some(e.as_str().parse::<u64>().map_err(|_| {
+            AmqpError::precondition(format!("invalid expiration '{}'", e.as_str()))
+        })?),
+        None => None,
+    };
+    Ok(Known {
+        persistent: *props.delivery_mode() == Some(2),
+        priority: props.priority().unwrap_or(0),
+        expiration_ms,
+        headers: if want_headers {
+            props.headers().as_ref().map(table_from_amqp)
+        } else {
+            None
+        },
+    })
+}

@@ -1,0 +1,10 @@
+//! The broker core of Sluice, deterministic by construction: commands in, effects out, no
+//! sockets, no clock, no randomness, so a face, a simulator or (later) Raft replay can
+//! drive it and get the same result.
+//!
+//! It holds routing (`routing`: exchanges, bindings, the topic trie, per virtual host) and
+//! the queue core (`queue`: ready and unacked messages, consumers, fair dispatch); groups
+//! and timers come later.
+
+pub mod queue;
+pub mod routing;

@@ -1,0 +1,459 @@
+//! One AMQP queue's state as a deterministic core: ready messages in order, deliveries
+//! awaiting acknowledgement, consumers with prefetch credit, and fair (round-robin)
+//! dispatch. No I/O and no clock: the caller feeds operations in and sends the
+//! [`Delivery`] values that come out to the consumers' connections.
+//!
+//! Invariants: a message is either ready or unacked, never both; ids only grow, and ready
+//! messages stay ordered by id, so a requeued message returns to its original place.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use sluice_core::Message;
+
+/// Identifies a consumer across the broker; assigned by the face.
+pub type ConsumerId = u64;
+/// A message's position in its queue.
+pub type MessageId = u64;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: MessageId,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// Asked once for a chosen consumer: may its connection take one more delivery now?
+/// Answering `true` reserves that delivery.
+pub type Reserve<'a> = &'a mut dyn FnMut(ConsumerId) -> bool;
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub consumer: ConsumerId,
+    pub entry: Entry,
+}
+
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub id: ConsumerId,
+    pub tag: Arc<str>,
+    /// Deliveries are settled on send; no credit is used.
+    pub no_ack: bool,
+    /// Most unacked deliveries at once; 0 = unlimited.
+    pub prefetch: u32,
+    pub exclusive: bool,
+    pub priority: i32,
+    pub unacked: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue '{0}' in exclusive use")]
+    ExclusiveConsumer(String),
+    #[error("unknown delivery {0}")]
+    UnknownDelivery(MessageId),
+}
+
+impl QueueError {
+    /// The AMQP reply code RabbitMQ uses for this condition.
+    pub fn reply_code(&self) -> u16 {
+        match self {
+            QueueError::ExclusiveConsumer(_) => 403,
+            QueueError::UnknownDelivery(_) => 406,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: Arc<str>,
+    next_id: MessageId,
+    ready: VecDeque<Entry>,
+    ready_bytes: u64,
+    unacked: HashMap<MessageId, (Entry, Option<ConsumerId>)>,
+    consumers: Vec<Consumer>,
+    /// Index in `consumers` where the next round-robin search starts.
+    cursor: usize,
+    had_consumer: bool,
+}
+
+impl Queue {
+    pub fn new(name: Arc<str>) -> Self {
+        Queue {
+            name,
+            next_id: 0,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            unacked: HashMap::new(),
+            consumers: Vec::new(),
+            cursor: 0,
+            had_consumer: false,
+        }
+    }
+
+    pub fn message_count(&self) -> u32 {
+        u32::try_from(self.ready.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        u32::try_from(self.consumers.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn consumers(&self) -> &[Consumer] {
+        &self.consumers
+    }
+
+    /// Whether an auto-delete queue should go now: it had a consumer and has none left.
+    pub fn unused_after_consumers(&self) -> bool {
+        self.had_consumer && self.consumers.is_empty()
+    }
+
+    /// Adds a message at the tail and dispatches. `reserve` is asked once per chosen
+    /// consumer whether its connection can take another delivery now, and counts it.
+    pub fn publish(
+        &mut self,
+        message: Arc<Message>,
+        reserve: Reserve<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> MessageId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ready_bytes += message.body_len() as u64;
+        self.ready.push_back(Entry {
+            id,
+            message,
+            redelivered: false,
+        });
+        self.dispatch(reserve, out);
+        id
+    }
+
+    pub fn consume(
+        &mut self,
+        consumer: Consumer,
+        reserve: Reserve<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), QueueError> {
+        let locked = self.consumers.iter().any(|c| c.exclusive);
+        if locked || (consumer.exclusive && !self.consumers.is_empty()) {
+            return Err(QueueError::ExclusiveConsumer(self.name.to_string()));
+        }
+        self.consumers.push(consumer);
+        // Higher priority consumers are served first; equal priorities round-robin.
+        self.consumers
+            .sort_by_key(|c| std::cmp::Reverse(c.priority));
+        self.had_consumer = true;
+        self.dispatch(reserve, out);
+        Ok(())
+    }
+
+    /// Removes a consumer. Its unacked deliveries stay unacked until their channel settles
+    /// them. Returns whether it was there.
+    pub fn cancel(&mut self, consumer: ConsumerId) -> bool {
+        let before = self.consumers.len();
+        self.consumers.retain(|c| c.id != consumer);
+        for (_, owner) in self.unacked.values_mut() {
+            if *owner == Some(consumer) {
+                *owner = None;
+            }
+        }
+        if self.cursor >= self.consumers.len() {
+            self.cursor = 0;
+        }
+        before != self.consumers.len()
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin within the highest
+    /// priority that can take one.
+    pub fn dispatch(&mut self, reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
+        while !self.ready.is_empty() {
+            let Some(at) = self.next_consumer(reserve) else {
+                return;
+            };
+            let Some(entry) = self.ready.pop_front() else {
+                return;
+            };
+            self.ready_bytes -= entry.message.body_len() as u64;
+            let Some(consumer) = self.consumers.get_mut(at) else {
+                return;
+            };
+            self.cursor = at + 1;
+            if !consumer.no_ack {
+                consumer.unacked += 1;
+                self.unacked
+                    .insert(entry.id, (entry.clone(), Some(consumer.id)));
+            }
+            out.push(Delivery {
+                consumer: consumer.id,
+                entry,
+            });
+        }
+    }
+
+    /// The consumer to deliver to next: within each priority level (highest first),
+    /// round-robin from the cursor among those with prefetch credit whose connection
+    /// accepts the reservation.
+    fn next_consumer(&self, reserve: Reserve<'_>) -> Option<usize> {
+        let mut lo = 0;
+        while lo < self.consumers.len() {
+            let priority = self.consumers.get(lo)?.priority;
+            let hi = lo
+                + self
+                    .consumers
+                    .get(lo..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|c| c.priority == priority)
+                    .count();
+            let span = hi - lo;
+            let start = if (lo..hi).contains(&self.cursor) {
+                self.cursor - lo
+            } else {
+                0
+            };
+            for k in 0..span {
+                let i = lo + (start + k) % span;
+                let Some(c) = self.consumers.get(i) else {
+                    continue;
+                };
+                let credit = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch;
+                if credit && reserve(c.id) {
+                    return Some(i);
+                }
+            }
+            lo = hi;
+        }
+        None
+    }
+
+    /// Puts back a delivery its consumer's connection could not take, in its place and
+    /// not marked redelivered (the client never saw it).
+    pub fn restore(&mut self, entry: Entry) {
+        self.settle(entry.id);
+        self.ready_bytes += entry.message.body_len() as u64;
+        let at = self.ready.partition_point(|e| e.id < entry.id);
+        self.ready.insert(at, entry);
+    }
+
+    /// `basic.get`: the head message, unacked unless `no_ack`.
+    pub fn get(&mut self, no_ack: bool) -> Option<Entry> {
+        let entry = self.ready.pop_front()?;
+        self.ready_bytes -= entry.message.body_len() as u64;
+        if !no_ack {
+            self.unacked.insert(entry.id, (entry.clone(), None));
+        }
+        Some(entry)
+    }
+
+    fn settle(&mut self, id: MessageId) -> Option<Entry> {
+        let (entry, owner) = self.unacked.remove(&id)?;
+        if let Some(owner) = owner
+            && let Some(c) = self.consumers.iter_mut().find(|c| c.id == owner)
+        {
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+        Some(entry)
+    }
+
+    /// Acknowledges deliveries; the freed credit is used at once.
+    pub fn ack(&mut self, ids: &[MessageId], reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
+        for &id in ids {
+            self.settle(id);
+        }
+        self.dispatch(reserve, out);
+    }
+
+    /// Rejects deliveries without requeueing; returns the dropped entries (for
+    /// dead-lettering).
+    pub fn discard(
+        &mut self,
+        ids: &[MessageId],
+        reserve: Reserve<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> Vec<Entry> {
+        let dropped = ids.iter().filter_map(|&id| self.settle(id)).collect();
+        self.dispatch(reserve, out);
+        dropped
+    }
+
+    /// Puts deliveries back in their original places, marked redelivered.
+    pub fn requeue(&mut self, ids: &[MessageId], reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
+        for &id in ids {
+            if let Some(mut entry) = self.settle(id) {
+                entry.redelivered = true;
+                self.ready_bytes += entry.message.body_len() as u64;
+                let at = self.ready.partition_point(|e| e.id < entry.id);
+                self.ready.insert(at, entry);
+            }
+        }
+        self.dispatch(reserve, out);
+    }
+
+    /// Drops every ready message; unacked ones are untouched. Returns how many.
+    pub fn purge(&mut self) -> u32 {
+        let n = self.message_count();
+        self.ready.clear();
+        self.ready_bytes = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(body: &'static str) -> Arc<Message> {
+        Arc::new(Message {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: Bytes::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            persistent: false,
+            priority: 0,
+            expiration_ms: None,
+        })
+    }
+
+    fn consumer(id: ConsumerId, prefetch: u32) -> Consumer {
+        Consumer {
+            id,
+            tag: format!("c{id}").into(),
+            no_ack: false,
+            prefetch,
+            exclusive: false,
+            priority: 0,
+            unacked: 0,
+        }
+    }
+
+    fn any() -> impl FnMut(ConsumerId) -> bool {
+        |_| true
+    }
+
+    fn bodies(out: &[Delivery]) -> Vec<(ConsumerId, &[u8])> {
+        out.iter()
+            .map(|d| (d.consumer, &d.entry.message.body[..]))
+            .collect()
+    }
+
+    #[test]
+    fn messages_wait_in_order_until_a_consumer_arrives() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        q.publish(msg("a"), &mut any(), &mut out);
+        q.publish(msg("b"), &mut any(), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(q.message_count(), 2);
+        q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
+        assert_eq!(bodies(&out), [(1, &b"a"[..]), (1, &b"b"[..])]);
+        assert_eq!(q.message_count(), 0);
+        assert_eq!(q.unacked_count(), 2);
+    }
+
+    #[test]
+    fn prefetch_one_dispatches_fairly_between_two_consumers() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
+        q.consume(consumer(2, 1), &mut any(), &mut out).unwrap();
+        for b in ["a", "b", "c", "d"] {
+            q.publish(msg(b), &mut any(), &mut out);
+        }
+        assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
+        let first = out[0].entry.id;
+        out.clear();
+        q.ack(&[first], &mut any(), &mut out);
+        assert_eq!(bodies(&out), [(1, &b"c"[..])]);
+    }
+
+    #[test]
+    fn requeued_messages_return_to_their_original_place_marked_redelivered() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        let a = q.publish(msg("a"), &mut any(), &mut out);
+        q.publish(msg("b"), &mut any(), &mut out);
+        let got = q.get(false).unwrap();
+        assert_eq!(got.id, a);
+        q.requeue(&[a], &mut any(), &mut out);
+        let again = q.get(true).unwrap();
+        assert_eq!(&again.message.body[..], b"a");
+        assert!(again.redelivered);
+        assert!(!q.get(true).unwrap().redelivered);
+    }
+
+    #[test]
+    fn an_exclusive_consumer_locks_out_others() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        let mut c = consumer(1, 0);
+        c.exclusive = true;
+        q.consume(c, &mut any(), &mut out).unwrap();
+        assert_eq!(
+            q.consume(consumer(2, 0), &mut any(), &mut out)
+                .unwrap_err()
+                .reply_code(),
+            403
+        );
+        let mut q = Queue::new("q2".into());
+        q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
+        let mut c = consumer(2, 0);
+        c.exclusive = true;
+        assert!(q.consume(c, &mut any(), &mut out).is_err());
+    }
+
+    #[test]
+    fn higher_priority_consumers_are_served_first() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
+        let mut high = consumer(2, 1);
+        high.priority = 5;
+        q.consume(high, &mut any(), &mut out).unwrap();
+        q.publish(msg("a"), &mut any(), &mut out);
+        q.publish(msg("b"), &mut any(), &mut out);
+        assert_eq!(bodies(&out), [(2, &b"a"[..]), (1, &b"b"[..])]);
+    }
+
+    #[test]
+    fn a_consumer_whose_connection_is_full_is_skipped() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        let mut only_two = |c: ConsumerId| c == 2;
+        q.consume(consumer(1, 0), &mut only_two, &mut out).unwrap();
+        q.consume(consumer(2, 0), &mut only_two, &mut out).unwrap();
+        q.publish(msg("a"), &mut only_two, &mut out);
+        assert_eq!(bodies(&out), [(2, &b"a"[..])]);
+        let mut none = |_: ConsumerId| false;
+        out.clear();
+        q.publish(msg("b"), &mut none, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(q.message_count(), 1);
+    }
+
+    #[test]
+    fn purge_drops_ready_messages_only_and_cancel_keeps_unacked() {
+        let mut q = Queue::new("q".into());
+        let mut out = Vec::new();
+        q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
+        q.publish(msg("a"), &mut any(), &mut out);
+        q.publish(msg("b"), &mut any(), &mut out);
+        assert_eq!(q.purge(), 1);
+        assert!(q.cancel(1));
+        assert!(q.unused_after_consumers());
+        assert_eq!(q.unacked_count(), 1);
+        let id = out[0].entry.id;
+        let dropped = q.discard(&[id], &mut any(), &mut Vec::new());
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(q.unacked_count(), 0);
+    }
+}

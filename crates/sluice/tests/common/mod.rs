@@ -1,0 +1,98 @@
+//! A `sluice serve` process for integration tests: free ports, its own data directory,
+//! readiness read from its stderr (no sleeps), stopped on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Broker {
+    child: Child,
+    lines: Receiver<String>,
+    pub amqp: SocketAddr,
+    pub kafka: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut b = Broker::start_in(&dir);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    pub fn start_in(data_dir: &Path) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "serve",
+                "--amqp-listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("SLUICE_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut amqp = None;
+        let mut kafka = None;
+        let deadline = Instant::now() + WAIT;
+        while amqp.is_none() || kafka.is_none() {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("sluice did not report its listeners");
+            for (face, slot) in [("amqp", &mut amqp), ("kafka", &mut kafka)] {
+                let marker = format!("listening {face}=");
+                if let Some((_, rest)) = line.split_once(&marker) {
+                    *slot = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+            }
+        }
+        Broker {
+            child,
+            lines,
+            amqp: amqp.unwrap(),
+            kafka: kafka.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    /// Whether the process is still running (it must survive bad input).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

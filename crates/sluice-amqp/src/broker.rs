@@ -6,13 +6,17 @@
 //! while another queue's is held, so publishers to different queues do not contend.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use sluice_core::{Message, Table};
+use sluice_core::{Clock, Message, SystemClock, Table};
 use sluice_engine::queue::{Consumer, ConsumerId, Delivery, Entry, MessageId, Queue, QueueError};
-use sluice_engine::routing::Router;
+use sluice_engine::routing::{Destination, Router};
+use sluice_engine::store::{LogConfig, QueueStore, StoreError, Synced};
 use tokio::sync::mpsc;
+
+use crate::definitions::{Definitions, QueueRecord};
 
 /// Deliveries a consumer's connection may hold unwritten; past it the queue keeps the
 /// messages and resumes when the connection has written some.
@@ -38,6 +42,35 @@ pub enum Outbound {
         consumer: ConsumerId,
         tag: Arc<str>,
     },
+    /// A persistent message of publish `seq` reached the disk in one of its queues.
+    Stored { channel: u16, seq: u64 },
+    /// Storing it failed: the publish is nacked.
+    StoreFailed { channel: u16, seq: u64 },
+}
+
+/// A publisher waiting for its message to be on disk.
+#[derive(Debug)]
+pub struct Confirm {
+    pub outbox: Outbox,
+    pub channel: u16,
+    pub seq: u64,
+}
+
+impl Confirm {
+    fn done(self, ok: bool) {
+        let item = if ok {
+            Outbound::Stored {
+                channel: self.channel,
+                seq: self.seq,
+            }
+        } else {
+            Outbound::StoreFailed {
+                channel: self.channel,
+                seq: self.seq,
+            }
+        };
+        let _ = self.outbox.try_send(item);
+    }
 }
 
 pub type Outbox = mpsc::Sender<Outbound>;
@@ -86,12 +119,30 @@ pub struct QueueState {
     pub queue: Queue,
     links: HashMap<ConsumerId, Link>,
     pub deleted: bool,
+    /// Disk storage of a durable queue's persistent messages.
+    store: Option<QueueStore<Confirm>>,
+    syncing: bool,
+}
+
+impl QueueState {
+    /// Records settled entries in the store (acknowledged, dropped or auto-acked).
+    fn settle(&mut self, entries: impl IntoIterator<Item = Option<u64>>) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let offsets: Vec<u64> = entries.into_iter().flatten().collect();
+        if let Err(e) = store.settle(&offsets) {
+            tracing::error!(error = %e, "cannot record settled messages");
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct QueueCell {
     pub name: Arc<str>,
     pub def: QueueDef,
+    /// Storage directory id of a durable queue.
+    pub store_id: Option<u64>,
     state: Mutex<QueueState>,
 }
 
@@ -112,15 +163,27 @@ impl QueueCell {
         let QueueState { queue, links, .. } = &mut *state;
         let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
         let result = op(queue, &mut reserve, &mut out);
-        for delivery in out {
-            self.send(&mut state, delivery);
-        }
+        self.send_all(&mut state, out);
         result
+    }
+
+    fn send_all(self: &Arc<Self>, state: &mut QueueState, out: Vec<Delivery>) {
+        for delivery in out {
+            self.send(state, delivery);
+        }
     }
 
     fn send(self: &Arc<Self>, state: &mut QueueState, delivery: Delivery) {
         let Some(link) = state.links.get(&delivery.consumer) else {
             state.queue.restore(delivery.entry);
+            return;
+        };
+        if link.no_ack && delivery.entry.stored.is_some() {
+            // Settled on send: the client never acknowledges it.
+            let stored = delivery.entry.stored;
+            state.settle([stored]);
+        }
+        let Some(link) = state.links.get(&delivery.consumer) else {
             return;
         };
         let item = Outbound::Deliver {
@@ -141,10 +204,128 @@ impl QueueCell {
         }
     }
 
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
-        self.run(|q, reserve, out| {
-            q.publish(message, reserve, out);
-        });
+    /// Enqueues a message. A persistent message in a durable queue is written to its log
+    /// first; `confirm` is then told when it is on disk. Returns whether `confirm` was
+    /// taken (otherwise the publish needs no wait for this queue).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>, confirm: Option<Confirm>) -> bool {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        let mut stored = None;
+        let mut waiting = false;
+        if message.persistent
+            && let Some(store) = state.store.as_mut()
+        {
+            match store.append(&message) {
+                Ok(offset) => {
+                    stored = Some(offset);
+                    if let Some(c) = confirm {
+                        match store.wait(offset, c) {
+                            Ok(()) => waiting = true,
+                            Err(c) => c.done(false),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot store message");
+                    if let Some(c) = confirm {
+                        c.done(false);
+                        waiting = true;
+                    }
+                }
+            }
+        }
+        {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            queue.publish(message, stored, &mut reserve, &mut out);
+        }
+        self.send_all(&mut state, out);
+        if waiting {
+            self.start_sync(&mut state);
+        }
+        waiting
+    }
+
+    /// Starts the next group fsync if writers wait and none runs.
+    fn start_sync(self: &Arc<Self>, state: &mut QueueState) {
+        if state.syncing {
+            return;
+        }
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        match store.sync_job() {
+            Ok(Some(job)) => {
+                state.syncing = true;
+                let cell = Arc::clone(self);
+                tokio::task::spawn_blocking(move || cell.finish_sync(job.run()));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
+                for c in store.sync_failed() {
+                    c.done(false);
+                }
+            }
+        }
+    }
+
+    fn finish_sync(self: &Arc<Self>, result: Result<Synced, sluice_engine::store::LogError>) {
+        let mut state = self.lock();
+        state.syncing = false;
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        let waiters = match result {
+            Ok(synced) => store
+                .synced(synced)
+                .into_iter()
+                .map(|c| (c, true))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "fsync failed");
+                store
+                    .sync_failed()
+                    .into_iter()
+                    .map(|c| (c, false))
+                    .collect()
+            }
+        };
+        for (c, ok) in waiters {
+            c.done(ok);
+        }
+        self.start_sync(&mut state);
+    }
+
+    /// Runs the background fsyncs that are due (async flush policy, settlements).
+    /// Blocking: called from a blocking thread.
+    pub fn flush_due(&self) {
+        let jobs = {
+            let mut state = self.lock();
+            match state.store.as_mut().map(|s| s.flush_jobs()) {
+                Some(Ok(jobs)) => jobs,
+                Some(Err(e)) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot flush");
+                    return;
+                }
+                None => return,
+            }
+        };
+        for job in jobs {
+            if let Err(e) = job.run() {
+                tracing::error!(queue = %self.name, error = %e, "background fsync failed");
+            }
+        }
+    }
+
+    /// Makes the queue's storage durable (clean shutdown). Blocking.
+    pub fn close_store(&self) {
+        let mut state = self.lock();
+        if let Some(store) = state.store.as_mut()
+            && let Err(e) = store.close()
+        {
+            tracing::error!(queue = %self.name, error = %e, "cannot close queue storage");
+        }
     }
 
     pub fn dispatch(self: &Arc<Self>) {
@@ -152,7 +333,7 @@ impl QueueCell {
     }
 
     pub fn ack(self: &Arc<Self>, ids: &[MessageId]) {
-        self.run(|q, reserve, out| q.ack(ids, reserve, out));
+        self.settle_with(|q, reserve, out| q.ack(ids, reserve, out));
     }
 
     pub fn requeue(self: &Arc<Self>, ids: &[MessageId]) {
@@ -160,7 +341,24 @@ impl QueueCell {
     }
 
     pub fn discard(self: &Arc<Self>, ids: &[MessageId]) -> Vec<Entry> {
-        self.run(|q, reserve, out| q.discard(ids, reserve, out))
+        self.settle_with(|q, reserve, out| q.discard(ids, reserve, out))
+    }
+
+    /// Runs an operation that settles entries, records them, and returns them.
+    fn settle_with(
+        self: &Arc<Self>,
+        op: impl FnOnce(&mut Queue, Reserve2<'_>, &mut Vec<Delivery>) -> Vec<Entry>,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        let settled = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            op(queue, &mut reserve, &mut out)
+        };
+        state.settle(settled.iter().map(|e| e.stored));
+        self.send_all(&mut state, out);
+        settled
     }
 
     pub fn restore(&self, entry: Entry) {
@@ -170,11 +368,17 @@ impl QueueCell {
     pub fn get(&self, no_ack: bool) -> Option<(Entry, u32)> {
         let mut state = self.lock();
         let entry = state.queue.get(no_ack)?;
+        if no_ack {
+            state.settle([entry.stored]);
+        }
         Some((entry, state.queue.message_count()))
     }
 
     pub fn purge(&self) -> u32 {
-        self.lock().queue.purge()
+        let mut state = self.lock();
+        let purged = state.queue.purge();
+        state.settle(purged.iter().map(|e| e.stored));
+        u32::try_from(purged.len()).unwrap_or(u32::MAX)
     }
 
     pub fn counts(&self) -> (u32, u32) {
@@ -205,15 +409,15 @@ impl QueueCell {
         let mut out = Vec::new();
         let mut state = self.lock();
         state.links.insert(id, link);
-        let QueueState { queue, links, .. } = &mut *state;
-        let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
-        let result = queue.consume(consumer, &mut reserve, &mut out);
+        let result = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            queue.consume(consumer, &mut reserve, &mut out)
+        };
         if result.is_err() {
             state.links.remove(&id);
         }
-        for delivery in out {
-            self.send(&mut state, delivery);
-        }
+        self.send_all(&mut state, out);
         result
     }
 
@@ -228,12 +432,26 @@ impl QueueCell {
 
 type Reserve2<'a> = &'a mut dyn FnMut(ConsumerId) -> bool;
 
+/// Where a virtual host keeps its durable state.
+#[derive(Debug)]
+struct Storage {
+    dir: PathBuf,
+    log: LogConfig,
+    clock: Arc<dyn Clock>,
+    /// A definitions write is scheduled and has not read the state yet.
+    definitions_pending: AtomicBool,
+    /// Serialises definitions writes.
+    definitions_lock: Mutex<()>,
+    next_store_id: AtomicU64,
+}
+
 /// One virtual host: its routing table and queues.
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<QueueCell>>>,
+    storage: Option<Storage>,
 }
 
 impl VHost {
@@ -242,6 +460,183 @@ impl VHost {
             name: name.to_string(),
             router: RwLock::new(Router::new()),
             queues: RwLock::new(HashMap::new()),
+            storage: None,
+        }
+    }
+
+    /// Opens a virtual host stored in `dir`: its durable definitions, and every durable
+    /// queue with the persistent messages it still holds. Blocking.
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        log: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir.join("queues"))
+            .map_err(|e| OpenError::Io(dir.to_path_buf(), e))?;
+        let path = dir.join("definitions");
+        let defs = Definitions::load(&path).map_err(|e| OpenError::Io(path.clone(), e))?;
+        let next_id = defs.queues.iter().map(|q| q.id + 1).max().unwrap_or(1);
+        let mut vhost = VHost::new(name);
+        vhost.storage = Some(Storage {
+            dir: dir.to_path_buf(),
+            log,
+            clock,
+            definitions_pending: AtomicBool::new(false),
+            definitions_lock: Mutex::new(()),
+            next_store_id: AtomicU64::new(next_id),
+        });
+        {
+            let mut router = vhost.router_mut();
+            for e in defs.exchanges {
+                let name = e.name.clone();
+                if let Err(err) = router.declare_exchange(e) {
+                    tracing::warn!(exchange = %name, error = %err, "stored exchange not restored");
+                }
+            }
+        }
+        for q in defs.queues {
+            vhost.restore_queue(q)?;
+        }
+        {
+            let mut router = vhost.router_mut();
+            for b in defs.bindings {
+                if let Err(err) = router.bind(b) {
+                    tracing::warn!(error = %err, "stored binding not restored");
+                }
+            }
+        }
+        Ok(vhost)
+    }
+
+    fn restore_queue(&self, record: QueueRecord) -> Result<(), OpenError> {
+        let Some(storage) = &self.storage else {
+            return Ok(());
+        };
+        let dir = storage.dir.join("queues").join(record.id.to_string());
+        let (store, recovered) =
+            QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
+                .map_err(|e| OpenError::Store(dir.clone(), e))?;
+        let name: Arc<str> = record.name.as_str().into();
+        let mut queue = Queue::new(Arc::clone(&name));
+        let count = recovered.len();
+        for r in recovered {
+            // Whether it was delivered before the restart is not recorded: flag it as
+            // possibly seen, as the AMQP `redelivered` bit allows.
+            queue.push(Arc::new(r.message), Some(r.offset), true);
+        }
+        tracing::info!(queue = %name, messages = count, "durable queue restored");
+        let def = QueueDef {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: record.auto_delete,
+            arguments: record.arguments,
+        };
+        self.insert_queue(name, def, Some(record.id), queue, Some(store));
+        Ok(())
+    }
+
+    fn insert_queue(
+        &self,
+        name: Arc<str>,
+        def: QueueDef,
+        store_id: Option<u64>,
+        queue: Queue,
+        store: Option<QueueStore<Confirm>>,
+    ) -> Arc<QueueCell> {
+        let cell = Arc::new(QueueCell {
+            name: Arc::clone(&name),
+            def,
+            store_id,
+            state: Mutex::new(QueueState {
+                queue,
+                links: HashMap::new(),
+                deleted: false,
+                store,
+                syncing: false,
+            }),
+        });
+        self.queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::clone(&name), Arc::clone(&cell));
+        self.router_mut().add_queue(name);
+        cell
+    }
+
+    /// Every durable queue, for background flushing and shutdown.
+    pub fn durable_queues(&self) -> Vec<Arc<QueueCell>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.store_id.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The durable definitions as they are now.
+    fn snapshot(&self) -> Definitions {
+        let queues: Vec<QueueRecord> = self
+            .durable_queues()
+            .iter()
+            .filter_map(|c| {
+                Some(QueueRecord {
+                    name: c.name.to_string(),
+                    id: c.store_id?,
+                    auto_delete: c.def.auto_delete,
+                    arguments: c.def.arguments.clone(),
+                })
+            })
+            .collect();
+        let router = self.router();
+        let durable_exchange =
+            |n: &str| !n.is_empty() && router.exchange(n).is_some_and(|e| e.durable);
+        let exchanges = router
+            .exchanges()
+            .filter(|e| e.durable && !e.name.is_empty() && !e.name.starts_with("amq."))
+            .cloned()
+            .collect();
+        let bindings = router
+            .bindings()
+            .filter(|b| {
+                durable_exchange(&b.source)
+                    && match &b.destination {
+                        Destination::Queue(q) => queues.iter().any(|r| r.name.as_str() == &**q),
+                        Destination::Exchange(e) => durable_exchange(e),
+                    }
+            })
+            .cloned()
+            .collect();
+        Definitions {
+            exchanges,
+            queues,
+            bindings,
+        }
+    }
+
+    /// Schedules a rewrite of the definitions file after a change that may touch durable
+    /// entities. Writes are coalesced; the last one always sees the latest state.
+    pub fn definitions_changed(self: &Arc<Self>) {
+        let Some(storage) = &self.storage else { return };
+        if storage.definitions_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let vhost = Arc::clone(self);
+        tokio::task::spawn_blocking(move || vhost.save_definitions());
+    }
+
+    /// Writes the definitions file now. Blocking.
+    pub fn save_definitions(&self) {
+        let Some(storage) = &self.storage else { return };
+        let _guard = storage
+            .definitions_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        storage.definitions_pending.store(false, Ordering::Release);
+        let path = storage.dir.join("definitions");
+        if let Err(e) = self.snapshot().save(&path) {
+            tracing::error!(path = %path.display(), error = %e, "cannot save definitions");
         }
     }
 
@@ -262,25 +657,32 @@ impl VHost {
     }
 
     /// Creates the queue unless one of that name exists; returns the queue and whether it
-    /// was created.
-    pub fn declare_queue(&self, name: Arc<str>, def: QueueDef) -> (Arc<QueueCell>, bool) {
-        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = queues.get(&name) {
-            return (Arc::clone(existing), false);
+    /// was created. A durable, non-exclusive queue gets storage on disk.
+    pub fn declare_queue(
+        &self,
+        name: Arc<str>,
+        def: QueueDef,
+    ) -> Result<(Arc<QueueCell>, bool), OpenError> {
+        if let Some(existing) = self.queue(&name) {
+            return Ok((existing, false));
         }
-        let cell = Arc::new(QueueCell {
-            name: Arc::clone(&name),
-            def,
-            state: Mutex::new(QueueState {
-                queue: Queue::new(Arc::clone(&name)),
-                links: HashMap::new(),
-                deleted: false,
-            }),
-        });
-        queues.insert(Arc::clone(&name), Arc::clone(&cell));
-        drop(queues);
-        self.router_mut().add_queue(name);
-        (cell, true)
+        let mut store = None;
+        let mut store_id = None;
+        if def.durable
+            && def.exclusive_owner.is_none()
+            && let Some(storage) = &self.storage
+        {
+            let id = storage.next_store_id.fetch_add(1, Ordering::Relaxed);
+            let dir = storage.dir.join("queues").join(id.to_string());
+            // A directory left by a queue deleted before a crash holds nothing we want.
+            let _ = std::fs::remove_dir_all(&dir);
+            let (s, _) = QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
+                .map_err(|e| OpenError::Store(dir.clone(), e))?;
+            store = Some(s);
+            store_id = Some(id);
+        }
+        let queue = Queue::new(Arc::clone(&name));
+        Ok((self.insert_queue(name, def, store_id, queue, store), true))
     }
 
     /// Deletes a queue: unbinds it, tells its consumers' connections, returns how many
@@ -297,6 +699,15 @@ impl VHost {
         state.deleted = true;
         let count = state.queue.message_count();
         state.queue.purge();
+        if let Some(store) = state.store.take() {
+            let dir = store.dir().to_path_buf();
+            drop(store);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted queue's storage");
+                }
+            });
+        }
         for (consumer, link) in state.links.drain() {
             let _ = link.outbox.try_send(Outbound::Cancelled {
                 channel: link.channel,
@@ -319,6 +730,15 @@ impl VHost {
     }
 }
 
+/// A virtual host could not be opened from disk.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    Io(PathBuf, std::io::Error),
+    #[error("queue storage {path}: {source}", path = .0.display(), source = .1)]
+    Store(PathBuf, StoreError),
+}
+
 /// The broker as the AMQP face sees it.
 #[derive(Debug)]
 pub struct Broker {
@@ -328,12 +748,29 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(message_bytes_max: usize) -> Self {
+    /// A broker that keeps everything in memory.
+    pub fn in_memory(message_bytes_max: usize) -> Self {
         Broker {
             vhost: Arc::new(VHost::new("/")),
             next_id: AtomicU64::new(1),
             message_bytes_max,
         }
+    }
+
+    /// A broker whose durable definitions and persistent messages live under `dir`.
+    /// Blocking: it replays every durable queue.
+    pub fn open(dir: &Path, log: LogConfig, message_bytes_max: usize) -> Result<Self, OpenError> {
+        let vhost = VHost::open(
+            "/",
+            &dir.join("vhosts").join("default"),
+            log,
+            Arc::new(SystemClock),
+        )?;
+        Ok(Broker {
+            vhost: Arc::new(vhost),
+            next_id: AtomicU64::new(1),
+            message_bytes_max,
+        })
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
@@ -343,5 +780,20 @@ impl Broker {
     /// A fresh id for a connection or consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs the fsyncs that are due in every durable queue. Blocking.
+    pub fn flush_due(&self) {
+        for queue in self.vhost.durable_queues() {
+            queue.flush_due();
+        }
+    }
+
+    /// Makes every durable queue and the definitions durable (clean shutdown). Blocking.
+    pub fn close(&self) {
+        self.vhost.save_definitions();
+        for queue in self.vhost.durable_queues() {
+            queue.close_store();
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! `Ctx::out`. Errors are returned to the connection, which closes the channel or the
 //! connection as their kind says.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
@@ -14,7 +14,7 @@ use sluice_core::{Message, Value};
 use sluice_engine::queue::{Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
 
-use crate::broker::{Broker, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost};
+use crate::broker::{Broker, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost};
 use crate::error::{AmqpError, codes};
 use crate::frame;
 use crate::props;
@@ -59,7 +59,11 @@ pub struct Channel {
     header_expected: bool,
     confirm: bool,
     publish_seq: u64,
-    confirmed: u64,
+    /// Publishes whose messages are not on disk yet in every durable queue they went to:
+    /// seq → queues still writing.
+    unconfirmed: BTreeMap<u64, u32>,
+    /// Publishes that failed to store, nacked already.
+    nacked: BTreeSet<u64>,
     confirm_sent: u64,
     prefetch: u16,
     consumers: HashMap<Arc<str>, ConsumerEntry>,
@@ -86,7 +90,8 @@ impl Channel {
             header_expected: false,
             confirm: false,
             publish_seq: 0,
-            confirmed: 0,
+            unconfirmed: BTreeMap::new(),
+            nacked: BTreeSet::new(),
             confirm_sent: 0,
             prefetch: 0,
             consumers: HashMap::new(),
@@ -144,6 +149,10 @@ impl Channel {
                 ),
             )),
         };
+        // Exchange and queue methods may change durable definitions (auto-deletes too).
+        if result.is_ok() && (class == 40 || class == 50) {
+            ctx.vhost.definitions_changed();
+        }
         result.map_err(|e| e.during(class, method_id))
     }
 
@@ -285,7 +294,17 @@ impl Channel {
                         auto_delete: d.auto_delete,
                         arguments: props::table_from_amqp(&d.arguments),
                     };
-                    let (queue, created) = ctx.vhost.declare_queue(name, def.clone());
+                    let (queue, created) =
+                        ctx.vhost.declare_queue(name, def.clone()).map_err(|e| {
+                            tracing::error!(error = %e, "cannot create queue storage");
+                            AmqpError::connection(
+                                codes::INTERNAL_ERROR,
+                                "INTERNAL_ERROR - cannot create queue storage",
+                            )
+                        })?;
+                    if created {
+                        ctx.vhost.definitions_changed();
+                    }
                     if !created {
                         check_owner(&queue, ctx.connection)?;
                         check_equivalent(&queue, &def)?;
@@ -785,12 +804,30 @@ impl Channel {
             p.known.headers.as_ref(),
             &mut self.routed,
         )?;
+        let seq = if self.confirm {
+            self.publish_seq += 1;
+            self.publish_seq
+        } else {
+            0
+        };
         let mut delivered = 0;
+        let mut waiting = 0u32;
         for name in &self.routed {
             if let Some(queue) = ctx.vhost.queue(name) {
-                queue.publish(Arc::clone(&message));
+                let confirm = (self.confirm && message.persistent && queue.store_id.is_some())
+                    .then(|| Confirm {
+                        outbox: ctx.outbox.clone(),
+                        channel: self.id,
+                        seq,
+                    });
+                if queue.publish(Arc::clone(&message), confirm) {
+                    waiting += 1;
+                }
                 delivered += 1;
             }
+        }
+        if waiting > 0 {
+            self.unconfirmed.insert(seq, waiting);
         }
         if delivered == 0 && p.mandatory {
             frame::write_method(
@@ -811,20 +848,57 @@ impl Channel {
                 ctx.frame_max,
             );
         }
-        if self.confirm {
-            self.publish_seq += 1;
-            self.confirmed = self.publish_seq;
-        }
         Ok(())
     }
 
-    /// Writes one `basic.ack` covering every publish confirmed since the last call.
-    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
-        if self.confirmed > self.confirm_sent {
-            let multiple = self.confirmed - self.confirm_sent > 1;
-            frame::write_confirm_ack(out, self.id, self.confirmed, multiple);
-            self.confirm_sent = self.confirmed;
+    /// A queue reports a persistent message of publish `seq` on disk (or not).
+    pub fn stored(&mut self, out: &mut BytesMut, seq: u64, ok: bool) {
+        let Some(left) = self.unconfirmed.get_mut(&seq) else {
+            return;
+        };
+        if !ok {
+            self.unconfirmed.remove(&seq);
+            self.nacked.insert(seq);
+            frame::write_method(
+                out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+            return;
         }
+        *left -= 1;
+        if *left == 0 {
+            self.unconfirmed.remove(&seq);
+        }
+    }
+
+    /// Acknowledges every publish up to the first one still waiting for the disk: one
+    /// `basic.ack` with `multiple` when none in the range was nacked.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if !self.confirm {
+            return;
+        }
+        let upto = match self.unconfirmed.keys().next() {
+            Some(&first) => first - 1,
+            None => self.publish_seq,
+        };
+        if upto <= self.confirm_sent {
+            return;
+        }
+        if self.nacked.is_empty() {
+            frame::write_confirm_ack(out, self.id, upto, upto - self.confirm_sent > 1);
+        } else {
+            for seq in self.confirm_sent + 1..=upto {
+                if !self.nacked.remove(&seq) {
+                    frame::write_confirm_ack(out, self.id, seq, false);
+                }
+            }
+        }
+        self.confirm_sent = upto;
     }
 
     /// The channel is closing: cancel its consumers and requeue what it had unacked.

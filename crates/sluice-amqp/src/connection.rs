@@ -608,6 +608,15 @@ impl Conn {
                     ch.consumer_cancelled(&mut self.out, consumer, &tag);
                 }
             }
+            Outbound::Stored { channel, seq } => self.stored(channel, seq, true),
+            Outbound::StoreFailed { channel, seq } => self.stored(channel, seq, false),
+        }
+    }
+
+    fn stored(&mut self, channel: u16, seq: u64, ok: bool) {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.stored(&mut self.out, seq, ok);
+            self.confirm_dirty.push(channel);
         }
     }
 

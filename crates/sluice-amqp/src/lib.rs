@@ -4,11 +4,12 @@
 //!
 //! Layers, one per file: `frame` (bytes ↔ frames, bounded), `connection` (handshake,
 //! tuning, heartbeats, channel multiplexing), `channel` (the methods), `broker` (shared
-//! queues and routing), `props` (message properties), `error` (reply codes).
+//! queues and routing, durable storage), `definitions` (the durable definitions file), `props` (message properties), `error` (reply codes).
 
 pub mod broker;
 mod channel;
 pub mod connection;
+pub mod definitions;
 pub mod error;
 pub mod frame;
 pub mod props;

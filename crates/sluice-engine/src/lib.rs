@@ -8,3 +8,4 @@
 
 pub mod queue;
 pub mod routing;
+pub mod store;

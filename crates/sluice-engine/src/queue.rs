@@ -21,6 +21,8 @@ pub struct Entry {
     pub id: MessageId,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// Where the message is stored on disk (its offset in the queue's log), if it is.
+    pub stored: Option<u64>,
 }
 
 /// Asked once for a chosen consumer: may its connection take one more delivery now?
@@ -122,8 +124,21 @@ impl Queue {
     pub fn publish(
         &mut self,
         message: Arc<Message>,
+        stored: Option<u64>,
         reserve: Reserve<'_>,
         out: &mut Vec<Delivery>,
+    ) -> MessageId {
+        let id = self.push(message, stored, false);
+        self.dispatch(reserve, out);
+        id
+    }
+
+    /// Appends a message without dispatching (recovery after a restart uses it).
+    pub fn push(
+        &mut self,
+        message: Arc<Message>,
+        stored: Option<u64>,
+        redelivered: bool,
     ) -> MessageId {
         let id = self.next_id;
         self.next_id += 1;
@@ -131,9 +146,9 @@ impl Queue {
         self.ready.push_back(Entry {
             id,
             message,
-            redelivered: false,
+            redelivered,
+            stored,
         });
-        self.dispatch(reserve, out);
         id
     }
 
@@ -264,12 +279,17 @@ impl Queue {
         Some(entry)
     }
 
-    /// Acknowledges deliveries; the freed credit is used at once.
-    pub fn ack(&mut self, ids: &[MessageId], reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
-        for &id in ids {
-            self.settle(id);
-        }
+    /// Acknowledges deliveries; the freed credit is used at once. Returns the settled
+    /// entries.
+    pub fn ack(
+        &mut self,
+        ids: &[MessageId],
+        reserve: Reserve<'_>,
+        out: &mut Vec<Delivery>,
+    ) -> Vec<Entry> {
+        let settled = ids.iter().filter_map(|&id| self.settle(id)).collect();
         self.dispatch(reserve, out);
+        settled
     }
 
     /// Rejects deliveries without requeueing; returns the dropped entries (for
@@ -298,12 +318,10 @@ impl Queue {
         self.dispatch(reserve, out);
     }
 
-    /// Drops every ready message; unacked ones are untouched. Returns how many.
-    pub fn purge(&mut self) -> u32 {
-        let n = self.message_count();
-        self.ready.clear();
+    /// Drops every ready message; unacked ones are untouched. Returns them.
+    pub fn purge(&mut self) -> Vec<Entry> {
         self.ready_bytes = 0;
-        n
+        self.ready.drain(..).collect()
     }
 }
 
@@ -350,8 +368,8 @@ mod tests {
     fn messages_wait_in_order_until_a_consumer_arrives() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        q.publish(msg("a"), &mut any(), &mut out);
-        q.publish(msg("b"), &mut any(), &mut out);
+        q.publish(msg("a"), None, &mut any(), &mut out);
+        q.publish(msg("b"), None, &mut any(), &mut out);
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 2);
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
@@ -367,7 +385,7 @@ mod tests {
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 1), &mut any(), &mut out).unwrap();
         for b in ["a", "b", "c", "d"] {
-            q.publish(msg(b), &mut any(), &mut out);
+            q.publish(msg(b), None, &mut any(), &mut out);
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
         let first = out[0].entry.id;
@@ -380,8 +398,8 @@ mod tests {
     fn requeued_messages_return_to_their_original_place_marked_redelivered() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        let a = q.publish(msg("a"), &mut any(), &mut out);
-        q.publish(msg("b"), &mut any(), &mut out);
+        let a = q.publish(msg("a"), None, &mut any(), &mut out);
+        q.publish(msg("b"), None, &mut any(), &mut out);
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
         q.requeue(&[a], &mut any(), &mut out);
@@ -419,8 +437,8 @@ mod tests {
         let mut high = consumer(2, 1);
         high.priority = 5;
         q.consume(high, &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), &mut any(), &mut out);
-        q.publish(msg("b"), &mut any(), &mut out);
+        q.publish(msg("a"), None, &mut any(), &mut out);
+        q.publish(msg("b"), None, &mut any(), &mut out);
         assert_eq!(bodies(&out), [(2, &b"a"[..]), (1, &b"b"[..])]);
     }
 
@@ -431,11 +449,11 @@ mod tests {
         let mut only_two = |c: ConsumerId| c == 2;
         q.consume(consumer(1, 0), &mut only_two, &mut out).unwrap();
         q.consume(consumer(2, 0), &mut only_two, &mut out).unwrap();
-        q.publish(msg("a"), &mut only_two, &mut out);
+        q.publish(msg("a"), None, &mut only_two, &mut out);
         assert_eq!(bodies(&out), [(2, &b"a"[..])]);
         let mut none = |_: ConsumerId| false;
         out.clear();
-        q.publish(msg("b"), &mut none, &mut out);
+        q.publish(msg("b"), None, &mut none, &mut out);
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 1);
     }
@@ -445,9 +463,9 @@ mod tests {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), &mut any(), &mut out);
-        q.publish(msg("b"), &mut any(), &mut out);
-        assert_eq!(q.purge(), 1);
+        q.publish(msg("a"), None, &mut any(), &mut out);
+        q.publish(msg("b"), None, &mut any(), &mut out);
+        assert_eq!(q.purge().len(), 1);
         assert!(q.cancel(1));
         assert!(q.unused_after_consumers());
         assert_eq!(q.unacked_count(), 1);

@@ -4,9 +4,9 @@
 //! TCP listener per protocol face, then accept until a signal. Shutdown runs the other
 //! way: stop accepting and close the listeners, release the lock, log `stopped`.
 //!
-//! The AMQP listener serves AMQP 0-9-1 (in memory for now: queues and messages do not
-//! survive a restart yet). The Kafka face is not built yet: its accept loop closes each
-//! connection as soon as it is accepted.
+//! The AMQP listener serves AMQP 0-9-1; durable definitions and persistent messages live
+//! under `data_dir/amqp` and are replayed before the listeners open. The Kafka face is not
+//! built yet: its accept loop closes each connection as soon as it is accepted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,20 +31,30 @@ const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     info!(data_dir = %config.data_dir.display(), "data directory locked");
-    // Storage is not opened by serve yet; the defaults are shown so a config can be checked.
     debug!(storage = ?config.storage, "storage defaults");
+    let amqp_dir = config.data_dir.join("amqp");
+    let broker = Broker::open(
+        &amqp_dir,
+        config.storage.clone(),
+        config.storage.batch_bytes_max as usize,
+    )
+    .with_context(|| format!("cannot open AMQP data in {}", amqp_dir.display()))?;
+    let broker = Arc::new(broker);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(listen_until_signal(config))?;
+    let served = runtime.block_on(listen_until_signal(config, Arc::clone(&broker)));
+    // Connections are dropped with the runtime; then everything stored is made durable.
     drop(runtime);
+    broker.close();
+    served?;
     drop(lock);
     info!("stopped");
     Ok(())
 }
 
-async fn listen_until_signal(config: &Config) -> anyhow::Result<()> {
+async fn listen_until_signal(config: &Config, broker: Arc<Broker>) -> anyhow::Result<()> {
     // Handlers go in before any listener binds: once a `listening` line is out, SIGTERM
     // must mean a clean stop, not the default kill.
     let mut signals = Signals::install()?;
@@ -54,9 +64,9 @@ async fn listen_until_signal(config: &Config) -> anyhow::Result<()> {
     info!(kafka = %kafka.local_addr, "listening");
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
-    let broker = Arc::new(Broker::new(config.storage.batch_bytes_max as usize));
     let signal = tokio::select! {
         signal = signals.recv() => signal,
+        never = flush_loop(Arc::clone(&broker)) => match never {},
         never = amqp_accept_loop(amqp.listener, broker) => match never {},
         never = accept_loop("kafka", kafka.listener) => match never {},
     };
@@ -81,6 +91,21 @@ async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<Bound> {
         listener,
         local_addr,
     })
+}
+
+/// How often durable queues are checked for fsyncs due under the `async` flush policy.
+const FLUSH_TICK: Duration = Duration::from_millis(100);
+
+/// Runs due background fsyncs on a blocking thread, one round at a time.
+async fn flush_loop(broker: Arc<Broker>) -> Infallible {
+    let mut tick = tokio::time::interval(FLUSH_TICK);
+    loop {
+        tick.tick().await;
+        let b = Arc::clone(&broker);
+        if let Err(e) = tokio::task::spawn_blocking(move || b.flush_due()).await {
+            warn!(error = %e, "flush round failed");
+        }
+    }
 }
 
 /// Accepts AMQP connections, one task each.

@@ -84,6 +84,35 @@ impl Broker {
         format!("amqp://guest:guest@{}/%2f", self.amqp)
     }
 
+    /// Stops the broker (SIGTERM, or SIGKILL when `graceful` is false) and starts a new
+    /// one on the same data directory.
+    pub fn restart(mut self, graceful: bool) -> Broker {
+        if graceful {
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    assert!(status.success(), "graceful stop failed: {status}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sluice did not stop");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            self.child.kill().unwrap();
+            self.child.wait().unwrap();
+        }
+        let tmp = self._tmp.take();
+        let mut next = Broker::start_in(&self.data_dir);
+        next._tmp = tmp;
+        next
+    }
+
     /// Whether the process is still running (it must survive bad input).
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

@@ -1,0 +1,354 @@
+//! A durable queue's storage: a log of its persistent messages and a log of settlements
+//! (acknowledged or dropped message offsets). Replaying both after a restart gives back
+//! exactly the messages not yet settled. Fully settled segments of the message log are
+//! freed by moving its start offset past the settled head; the settlement log is
+//! compacted by rewriting the few out-of-order settlements above that head.
+//!
+//! Durability of appends is group-committed: writers park a waiter with
+//! [`QueueStore::wait`], the owner runs the [`SyncJob`]s it is given off its thread and
+//! hands the result back to [`QueueStore::synced`], which releases the covered waiters.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_core::{Clock, Message};
+use sluice_log::{GroupCommit, Log};
+pub use sluice_log::{LogConfig, LogError, SyncJob, Synced};
+
+const ENCODING_VERSION: u8 = 1;
+/// Most writers waiting for one queue's fsync; past it publishers get an error back.
+const WAITERS_MAX: usize = 65_536;
+/// Settlements between two moves of the message log's start offset (each move writes a
+/// small file).
+const TRUNCATE_EVERY: u64 = 4096;
+/// Settlement log size that triggers its compaction.
+const SETTLED_LOG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("stored message at offset {offset} in {path} is not decodable")]
+    Undecodable { path: PathBuf, offset: u64 },
+}
+
+/// A message read back from disk, with its offset.
+#[derive(Debug)]
+pub struct Recovered {
+    pub offset: u64,
+    pub message: Message,
+}
+
+#[derive(Debug)]
+pub struct QueueStore<W> {
+    dir: PathBuf,
+    messages: Log,
+    settled: Log,
+    group: GroupCommit<W>,
+    /// Lowest message offset not yet settled.
+    head: u64,
+    /// Settled offsets above `head`.
+    settled_above_head: BTreeSet<u64>,
+    since_truncate: u64,
+    scratch: Vec<u8>,
+}
+
+/// Encodes a message for the log: version, exchange, routing key, flags, priority,
+/// expiration, properties, body.
+fn encode(message: &Message, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(ENCODING_VERSION);
+    for s in [&message.exchange, &message.routing_key] {
+        let len = s.len().min(255);
+        out.push(len as u8);
+        out.extend_from_slice(s.as_bytes().get(..len).unwrap_or_default());
+    }
+    out.push(u8::from(message.persistent));
+    out.push(message.priority);
+    out.extend_from_slice(&message.expiration_ms.map_or(u64::MAX, |e| e).to_le_bytes());
+    out.extend_from_slice(&(message.properties.len() as u32).to_le_bytes());
+    out.extend_from_slice(&message.properties);
+    out.extend_from_slice(&message.body);
+}
+
+fn decode(mut bytes: Bytes) -> Option<Message> {
+    let take_str = |b: &mut Bytes| -> Option<Arc<str>> {
+        let len = usize::from(*b.first()?);
+        b.advance(1);
+        if b.len() < len {
+            return None;
+        }
+        let s = std::str::from_utf8(b.get(..len)?).ok()?.into();
+        b.advance(len);
+        Some(s)
+    };
+    if bytes.first() != Some(&ENCODING_VERSION) {
+        return None;
+    }
+    bytes.advance(1);
+    let exchange = take_str(&mut bytes)?;
+    let routing_key = take_str(&mut bytes)?;
+    if bytes.len() < 14 {
+        return None;
+    }
+    let persistent = bytes.get_u8() == 1;
+    let priority = bytes.get_u8();
+    let expiration = bytes.get_u64_le();
+    let props_len = bytes.get_u32_le() as usize;
+    if bytes.len() < props_len {
+        return None;
+    }
+    let properties = bytes.split_to(props_len);
+    Some(Message {
+        exchange,
+        routing_key,
+        properties,
+        body: bytes,
+        persistent,
+        priority,
+        expiration_ms: (expiration != u64::MAX).then_some(expiration),
+    })
+}
+
+impl<W> QueueStore<W> {
+    /// Opens (or creates) the store in `dir` and returns the messages still unsettled,
+    /// in order.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Vec<Recovered>), StoreError> {
+        let messages = Log::open(dir.join("messages"), config.clone(), Arc::clone(&clock))?;
+        let mut settled = Log::open(dir.join("settled"), config, clock)?;
+        let start = messages.start_offset();
+        let mut done = BTreeSet::new();
+        let mut offset = settled.start_offset();
+        loop {
+            let batches = settled.read(offset, 1 << 20)?;
+            let Some(last) = batches.last() else { break };
+            offset = last.next_offset();
+            for batch in &batches {
+                for chunk in batch.payload.chunks_exact(8) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(chunk);
+                    let o = u64::from_le_bytes(b);
+                    if o >= start {
+                        done.insert(o);
+                    }
+                }
+            }
+        }
+        let mut store = QueueStore {
+            dir: dir.to_path_buf(),
+            messages,
+            settled,
+            group: GroupCommit::new(WAITERS_MAX),
+            head: start,
+            settled_above_head: BTreeSet::new(),
+            since_truncate: 0,
+            scratch: Vec::new(),
+        };
+        let mut recovered = Vec::new();
+        let mut offset = start;
+        loop {
+            let batches = store.messages.read(offset, 1 << 20)?;
+            let Some(last) = batches.last() else { break };
+            offset = last.next_offset();
+            for batch in batches {
+                if done.contains(&batch.base_offset) {
+                    continue;
+                }
+                let message = decode(batch.payload).ok_or_else(|| StoreError::Undecodable {
+                    path: store.dir.clone(),
+                    offset: batch.base_offset,
+                })?;
+                recovered.push(Recovered {
+                    offset: batch.base_offset,
+                    message,
+                });
+            }
+        }
+        store.settled_above_head = done;
+        store.advance_head();
+        store.compact_settled()?;
+        Ok((store, recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a message; returns its offset.
+    pub fn append(&mut self, message: &Message) -> Result<u64, StoreError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        encode(message, &mut buf);
+        let appended = self.messages.append(&buf, 1, 0);
+        self.scratch = buf;
+        Ok(appended?.base_offset)
+    }
+
+    /// Parks `waiter` until the message at `offset` is durable; gives it back if too many
+    /// wait already.
+    pub fn wait(&mut self, offset: u64, waiter: W) -> Result<(), W> {
+        self.group.wait(offset + 1, waiter)
+    }
+
+    /// The fsync to run next for waiting writers, if none is running.
+    pub fn sync_job(&mut self) -> Result<Option<SyncJob>, StoreError> {
+        Ok(self.group.start(&mut self.messages)?)
+    }
+
+    /// Records a finished fsync; returns the waiters it made durable.
+    pub fn synced(&mut self, synced: Synced) -> Vec<W> {
+        self.group.finish(&mut self.messages, synced).collect()
+    }
+
+    /// A failed fsync: the waiters cannot be told their messages are safe.
+    pub fn sync_failed(&mut self) -> Vec<W> {
+        self.group.fail_all().collect()
+    }
+
+    /// Background flush for the `async` policy and for settlements: fsyncs both logs
+    /// when due. Blocking; for a flusher thread.
+    pub fn flush_jobs(&mut self) -> Result<Vec<SyncJob>, StoreError> {
+        let mut jobs = Vec::new();
+        if !self.group.in_flight() && self.messages.flush_due() {
+            jobs.extend(self.messages.sync_job()?);
+        }
+        if self.settled.flush_due() {
+            jobs.extend(self.settled.sync_job()?);
+        }
+        Ok(jobs)
+    }
+
+    /// Records settled (acknowledged or dropped) messages by offset.
+    pub fn settle(&mut self, offsets: &[u64]) -> Result<(), StoreError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut buf = BytesMut::with_capacity(offsets.len() * 8);
+        for &o in offsets {
+            buf.put_u64_le(o);
+            if o >= self.head {
+                self.settled_above_head.insert(o);
+            }
+        }
+        self.settled.append(&buf, 1, 0)?;
+        let moved = self.advance_head();
+        self.since_truncate += moved;
+        if self.since_truncate >= TRUNCATE_EVERY {
+            self.since_truncate = 0;
+            self.messages.truncate_prefix(self.head)?;
+        }
+        if self.settled.stats().bytes > SETTLED_LOG_BYTES_MAX {
+            self.compact_settled()?;
+        }
+        Ok(())
+    }
+
+    /// Moves `head` over settled offsets; returns how far.
+    fn advance_head(&mut self) -> u64 {
+        let before = self.head;
+        let end = self.messages.next_offset();
+        while self.head < end && self.settled_above_head.remove(&self.head) {
+            self.head += 1;
+        }
+        self.head - before
+    }
+
+    /// Rewrites the settlement log as one record of the settlements above the head.
+    fn compact_settled(&mut self) -> Result<(), StoreError> {
+        self.messages.truncate_prefix(self.head)?;
+        let mut buf = BytesMut::with_capacity(self.settled_above_head.len() * 8 + 8);
+        for &o in &self.settled_above_head {
+            buf.put_u64_le(o);
+        }
+        // A record is never empty: an out-of-range offset stands for "nothing".
+        if buf.is_empty() {
+            buf.put_u64_le(u64::MAX);
+        }
+        let at = self.settled.append(&buf, 1, 0)?;
+        self.settled.sync()?;
+        self.settled.truncate_prefix(at.base_offset)?;
+        Ok(())
+    }
+
+    /// Makes everything durable (clean shutdown). Blocking.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.messages.sync()?;
+        self.settled.sync()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::ManualClock;
+
+    fn message(body: &'static str) -> Message {
+        Message {
+            exchange: "ex".into(),
+            routing_key: "key".into(),
+            properties: Bytes::from_static(&[0x10, 0x00, 2]),
+            body: Bytes::from_static(body.as_bytes()),
+            persistent: true,
+            priority: 3,
+            expiration_ms: Some(5000),
+        }
+    }
+
+    fn open(dir: &Path) -> (QueueStore<u32>, Vec<Recovered>) {
+        QueueStore::open(dir, LogConfig::default(), Arc::new(ManualClock::new(0))).unwrap()
+    }
+
+    #[test]
+    fn messages_round_trip_through_the_encoding() {
+        let m = message("body");
+        let mut buf = Vec::new();
+        encode(&m, &mut buf);
+        assert_eq!(decode(Bytes::from(buf)), Some(m));
+        assert_eq!(decode(Bytes::from_static(&[9, 0])), None);
+    }
+
+    #[test]
+    fn reopening_returns_exactly_the_unsettled_messages_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, recovered) = open(dir.path());
+            assert!(recovered.is_empty());
+            let offsets: Vec<u64> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|b| store.append(&message(b)).unwrap())
+                .collect();
+            store.settle(&[offsets[0], offsets[2]]).unwrap();
+            store.close().unwrap();
+        }
+        let (mut store, recovered) = open(dir.path());
+        let bodies: Vec<&[u8]> = recovered.iter().map(|r| &r.message.body[..]).collect();
+        assert_eq!(bodies, [&b"b"[..], &b"d"[..]]);
+        store.settle(&[recovered[0].offset]).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let (_, recovered) = open(dir.path());
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(&recovered[0].message.body[..], b"d");
+    }
+
+    #[test]
+    fn waiters_are_released_by_the_fsync_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let a = store.append(&message("a")).unwrap();
+        store.wait(a, 1).unwrap();
+        let job = store.sync_job().unwrap().unwrap();
+        let b = store.append(&message("b")).unwrap();
+        store.wait(b, 2).unwrap();
+        assert!(store.sync_job().unwrap().is_none(), "one fsync at a time");
+        assert_eq!(store.synced(job.run().unwrap()), vec![1]);
+        let job = store.sync_job().unwrap().unwrap();
+        assert_eq!(store.synced(job.run().unwrap()), vec![2]);
+    }
+}

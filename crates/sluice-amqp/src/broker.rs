@@ -11,11 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sluice_core::{Clock, Message, SystemClock, Table};
-use sluice_engine::queue::{Consumer, ConsumerId, Delivery, Entry, MessageId, Queue, QueueError};
+use sluice_engine::queue::{
+    Accepted, Consumer, ConsumerId, Dead, DeathReason, Delivery, Entry, MessageId, Overflow, Queue,
+    QueueError,
+};
 use sluice_engine::routing::{Destination, Router};
 use sluice_engine::store::{LogConfig, QueueStore, StoreError, Synced};
 use tokio::sync::mpsc;
 
+use crate::args::{QueueSettings, queue_settings};
 use crate::definitions::{Definitions, QueueRecord};
 
 /// Deliveries a consumer's connection may hold unwritten; past it the queue keeps the
@@ -112,6 +116,19 @@ pub struct QueueDef {
     pub exclusive_owner: Option<ConnectionId>,
     pub auto_delete: bool,
     pub arguments: Table,
+    /// Limits and dead-lettering read from `arguments`.
+    pub settings: QueueSettings,
+}
+
+/// Messages that left their queues and wait to be dead-lettered (or dropped).
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    pending: AtomicBool,
+    items: Mutex<Vec<(Arc<QueueCell>, Dead)>>,
+}
+
+fn now_ms() -> i64 {
+    SystemClock.now_ms()
 }
 
 #[derive(Debug)]
@@ -122,6 +139,8 @@ pub struct QueueState {
     /// Disk storage of a durable queue's persistent messages.
     store: Option<QueueStore<Confirm>>,
     syncing: bool,
+    /// Messages that left the queue during the current operation.
+    dead: Vec<Dead>,
 }
 
 impl QueueState {
@@ -144,6 +163,7 @@ pub struct QueueCell {
     /// Storage directory id of a durable queue.
     pub store_id: Option<u64>,
     state: Mutex<QueueState>,
+    dead_letters: Arc<DeadLetters>,
 }
 
 impl QueueCell {
@@ -160,11 +180,51 @@ impl QueueCell {
     ) -> R {
         let mut out = Vec::new();
         let mut state = self.lock();
-        let QueueState { queue, links, .. } = &mut *state;
-        let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
-        let result = op(queue, &mut reserve, &mut out);
+        Self::expire(&mut state);
+        let result = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            op(queue, &mut reserve, &mut out)
+        };
         self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
         result
+    }
+
+    /// Expires what is due before an operation sees the queue.
+    fn expire(state: &mut QueueState) {
+        let now = now_ms();
+        if state.queue.next_expiry().is_some_and(|at| at <= now) {
+            let QueueState { queue, dead, .. } = state;
+            queue.expire(now, dead);
+        }
+    }
+
+    /// Settles messages that left the queue and passes them on for dead-lettering when
+    /// the queue has a dead-letter exchange.
+    fn hand_over_dead(self: &Arc<Self>, state: &mut QueueState) {
+        if state.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut state.dead);
+        state.settle(dead.iter().map(|d| d.entry.stored));
+        if self.def.settings.dead_letter_exchange.is_none() {
+            return;
+        }
+        let mut items = self
+            .dead_letters
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        items.extend(dead.into_iter().map(|d| (Arc::clone(self), d)));
+        self.dead_letters.pending.store(true, Ordering::Release);
+    }
+
+    /// Expires due messages (timer).
+    pub fn expire_due(self: &Arc<Self>) {
+        let mut state = self.lock();
+        Self::expire(&mut state);
+        self.hand_over_dead(&mut state);
     }
 
     fn send_all(self: &Arc<Self>, state: &mut QueueState, out: Vec<Delivery>) {
@@ -207,9 +267,30 @@ impl QueueCell {
     /// Enqueues a message. A persistent message in a durable queue is written to its log
     /// first; `confirm` is then told when it is on disk. Returns whether `confirm` was
     /// taken (otherwise the publish needs no wait for this queue).
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>, confirm: Option<Confirm>) -> bool {
+    pub fn publish(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        confirm: Option<Confirm>,
+    ) -> (bool, Accepted) {
         let mut out = Vec::new();
         let mut state = self.lock();
+        Self::expire(&mut state);
+        if state.queue.would_reject(&message) {
+            if state.queue.limits().overflow == Overflow::RejectPublishDlx {
+                state.dead.push(Dead {
+                    entry: Entry {
+                        id: 0,
+                        message,
+                        redelivered: false,
+                        stored: None,
+                        expires_at: None,
+                    },
+                    reason: DeathReason::MaxLen,
+                });
+                self.hand_over_dead(&mut state);
+            }
+            return (false, Accepted::Rejected);
+        }
         let mut stored = None;
         let mut waiting = false;
         if message.persistent
@@ -234,16 +315,19 @@ impl QueueCell {
                 }
             }
         }
-        {
-            let QueueState { queue, links, .. } = &mut *state;
+        let accepted = {
+            let QueueState {
+                queue, links, dead, ..
+            } = &mut *state;
             let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
-            queue.publish(message, stored, &mut reserve, &mut out);
-        }
+            queue.publish(message, stored, now_ms(), &mut reserve, &mut out, dead)
+        };
         self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
         if waiting {
             self.start_sync(&mut state);
         }
-        waiting
+        (waiting, accepted)
     }
 
     /// Starts the next group fsync if writers wait and none runs.
@@ -340,8 +424,21 @@ impl QueueCell {
         self.run(|q, reserve, out| q.requeue(ids, reserve, out));
     }
 
-    pub fn discard(self: &Arc<Self>, ids: &[MessageId]) -> Vec<Entry> {
-        self.settle_with(|q, reserve, out| q.discard(ids, reserve, out))
+    /// Rejects without requeue: the messages are dead-lettered (reason `rejected`).
+    pub fn discard(self: &Arc<Self>, ids: &[MessageId]) {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        let dropped = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            queue.discard(ids, &mut reserve, &mut out)
+        };
+        state.dead.extend(dropped.into_iter().map(|entry| Dead {
+            entry,
+            reason: DeathReason::Rejected,
+        }));
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
     }
 
     /// Runs an operation that settles entries, records them, and returns them.
@@ -365,8 +462,10 @@ impl QueueCell {
         self.lock().queue.restore(entry);
     }
 
-    pub fn get(&self, no_ack: bool) -> Option<(Entry, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut state = self.lock();
+        Self::expire(&mut state);
+        self.hand_over_dead(&mut state);
         let entry = state.queue.get(no_ack)?;
         if no_ack {
             state.settle([entry.stored]);
@@ -381,8 +480,10 @@ impl QueueCell {
         u32::try_from(purged.len()).unwrap_or(u32::MAX)
     }
 
-    pub fn counts(&self) -> (u32, u32) {
-        let state = self.lock();
+    pub fn counts(self: &Arc<Self>) -> (u32, u32) {
+        let mut state = self.lock();
+        Self::expire(&mut state);
+        self.hand_over_dead(&mut state);
         (state.queue.message_count(), state.queue.consumer_count())
     }
 
@@ -408,6 +509,8 @@ impl QueueCell {
         };
         let mut out = Vec::new();
         let mut state = self.lock();
+        Self::expire(&mut state);
+        self.hand_over_dead(&mut state);
         state.links.insert(id, link);
         let result = {
             let QueueState { queue, links, .. } = &mut *state;
@@ -452,6 +555,7 @@ pub struct VHost {
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<QueueCell>>>,
     storage: Option<Storage>,
+    dead_letters: Arc<DeadLetters>,
 }
 
 impl VHost {
@@ -461,7 +565,79 @@ impl VHost {
             router: RwLock::new(Router::new()),
             queues: RwLock::new(HashMap::new()),
             storage: None,
+            dead_letters: Arc::new(DeadLetters::default()),
         }
+    }
+
+    /// Routes dead-lettered messages to their queues' dead-letter exchanges. Republishing
+    /// can dead-letter more (a full or expiring target), so this runs until none is left,
+    /// with a cap against cycles that never settle.
+    pub fn process_dead_letters(&self) {
+        const ROUNDS_MAX: usize = 64;
+        let mut routed = Vec::new();
+        for _ in 0..ROUNDS_MAX {
+            if !self.dead_letters.pending.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let items = std::mem::take(
+                &mut *self
+                    .dead_letters
+                    .items
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for (source, dead) in items {
+                let Some(dlx) = source.def.settings.dead_letter_exchange.as_deref() else {
+                    continue;
+                };
+                let key = source
+                    .def
+                    .settings
+                    .dead_letter_routing_key
+                    .as_deref()
+                    .unwrap_or(&dead.entry.message.routing_key);
+                let Some(message) = crate::dead_letter::dead_lettered(
+                    &dead.entry.message,
+                    &source.name,
+                    dead.reason,
+                    dlx,
+                    key,
+                ) else {
+                    continue;
+                };
+                routed.clear();
+                if self.router().route(dlx, key, None, &mut routed).is_err() {
+                    continue;
+                }
+                let message = Arc::new(message);
+                for name in &routed {
+                    // A message that expired or overflowed does not go back into the queue
+                    // it just left (RabbitMQ drops such cycles); rejected ones may.
+                    if **name == *source.name && dead.reason != DeathReason::Rejected {
+                        continue;
+                    }
+                    if let Some(queue) = self.queue(name) {
+                        queue.publish(Arc::clone(&message), None);
+                    }
+                }
+            }
+        }
+        tracing::warn!("dead-letter rounds capped; messages may be cycling between queues");
+    }
+
+    /// Expires due messages in every queue and dead-letters them (timer).
+    pub fn expire_due(&self) {
+        let queues: Vec<Arc<QueueCell>> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            q.expire_due();
+        }
+        self.process_dead_letters();
     }
 
     /// Opens a virtual host stored in `dir`: its durable definitions, and every durable
@@ -518,12 +694,14 @@ impl VHost {
             QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
                 .map_err(|e| OpenError::Store(dir.clone(), e))?;
         let name: Arc<str> = record.name.as_str().into();
-        let mut queue = Queue::new(Arc::clone(&name));
+        let settings =
+            queue_settings(&record.arguments, true, false, record.auto_delete).unwrap_or_default();
+        let mut queue = Queue::with_limits(Arc::clone(&name), settings.limits.clone());
         let count = recovered.len();
         for r in recovered {
             // Whether it was delivered before the restart is not recorded: flag it as
             // possibly seen, as the AMQP `redelivered` bit allows.
-            queue.push(Arc::new(r.message), Some(r.offset), true);
+            queue.push(Arc::new(r.message), Some(r.offset), true, None);
         }
         tracing::info!(queue = %name, messages = count, "durable queue restored");
         let def = QueueDef {
@@ -531,6 +709,7 @@ impl VHost {
             exclusive_owner: None,
             auto_delete: record.auto_delete,
             arguments: record.arguments,
+            settings,
         };
         self.insert_queue(name, def, Some(record.id), queue, Some(store));
         Ok(())
@@ -554,7 +733,9 @@ impl VHost {
                 deleted: false,
                 store,
                 syncing: false,
+                dead: Vec::new(),
             }),
+            dead_letters: Arc::clone(&self.dead_letters),
         });
         self.queues
             .write()
@@ -681,7 +862,7 @@ impl VHost {
             store = Some(s);
             store_id = Some(id);
         }
-        let queue = Queue::new(Arc::clone(&name));
+        let queue = Queue::with_limits(Arc::clone(&name), def.settings.limits.clone());
         Ok((self.insert_queue(name, def, store_id, queue, store), true))
     }
 
@@ -780,6 +961,11 @@ impl Broker {
     /// A fresh id for a connection or consumer.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Expires due messages everywhere and dead-letters them.
+    pub fn expire_due(&self) {
+        self.vhost.expire_due();
     }
 
     /// Runs the fsyncs that are due in every durable queue. Blocking.

@@ -11,9 +11,10 @@ use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use sluice_core::{Message, Value};
-use sluice_engine::queue::{Consumer, ConsumerId, Entry, MessageId};
+use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
 
+use crate::args;
 use crate::broker::{Broker, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost};
 use crate::error::{AmqpError, codes};
 use crate::frame;
@@ -288,11 +289,15 @@ impl Channel {
                     } else {
                         requested.into()
                     };
+                    let arguments = props::table_from_amqp(&d.arguments);
+                    let settings =
+                        args::queue_settings(&arguments, d.durable, d.exclusive, d.auto_delete)?;
                     let def = QueueDef {
                         durable: d.durable,
                         exclusive_owner: d.exclusive.then_some(ctx.connection),
                         auto_delete: d.auto_delete,
-                        arguments: props::table_from_amqp(&d.arguments),
+                        arguments,
+                        settings,
                     };
                     let (queue, created) =
                         ctx.vhost.declare_queue(name, def.clone()).map_err(|e| {
@@ -812,6 +817,7 @@ impl Channel {
         };
         let mut delivered = 0;
         let mut waiting = 0u32;
+        let mut rejected = false;
         for name in &self.routed {
             if let Some(queue) = ctx.vhost.queue(name) {
                 let confirm = (self.confirm && message.persistent && queue.store_id.is_some())
@@ -820,13 +826,28 @@ impl Channel {
                         channel: self.id,
                         seq,
                     });
-                if queue.publish(Arc::clone(&message), confirm) {
+                let (stored, accepted) = queue.publish(Arc::clone(&message), confirm);
+                if stored {
                     waiting += 1;
                 }
+                rejected |= accepted == Accepted::Rejected;
                 delivered += 1;
             }
         }
-        if waiting > 0 {
+        if self.confirm && rejected {
+            // A queue at its limit refused it (`reject-publish`): nack, even if other
+            // queues took it, as RabbitMQ does.
+            self.nacked.insert(seq);
+            frame::write_method(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+        } else if waiting > 0 {
             self.unconfirmed.insert(seq, waiting);
         }
         if delivered == 0 && p.mandatory {

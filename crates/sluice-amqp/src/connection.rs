@@ -540,7 +540,9 @@ impl Conn {
             out: &mut self.out,
             frame_max: self.frame_max,
         };
-        match f(ch, &mut ctx) {
+        let result = f(ch, &mut ctx);
+        vhost.process_dead_letters();
+        match result {
             Ok(()) => {
                 self.confirm_dirty.push(id);
                 Ok(())

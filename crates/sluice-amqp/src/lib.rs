@@ -6,9 +6,11 @@
 //! tuning, heartbeats, channel multiplexing), `channel` (the methods), `broker` (shared
 //! queues and routing, durable storage), `definitions` (the durable definitions file), `props` (message properties), `error` (reply codes).
 
+mod args;
 pub mod broker;
 mod channel;
 pub mod connection;
+mod dead_letter;
 pub mod definitions;
 pub mod error;
 pub mod frame;

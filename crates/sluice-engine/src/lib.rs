@@ -7,5 +7,6 @@
 //! and timers come later.
 
 pub mod queue;
+mod ready;
 pub mod routing;
 pub mod store;

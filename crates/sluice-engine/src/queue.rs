@@ -6,10 +6,12 @@
 //! Invariants: a message is either ready or unacked, never both; ids only grow, and ready
 //! messages stay ordered by id, so a requeued message returns to its original place.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_core::Message;
+
+use crate::ready::Ready;
 
 /// Identifies a consumer across the broker; assigned by the face.
 pub type ConsumerId = u64;
@@ -23,6 +25,8 @@ pub struct Entry {
     pub redelivered: bool,
     /// Where the message is stored on disk (its offset in the queue's log), if it is.
     pub stored: Option<u64>,
+    /// When the message expires (queue or per-message TTL), in ms since the epoch.
+    pub expires_at: Option<i64>,
 }
 
 /// Asked once for a chosen consumer: may its connection take one more delivery now?
@@ -34,6 +38,60 @@ pub type Reserve<'a> = &'a mut dyn FnMut(ConsumerId) -> bool;
 pub struct Delivery {
     pub consumer: ConsumerId,
     pub entry: Entry,
+}
+
+/// What happens when a length limit is reached (`x-overflow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    #[default]
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+/// A queue's limits from its arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub message_ttl_ms: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    /// 0 = no priorities.
+    pub max_priority: u8,
+    pub single_active_consumer: bool,
+}
+
+/// Why a message left its queue for the dead-letter exchange (the `x-death` reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// A message removed from the queue that may be dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Dead {
+    pub entry: Entry,
+    pub reason: DeathReason,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Queued(MessageId),
+    /// Refused by `reject-publish` overflow.
+    Rejected,
 }
 
 #[derive(Debug, Clone)]
@@ -70,10 +128,11 @@ impl QueueError {
 #[derive(Debug)]
 pub struct Queue {
     pub name: Arc<str>,
+    limits: Limits,
     next_id: MessageId,
-    ready: VecDeque<Entry>,
-    ready_bytes: u64,
+    ready: Ready,
     unacked: HashMap<MessageId, (Entry, Option<ConsumerId>)>,
+    /// Ordered by priority (highest first), then by arrival.
     consumers: Vec<Consumer>,
     /// Index in `consumers` where the next round-robin search starts.
     cursor: usize,
@@ -82,16 +141,24 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(name: Arc<str>) -> Self {
+        Queue::with_limits(name, Limits::default())
+    }
+
+    pub fn with_limits(name: Arc<str>, limits: Limits) -> Self {
         Queue {
             name,
+            ready: Ready::new(limits.max_priority),
+            limits,
             next_id: 0,
-            ready: VecDeque::new(),
-            ready_bytes: 0,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             cursor: 0,
             had_consumer: false,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn message_count(&self) -> u32 {
@@ -103,7 +170,7 @@ impl Queue {
     }
 
     pub fn ready_bytes(&self) -> u64 {
-        self.ready_bytes
+        self.ready.bytes()
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -119,18 +186,78 @@ impl Queue {
         self.had_consumer && self.consumers.is_empty()
     }
 
-    /// Adds a message at the tail and dispatches. `reserve` is asked once per chosen
-    /// consumer whether its connection can take another delivery now, and counts it.
+    /// When the next ready message expires.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.ready.next_expiry()
+    }
+
+    fn expiry_for(&self, message: &Message, now_ms: i64) -> Option<i64> {
+        let ttl = match (self.limits.message_ttl_ms, message.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(now_ms.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+    }
+
+    /// Whether a publish of `message` would be refused by `reject-publish` overflow.
+    pub fn would_reject(&self, message: &Message) -> bool {
+        self.limits.overflow != Overflow::DropHead && self.full(message.body_len() as u64)
+    }
+
+    fn full(&self, extra_bytes: u64) -> bool {
+        self.limits
+            .max_length
+            .is_some_and(|m| self.ready.len() as u64 >= m)
+            || self
+                .limits
+                .max_length_bytes
+                .is_some_and(|m| self.ready.bytes() + extra_bytes > m)
+    }
+
+    /// Adds a message at the tail, dispatches, then applies the length limits and
+    /// expires what is due (a TTL of 0 only reaches a consumer waiting right now).
+    /// `reserve` is asked once per chosen consumer whether its connection can take
+    /// another delivery now, and counts it.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         message: Arc<Message>,
         stored: Option<u64>,
+        now_ms: i64,
         reserve: Reserve<'_>,
         out: &mut Vec<Delivery>,
-    ) -> MessageId {
-        let id = self.push(message, stored, false);
+        dead: &mut Vec<Dead>,
+    ) -> Accepted {
+        if self.limits.overflow != Overflow::DropHead && self.full(message.body_len() as u64) {
+            return Accepted::Rejected;
+        }
+        let expires_at = self.expiry_for(&message, now_ms);
+        let id = self.push(message, stored, false, expires_at);
         self.dispatch(reserve, out);
-        id
+        if self.limits.overflow == Overflow::DropHead {
+            while self.full(0) && !self.ready.is_empty() {
+                let over_count = self
+                    .limits
+                    .max_length
+                    .is_some_and(|m| self.ready.len() as u64 > m);
+                let over_bytes = self
+                    .limits
+                    .max_length_bytes
+                    .is_some_and(|m| self.ready.bytes() > m);
+                if !over_count && !over_bytes {
+                    break;
+                }
+                let Some(entry) = self.ready.pop_head_for_overflow() else {
+                    break;
+                };
+                dead.push(Dead {
+                    entry,
+                    reason: DeathReason::MaxLen,
+                });
+            }
+        }
+        self.expire(now_ms, dead);
+        Accepted::Queued(id)
     }
 
     /// Appends a message without dispatching (recovery after a restart uses it).
@@ -139,17 +266,28 @@ impl Queue {
         message: Arc<Message>,
         stored: Option<u64>,
         redelivered: bool,
+        expires_at: Option<i64>,
     ) -> MessageId {
         let id = self.next_id;
         self.next_id += 1;
-        self.ready_bytes += message.body_len() as u64;
         self.ready.push_back(Entry {
             id,
             message,
             redelivered,
             stored,
+            expires_at,
         });
         id
+    }
+
+    /// Removes every ready message whose TTL has passed.
+    pub fn expire(&mut self, now_ms: i64, dead: &mut Vec<Dead>) {
+        let mut expired = Vec::new();
+        self.ready.take_expired(now_ms, &mut expired);
+        dead.extend(expired.into_iter().map(|entry| Dead {
+            entry,
+            reason: DeathReason::Expired,
+        }));
     }
 
     pub fn consume(
@@ -162,10 +300,15 @@ impl Queue {
         if locked || (consumer.exclusive && !self.consumers.is_empty()) {
             return Err(QueueError::ExclusiveConsumer(self.name.to_string()));
         }
-        self.consumers.push(consumer);
-        // Higher priority consumers are served first; equal priorities round-robin.
-        self.consumers
-            .sort_by_key(|c| std::cmp::Reverse(c.priority));
+        // Higher priority consumers are served first; equal priorities round-robin in
+        // arrival order.
+        let at = self
+            .consumers
+            .partition_point(|c| c.priority >= consumer.priority);
+        self.consumers.insert(at, consumer);
+        if at < self.cursor {
+            self.cursor += 1;
+        }
         self.had_consumer = true;
         self.dispatch(reserve, out);
         Ok(())
@@ -187,6 +330,15 @@ impl Queue {
         before != self.consumers.len()
     }
 
+    /// The consumer that receives everything under single active consumer: the first
+    /// registered of the highest priority.
+    pub fn active_consumer(&self) -> Option<ConsumerId> {
+        if !self.limits.single_active_consumer {
+            return None;
+        }
+        self.consumers.first().map(|c| c.id)
+    }
+
     /// Hands ready messages to consumers with credit, round-robin within the highest
     /// priority that can take one.
     pub fn dispatch(&mut self, reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
@@ -197,7 +349,6 @@ impl Queue {
             let Some(entry) = self.ready.pop_front() else {
                 return;
             };
-            self.ready_bytes -= entry.message.body_len() as u64;
             let Some(consumer) = self.consumers.get_mut(at) else {
                 return;
             };
@@ -216,8 +367,13 @@ impl Queue {
 
     /// The consumer to deliver to next: within each priority level (highest first),
     /// round-robin from the cursor among those with prefetch credit whose connection
-    /// accepts the reservation.
+    /// accepts the reservation. Under single active consumer, only the first.
     fn next_consumer(&self, reserve: Reserve<'_>) -> Option<usize> {
+        let has_credit = |c: &Consumer| c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch;
+        if self.limits.single_active_consumer {
+            let c = self.consumers.first()?;
+            return (has_credit(c) && reserve(c.id)).then_some(0);
+        }
         let mut lo = 0;
         while lo < self.consumers.len() {
             let priority = self.consumers.get(lo)?.priority;
@@ -240,8 +396,7 @@ impl Queue {
                 let Some(c) = self.consumers.get(i) else {
                     continue;
                 };
-                let credit = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch;
-                if credit && reserve(c.id) {
+                if has_credit(c) && reserve(c.id) {
                     return Some(i);
                 }
             }
@@ -254,15 +409,12 @@ impl Queue {
     /// not marked redelivered (the client never saw it).
     pub fn restore(&mut self, entry: Entry) {
         self.settle(entry.id);
-        self.ready_bytes += entry.message.body_len() as u64;
-        let at = self.ready.partition_point(|e| e.id < entry.id);
-        self.ready.insert(at, entry);
+        self.ready.insert_in_place(entry);
     }
 
     /// `basic.get`: the head message, unacked unless `no_ack`.
     pub fn get(&mut self, no_ack: bool) -> Option<Entry> {
         let entry = self.ready.pop_front()?;
-        self.ready_bytes -= entry.message.body_len() as u64;
         if !no_ack {
             self.unacked.insert(entry.id, (entry.clone(), None));
         }
@@ -310,9 +462,7 @@ impl Queue {
         for &id in ids {
             if let Some(mut entry) = self.settle(id) {
                 entry.redelivered = true;
-                self.ready_bytes += entry.message.body_len() as u64;
-                let at = self.ready.partition_point(|e| e.id < entry.id);
-                self.ready.insert(at, entry);
+                self.ready.insert_in_place(entry);
             }
         }
         self.dispatch(reserve, out);
@@ -320,8 +470,7 @@ impl Queue {
 
     /// Drops every ready message; unacked ones are untouched. Returns them.
     pub fn purge(&mut self) -> Vec<Entry> {
-        self.ready_bytes = 0;
-        self.ready.drain(..).collect()
+        self.ready.drain()
     }
 }
 
@@ -340,6 +489,13 @@ mod tests {
             priority: 0,
             expiration_ms: None,
         })
+    }
+
+    fn msg_with(body: &'static str, priority: u8, expiration_ms: Option<u64>) -> Arc<Message> {
+        let mut m = (*msg(body)).clone();
+        m.priority = priority;
+        m.expiration_ms = expiration_ms;
+        Arc::new(m)
     }
 
     fn consumer(id: ConsumerId, prefetch: u32) -> Consumer {
@@ -368,8 +524,8 @@ mod tests {
     fn messages_wait_in_order_until_a_consumer_arrives() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        q.publish(msg("a"), None, &mut any(), &mut out);
-        q.publish(msg("b"), None, &mut any(), &mut out);
+        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 2);
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
@@ -385,7 +541,7 @@ mod tests {
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 1), &mut any(), &mut out).unwrap();
         for b in ["a", "b", "c", "d"] {
-            q.publish(msg(b), None, &mut any(), &mut out);
+            q.publish(msg(b), None, 0, &mut any(), &mut out, &mut Vec::new());
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
         let first = out[0].entry.id;
@@ -398,8 +554,12 @@ mod tests {
     fn requeued_messages_return_to_their_original_place_marked_redelivered() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        let a = q.publish(msg("a"), None, &mut any(), &mut out);
-        q.publish(msg("b"), None, &mut any(), &mut out);
+        let Accepted::Queued(a) =
+            q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new())
+        else {
+            panic!("queued")
+        };
+        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
         q.requeue(&[a], &mut any(), &mut out);
@@ -437,8 +597,8 @@ mod tests {
         let mut high = consumer(2, 1);
         high.priority = 5;
         q.consume(high, &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), None, &mut any(), &mut out);
-        q.publish(msg("b"), None, &mut any(), &mut out);
+        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
         assert_eq!(bodies(&out), [(2, &b"a"[..]), (1, &b"b"[..])]);
     }
 
@@ -449,11 +609,11 @@ mod tests {
         let mut only_two = |c: ConsumerId| c == 2;
         q.consume(consumer(1, 0), &mut only_two, &mut out).unwrap();
         q.consume(consumer(2, 0), &mut only_two, &mut out).unwrap();
-        q.publish(msg("a"), None, &mut only_two, &mut out);
+        q.publish(msg("a"), None, 0, &mut only_two, &mut out, &mut Vec::new());
         assert_eq!(bodies(&out), [(2, &b"a"[..])]);
         let mut none = |_: ConsumerId| false;
         out.clear();
-        q.publish(msg("b"), None, &mut none, &mut out);
+        q.publish(msg("b"), None, 0, &mut none, &mut out, &mut Vec::new());
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 1);
     }
@@ -463,8 +623,8 @@ mod tests {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), None, &mut any(), &mut out);
-        q.publish(msg("b"), None, &mut any(), &mut out);
+        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
         assert_eq!(q.purge().len(), 1);
         assert!(q.cancel(1));
         assert!(q.unused_after_consumers());
@@ -473,5 +633,132 @@ mod tests {
         let dropped = q.discard(&[id], &mut any(), &mut Vec::new());
         assert_eq!(dropped.len(), 1);
         assert_eq!(q.unacked_count(), 0);
+    }
+
+    fn limited(limits: Limits) -> Queue {
+        Queue::with_limits("q".into(), limits)
+    }
+
+    #[test]
+    fn a_short_ttl_expires_on_time_behind_a_longer_one() {
+        let mut q = limited(Limits::default());
+        let mut dead = Vec::new();
+        q.publish(
+            msg_with("long", 0, Some(60_000)),
+            None,
+            1_000,
+            &mut any(),
+            &mut Vec::new(),
+            &mut dead,
+        );
+        q.publish(
+            msg_with("short", 0, Some(100)),
+            None,
+            1_000,
+            &mut any(),
+            &mut Vec::new(),
+            &mut dead,
+        );
+        q.expire(1_099, &mut dead);
+        assert!(dead.is_empty());
+        q.expire(1_100, &mut dead);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(&dead[0].entry.message.body[..], b"short");
+        assert_eq!(dead[0].reason, DeathReason::Expired);
+        assert_eq!(q.message_count(), 1);
+        assert_eq!(q.next_expiry(), Some(61_000));
+    }
+
+    #[test]
+    fn queue_ttl_zero_reaches_only_a_consumer_waiting_now() {
+        let mut q = limited(Limits {
+            message_ttl_ms: Some(0),
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        q.publish(msg("nobody"), None, 5, &mut any(), &mut out, &mut dead);
+        assert_eq!(dead.len(), 1);
+        q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
+        q.publish(msg("taken"), None, 5, &mut any(), &mut out, &mut dead);
+        assert_eq!(bodies(&out), [(1, &b"taken"[..])]);
+        assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn higher_priority_messages_go_first_and_fifo_within_a_priority() {
+        let mut q = limited(Limits {
+            max_priority: 5,
+            ..Limits::default()
+        });
+        let mut dead = Vec::new();
+        for (b, p) in [
+            ("low1", 0),
+            ("high1", 5),
+            ("low2", 0),
+            ("over", 9),
+            ("mid", 3),
+        ] {
+            q.publish(
+                msg_with(b, p, None),
+                None,
+                0,
+                &mut any(),
+                &mut Vec::new(),
+                &mut dead,
+            );
+        }
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| q.get(true))
+            .map(|e| e.message.body.to_vec())
+            .collect();
+        assert_eq!(order, [&b"high1"[..], b"over", b"mid", b"low1", b"low2"]);
+    }
+
+    #[test]
+    fn max_length_drops_the_head_or_rejects_the_publish() {
+        let mut q = limited(Limits {
+            max_length: Some(2),
+            ..Limits::default()
+        });
+        let mut dead = Vec::new();
+        for b in ["a", "b", "c"] {
+            q.publish(msg(b), None, 0, &mut any(), &mut Vec::new(), &mut dead);
+        }
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, DeathReason::MaxLen);
+        assert_eq!(&dead[0].entry.message.body[..], b"a");
+        let mut q = limited(Limits {
+            max_length: Some(1),
+            overflow: Overflow::RejectPublish,
+            ..Limits::default()
+        });
+        assert!(matches!(
+            q.publish(msg("a"), None, 0, &mut any(), &mut Vec::new(), &mut dead),
+            Accepted::Queued(_)
+        ));
+        assert_eq!(
+            q.publish(msg("b"), None, 0, &mut any(), &mut Vec::new(), &mut dead),
+            Accepted::Rejected
+        );
+        assert_eq!(q.message_count(), 1);
+    }
+
+    #[test]
+    fn single_active_consumer_gets_everything_until_it_leaves() {
+        let mut q = limited(Limits {
+            single_active_consumer: true,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
+        q.consume(consumer(2, 0), &mut any(), &mut out).unwrap();
+        for b in ["a", "b"] {
+            q.publish(msg(b), None, 0, &mut any(), &mut out, &mut Vec::new());
+        }
+        assert_eq!(bodies(&out), [(1, &b"a"[..]), (1, &b"b"[..])]);
+        q.cancel(1);
+        out.clear();
+        q.publish(msg("c"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        assert_eq!(bodies(&out), [(2, &b"c"[..])]);
     }
 }

@@ -24,6 +24,10 @@ pub enum Command {
     /// then SLUICE_* environment variables, then these flags; config/sluice.toml in the
     /// source tree lists every setting with its default.
     Serve(ServeArgs),
+
+    /// Load generators that drive any broker (Sluice or a peer) and report throughput,
+    /// latency, message loss and broker CPU.
+    Bench(sluice_bench::cli::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +75,7 @@ mod tests {
         let cli = Cli::try_parse_from(["sluice", "serve"].iter().chain(args)).unwrap();
         match cli.command {
             Command::Serve(args) => args,
+            Command::Bench(_) => panic!("parsed as bench"),
         }
     }
 

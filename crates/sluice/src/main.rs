@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Bench(args) => sluice_bench::cli::main(args),
     }
 }
 

@@ -67,6 +67,7 @@ async fn listen_until_signal(config: &Config, broker: Arc<Broker>) -> anyhow::Re
     let signal = tokio::select! {
         signal = signals.recv() => signal,
         never = flush_loop(Arc::clone(&broker)) => match never {},
+        never = expiry_loop(Arc::clone(&broker)) => match never {},
         never = amqp_accept_loop(amqp.listener, broker) => match never {},
         never = accept_loop("kafka", kafka.listener) => match never {},
     };
@@ -105,6 +106,18 @@ async fn flush_loop(broker: Arc<Broker>) -> Infallible {
         if let Err(e) = tokio::task::spawn_blocking(move || b.flush_due()).await {
             warn!(error = %e, "flush round failed");
         }
+    }
+}
+
+/// How often queues are checked for messages whose TTL has passed. Expiry is also checked
+/// whenever a queue is used, so this only bounds how late an idle queue dead-letters.
+const EXPIRY_TICK: Duration = Duration::from_millis(20);
+
+async fn expiry_loop(broker: Arc<Broker>) -> Infallible {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        broker.expire_due();
     }
 }
 

@@ -15,6 +15,8 @@ pub struct QueueSettings {
     pub limits: Limits,
     pub dead_letter_exchange: Option<Arc<str>>,
     pub dead_letter_routing_key: Option<Arc<str>>,
+    /// Delete the queue after it has been unused this long (`x-expires`).
+    pub expires_ms: Option<u64>,
 }
 
 fn invalid(arg: &str, why: &str) -> AmqpError {
@@ -91,15 +93,15 @@ pub fn queue_settings(
             ));
         }
     }
-    if let Some(expires) = non_negative(args, "x-expires")?
-        && expires == 0
-    {
+    let expires_ms = non_negative(args, "x-expires")?;
+    if expires_ms == Some(0) {
         return Err(invalid("x-expires", "must be positive"));
     }
     Ok(QueueSettings {
         limits,
         dead_letter_exchange: text(args, "x-dead-letter-exchange")?.map(Arc::from),
         dead_letter_routing_key: text(args, "x-dead-letter-routing-key")?.map(Arc::from),
+        expires_ms,
     })
 }
 

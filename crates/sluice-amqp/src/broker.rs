@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sluice_core::{Clock, Message, SystemClock, Table};
@@ -39,12 +39,19 @@ pub enum Outbound {
         queue: Arc<QueueCell>,
         entry: Entry,
         flow: Arc<Flow>,
+        credit: Option<Arc<ChannelCredit>>,
     },
     /// The queue behind a consumer went away: tell the client (`basic.cancel`).
     Cancelled {
         channel: u16,
         consumer: ConsumerId,
         tag: Arc<str>,
+    },
+    /// A reply for a direct reply-to consumer (`amq.rabbitmq.reply-to`).
+    Direct {
+        channel: u16,
+        tag: Arc<str>,
+        message: Arc<Message>,
     },
     /// A persistent message of publish `seq` reached the disk in one of its queues.
     Stored { channel: u16, seq: u64 },
@@ -108,6 +115,62 @@ struct Link {
     tag: Arc<str>,
     no_ack: bool,
     flow: Arc<Flow>,
+    /// The channel-wide prefetch (`basic.qos` global), for manual-ack consumers.
+    credit: Option<Arc<ChannelCredit>>,
+}
+
+impl Link {
+    fn reserve(&self) -> bool {
+        if !self.flow.reserve() {
+            return false;
+        }
+        if let Some(credit) = &self.credit
+            && !credit.reserve()
+        {
+            self.flow.release();
+            return false;
+        }
+        true
+    }
+}
+
+/// Unacknowledged deliveries of one channel against its global prefetch limit.
+#[derive(Debug, Default)]
+pub struct ChannelCredit {
+    /// 0 = unlimited.
+    limit: AtomicU32,
+    unacked: AtomicU32,
+}
+
+impl ChannelCredit {
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    fn reserve(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (limit == 0 || u < limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    /// `n` deliveries settled; `true` when the channel was at its limit, so its
+    /// consumers' queues should dispatch again.
+    pub fn release(&self, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let before = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        let limit = self.limit.load(Ordering::Acquire);
+        limit != 0 && before >= limit
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +227,8 @@ pub struct QueueCell {
     pub store_id: Option<u64>,
     state: Mutex<QueueState>,
     dead_letters: Arc<DeadLetters>,
+    /// Last time the queue was used (declared, consumed from, read), for `x-expires`.
+    last_used_ms: AtomicI64,
 }
 
 impl QueueCell {
@@ -183,7 +248,7 @@ impl QueueCell {
         Self::expire(&mut state);
         let result = {
             let QueueState { queue, links, .. } = &mut *state;
-            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
             op(queue, &mut reserve, &mut out)
         };
         self.send_all(&mut state, out);
@@ -220,6 +285,21 @@ impl QueueCell {
         self.dead_letters.pending.store(true, Ordering::Release);
     }
 
+    /// Marks the queue used now (for `x-expires`).
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether an `x-expires` queue has been unused for its whole lease.
+    fn lease_over(&self, now: i64) -> bool {
+        let Some(expires) = self.def.settings.expires_ms else {
+            return false;
+        };
+        let idle = now.saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
+        idle >= i64::try_from(expires).unwrap_or(i64::MAX)
+            && self.lock().queue.consumer_count() == 0
+    }
+
     /// Expires due messages (timer).
     pub fn expire_due(self: &Arc<Self>) {
         let mut state = self.lock();
@@ -254,10 +334,14 @@ impl QueueCell {
             queue: Arc::clone(self),
             entry: delivery.entry,
             flow: Arc::clone(&link.flow),
+            credit: link.credit.clone(),
         };
         if let Err(e) = link.outbox.try_send(item) {
             // The connection is gone or over its bound: the message stays in the queue.
             link.flow.release();
+            if let Some(credit) = &link.credit {
+                credit.release(1);
+            }
             if let Outbound::Deliver { entry, .. } = e.into_inner() {
                 state.queue.restore(entry);
             }
@@ -319,7 +403,7 @@ impl QueueCell {
             let QueueState {
                 queue, links, dead, ..
             } = &mut *state;
-            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
             queue.publish(message, stored, now_ms(), &mut reserve, &mut out, dead)
         };
         self.send_all(&mut state, out);
@@ -430,7 +514,7 @@ impl QueueCell {
         let mut state = self.lock();
         let dropped = {
             let QueueState { queue, links, .. } = &mut *state;
-            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
             queue.discard(ids, &mut reserve, &mut out)
         };
         state.dead.extend(dropped.into_iter().map(|entry| Dead {
@@ -450,7 +534,7 @@ impl QueueCell {
         let mut state = self.lock();
         let settled = {
             let QueueState { queue, links, .. } = &mut *state;
-            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
             op(queue, &mut reserve, &mut out)
         };
         state.settle(settled.iter().map(|e| e.stored));
@@ -498,6 +582,7 @@ impl QueueCell {
         outbox: Outbox,
         channel: u16,
         flow: Arc<Flow>,
+        credit: Arc<ChannelCredit>,
     ) -> Result<(), QueueError> {
         let id = consumer.id;
         let link = Link {
@@ -506,6 +591,7 @@ impl QueueCell {
             tag: Arc::clone(&consumer.tag),
             no_ack: consumer.no_ack,
             flow,
+            credit: (!consumer.no_ack).then_some(credit),
         };
         let mut out = Vec::new();
         let mut state = self.lock();
@@ -514,7 +600,7 @@ impl QueueCell {
         state.links.insert(id, link);
         let result = {
             let QueueState { queue, links, .. } = &mut *state;
-            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.flow.reserve());
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
             queue.consume(consumer, &mut reserve, &mut out)
         };
         if result.is_err() {
@@ -526,6 +612,7 @@ impl QueueCell {
 
     /// Removes a consumer; returns whether the queue is now an unused auto-delete queue.
     pub fn cancel(&self, consumer: ConsumerId) -> bool {
+        self.touch();
         let mut state = self.lock();
         state.links.remove(&consumer);
         state.queue.cancel(consumer);
@@ -548,6 +635,9 @@ struct Storage {
     next_store_id: AtomicU64,
 }
 
+/// Where a direct reply goes: a connection's outbox, channel and consumer tag.
+type ReplyConsumer = (Outbox, u16, Arc<str>);
+
 /// One virtual host: its routing table and queues.
 #[derive(Debug)]
 pub struct VHost {
@@ -556,6 +646,8 @@ pub struct VHost {
     queues: RwLock<HashMap<Arc<str>, Arc<QueueCell>>>,
     storage: Option<Storage>,
     dead_letters: Arc<DeadLetters>,
+    /// Direct reply-to consumers by their reply address.
+    replies: Mutex<HashMap<Arc<str>, ReplyConsumer>>,
 }
 
 impl VHost {
@@ -566,7 +658,44 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             storage: None,
             dead_letters: Arc::new(DeadLetters::default()),
+            replies: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Registers a direct reply-to consumer under its reply address.
+    pub fn add_reply_consumer(
+        &self,
+        address: Arc<str>,
+        outbox: Outbox,
+        channel: u16,
+        tag: Arc<str>,
+    ) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address, (outbox, channel, tag));
+    }
+
+    pub fn remove_reply_consumer(&self, address: &str) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
+    }
+
+    /// Hands a reply to the consumer behind `address`; `false` if there is none.
+    pub fn send_reply(&self, address: &str, message: Arc<Message>) -> bool {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((outbox, channel, tag)) = replies.get(address) else {
+            return false;
+        };
+        outbox
+            .try_send(Outbound::Direct {
+                channel: *channel,
+                tag: Arc::clone(tag),
+                message,
+            })
+            .is_ok()
     }
 
     /// Routes dead-lettered messages to their queues' dead-letter exchanges. Republishing
@@ -634,8 +763,14 @@ impl VHost {
             .values()
             .cloned()
             .collect();
+        let now = now_ms();
         for q in queues {
             q.expire_due();
+            if q.lease_over(now) {
+                tracing::debug!(queue = %q.name, "queue unused past x-expires; deleting");
+                self.delete_queue(&q.name);
+                self.definitions_dirty_blocking();
+            }
         }
         self.process_dead_letters();
     }
@@ -736,6 +871,7 @@ impl VHost {
                 dead: Vec::new(),
             }),
             dead_letters: Arc::clone(&self.dead_letters),
+            last_used_ms: AtomicI64::new(now_ms()),
         });
         self.queues
             .write()
@@ -805,6 +941,14 @@ impl VHost {
         }
         let vhost = Arc::clone(self);
         tokio::task::spawn_blocking(move || vhost.save_definitions());
+    }
+
+    /// Schedules a definitions write from a timer, outside any runtime task context that
+    /// has an `Arc` of the host.
+    fn definitions_dirty_blocking(&self) {
+        if self.storage.is_some() {
+            self.save_definitions();
+        }
     }
 
     /// Writes the definitions file now. Blocking.

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
-use sluice_core::{Message, Value};
+use sluice_core::{Message, Table, Value};
 use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
 
 use crate::args;
-use crate::broker::{Broker, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost};
+use crate::broker::{
+    Broker, ChannelCredit, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost,
+};
 use crate::error::{AmqpError, codes};
 use crate::frame;
 use crate::props;
@@ -23,6 +25,8 @@ use crate::props;
 /// What a channel needs from its connection while handling a method.
 pub struct Ctx<'a> {
     pub broker: &'a Broker,
+    /// The authenticated user.
+    pub user: &'a str,
     pub vhost: &'a Arc<VHost>,
     pub connection: ConnectionId,
     pub outbox: &'a Outbox,
@@ -42,6 +46,26 @@ struct Publishing {
     first_body: Option<Bytes>,
 }
 
+/// A transaction's pending publishes and settlements.
+#[derive(Default)]
+struct Tx {
+    publishes: Vec<(Arc<Message>, bool, Option<Table>)>,
+    settlements: Vec<Settle>,
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Reject {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+}
+
 struct ConsumerEntry {
     id: ConsumerId,
     queue: Arc<QueueCell>,
@@ -50,6 +74,8 @@ struct ConsumerEntry {
 struct Unacked {
     queue: Arc<QueueCell>,
     id: MessageId,
+    /// Counts against the channel's global prefetch (delivered to a manual-ack consumer).
+    counted: bool,
 }
 
 pub struct Channel {
@@ -66,7 +92,12 @@ pub struct Channel {
     /// Publishes that failed to store, nacked already.
     nacked: BTreeSet<u64>,
     confirm_sent: u64,
+    /// Work held back until `tx.commit` in transactional mode.
+    tx: Option<Tx>,
     prefetch: u16,
+    credit: Arc<ChannelCredit>,
+    /// This channel's direct reply-to consumer: (reply address, consumer tag).
+    reply_consumer: Option<(Arc<str>, Arc<str>)>,
     consumers: HashMap<Arc<str>, ConsumerEntry>,
     next_delivery_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
@@ -94,7 +125,10 @@ impl Channel {
             unconfirmed: BTreeMap::new(),
             nacked: BTreeSet::new(),
             confirm_sent: 0,
+            tx: None,
             prefetch: 0,
+            credit: Arc::new(ChannelCredit::default()),
+            reply_consumer: None,
             consumers: HashMap::new(),
             next_delivery_tag: 1,
             unacked: BTreeMap::new(),
@@ -115,6 +149,9 @@ impl Channel {
             AMQPClass::Basic(m) => self.basic(ctx, m),
             AMQPClass::Queue(m) => self.queue(ctx, m),
             AMQPClass::Exchange(m) => self.exchange(ctx, m),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) if self.tx.is_some() => Err(
+                AmqpError::precondition("cannot switch from tx to confirm mode"),
+            ),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 self.confirm = true;
                 if s.nowait {
@@ -134,13 +171,7 @@ impl Channel {
                     active: f.active,
                 })),
             ),
-            AMQPClass::Tx(tx::AMQPMethod::Select(_)) if self.confirm => Err(
-                AmqpError::precondition("cannot switch from confirm to tx mode"),
-            ),
-            AMQPClass::Tx(_) => Err(AmqpError::connection(
-                codes::NOT_IMPLEMENTED,
-                "NOT_IMPLEMENTED - transactions are not supported yet",
-            )),
+            AMQPClass::Tx(m) => self.tx(ctx, m),
             other => Err(AmqpError::connection(
                 codes::COMMAND_INVALID,
                 format!(
@@ -320,6 +351,7 @@ impl Channel {
                 if d.nowait {
                     return Ok(());
                 }
+                queue.touch();
                 let (messages, consumers) = queue.counts();
                 ok(
                     ctx.out,
@@ -450,9 +482,13 @@ impl Channel {
                 Ok(())
             }
             basic::AMQPMethod::Qos(q) => {
-                // Per-consumer prefetch (global = false) as RabbitMQ; a global limit is
-                // applied per consumer too for now.
-                self.prefetch = q.prefetch_count;
+                // As RabbitMQ: global = false limits each new consumer, global = true
+                // the whole channel.
+                if q.global {
+                    self.credit.set_limit(u32::from(q.prefetch_count));
+                } else {
+                    self.prefetch = q.prefetch_count;
+                }
                 ok(
                     ctx.out,
                     id,
@@ -462,6 +498,11 @@ impl Channel {
             basic::AMQPMethod::Consume(c) => self.consume(ctx, c),
             basic::AMQPMethod::Cancel(c) => {
                 let tag: Arc<str> = c.consumer_tag.as_str().into();
+                if self.reply_consumer.as_ref().is_some_and(|(_, t)| *t == tag)
+                    && let Some((address, _)) = self.reply_consumer.take()
+                {
+                    ctx.vhost.remove_reply_consumer(&address);
+                }
                 self.cancel_consumer(ctx.vhost, &tag);
                 if c.nowait {
                     return Ok(());
@@ -476,6 +517,7 @@ impl Channel {
             }
             basic::AMQPMethod::Get(g) => {
                 let queue = self.find_queue(ctx, g.queue.as_str())?;
+                queue.touch();
                 match queue.get(g.no_ack) {
                     None => ok(
                         ctx.out,
@@ -483,7 +525,7 @@ impl Channel {
                         AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                     ),
                     Some((entry, remaining)) => {
-                        let tag = self.take_delivery_tag(&queue, &entry, g.no_ack);
+                        let tag = self.take_delivery_tag(&queue, &entry, g.no_ack, false);
                         frame::write_method(
                             ctx.out,
                             id,
@@ -506,15 +548,20 @@ impl Channel {
                     }
                 }
             }
-            basic::AMQPMethod::Ack(a) => {
-                let settled = self.take_unacked(a.delivery_tag, a.multiple)?;
-                for (queue, ids) in settled {
-                    queue.ack(&ids);
-                }
-                Ok(())
-            }
-            basic::AMQPMethod::Nack(n) => self.reject(n.delivery_tag, n.multiple, n.requeue),
-            basic::AMQPMethod::Reject(r) => self.reject(r.delivery_tag, false, r.requeue),
+            basic::AMQPMethod::Ack(a) => self.settle(Settle::Ack {
+                tag: a.delivery_tag,
+                multiple: a.multiple,
+            }),
+            basic::AMQPMethod::Nack(n) => self.settle(Settle::Reject {
+                tag: n.delivery_tag,
+                multiple: n.multiple,
+                requeue: n.requeue,
+            }),
+            basic::AMQPMethod::Reject(r) => self.settle(Settle::Reject {
+                tag: r.delivery_tag,
+                multiple: false,
+                requeue: r.requeue,
+            }),
             basic::AMQPMethod::Recover(r) => {
                 self.recover(r.requeue);
                 ok(
@@ -534,8 +581,75 @@ impl Channel {
         }
     }
 
+    /// `basic.consume` on `amq.rabbitmq.reply-to`: replies come straight to this channel.
+    fn consume_replies(&mut self, ctx: &mut Ctx<'_>, c: basic::Consume) -> Result<(), AmqpError> {
+        if !c.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        if self.reply_consumer.is_some() {
+            return Err(AmqpError::precondition("reply consumer already set"));
+        }
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            server_name("amq.ctag-", ctx.broker.next_id()).into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        let address: Arc<str> = server_name(&format!("{REPLY_TO}."), ctx.broker.next_id()).into();
+        ctx.vhost.add_reply_consumer(
+            Arc::clone(&address),
+            ctx.outbox.clone(),
+            self.id,
+            Arc::clone(&tag),
+        );
+        self.reply_consumer = Some((address, Arc::clone(&tag)));
+        if c.nowait {
+            return Ok(());
+        }
+        ok(
+            ctx.out,
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(&tag),
+            })),
+        )
+    }
+
+    /// Writes a direct reply to this channel's reply consumer (no acknowledgement).
+    pub fn deliver_direct(
+        &mut self,
+        out: &mut BytesMut,
+        frame_max: u32,
+        tag: &str,
+        message: &Message,
+    ) {
+        if self.closing
+            || self
+                .reply_consumer
+                .as_ref()
+                .is_none_or(|(_, t)| &**t != tag)
+        {
+            return;
+        }
+        let delivery_tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        frame::write_deliver(
+            out,
+            self.id,
+            tag,
+            delivery_tag,
+            false,
+            &message.exchange,
+            &message.routing_key,
+        );
+        frame::write_content(out, self.id, &message.properties, &message.body, frame_max);
+    }
+
     fn consume(&mut self, ctx: &mut Ctx<'_>, c: basic::Consume) -> Result<(), AmqpError> {
+        if c.queue.as_str() == REPLY_TO {
+            return self.consume_replies(ctx, c);
+        }
         let queue = self.find_queue(ctx, c.queue.as_str())?;
+        queue.touch();
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             server_name("amq.ctag-", ctx.broker.next_id()).into()
         } else {
@@ -580,6 +694,7 @@ impl Channel {
             ctx.outbox.clone(),
             self.id,
             Arc::new(Flow::default()),
+            Arc::clone(&self.credit),
         ) {
             ctx.out.truncate(mark);
             return Err(e.into());
@@ -623,7 +738,13 @@ impl Channel {
         self.consumers.get(tag).is_some_and(|c| c.id == consumer)
     }
 
-    fn take_delivery_tag(&mut self, queue: &Arc<QueueCell>, entry: &Entry, no_ack: bool) -> u64 {
+    fn take_delivery_tag(
+        &mut self,
+        queue: &Arc<QueueCell>,
+        entry: &Entry,
+        no_ack: bool,
+        counted: bool,
+    ) -> u64 {
         let tag = self.next_delivery_tag;
         self.next_delivery_tag += 1;
         if !no_ack {
@@ -632,10 +753,22 @@ impl Channel {
                 Unacked {
                     queue: Arc::clone(queue),
                     id: entry.id,
+                    counted,
                 },
             );
         }
         tag
+    }
+
+    /// Gives back global prefetch credit for settled deliveries; when the channel was at
+    /// its limit, its consumers' queues dispatch again.
+    fn release_credit(&self, settled: &[Unacked]) {
+        let n = settled.iter().filter(|u| u.counted).count() as u32;
+        if self.credit.release(n) {
+            for c in self.consumers.values() {
+                c.queue.dispatch();
+            }
+        }
     }
 
     /// Writes a delivery from a queue to one of this channel's consumers.
@@ -648,7 +781,7 @@ impl Channel {
         queue: &Arc<QueueCell>,
         entry: &Entry,
     ) {
-        let delivery_tag = self.take_delivery_tag(queue, entry, no_ack);
+        let delivery_tag = self.take_delivery_tag(queue, entry, no_ack, true);
         frame::write_deliver(
             ctx_out,
             self.id,
@@ -691,7 +824,72 @@ impl Channel {
                 }
             }
         };
+        self.release_credit(&taken);
         Ok(group_by_queue(taken))
+    }
+
+    /// Applies an ack or reject now, or holds it for `tx.commit`.
+    fn settle(&mut self, op: Settle) -> Result<(), AmqpError> {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.settlements.push(op);
+            return Ok(());
+        }
+        self.apply_settle(op)
+    }
+
+    fn apply_settle(&mut self, op: Settle) -> Result<(), AmqpError> {
+        match op {
+            Settle::Ack { tag, multiple } => {
+                for (queue, ids) in self.take_unacked(tag, multiple)? {
+                    queue.ack(&ids);
+                }
+                Ok(())
+            }
+            Settle::Reject {
+                tag,
+                multiple,
+                requeue,
+            } => self.reject(tag, multiple, requeue),
+        }
+    }
+
+    fn tx(&mut self, ctx: &mut Ctx<'_>, method: tx::AMQPMethod) -> Result<(), AmqpError> {
+        let reply = match method {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirm {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Tx::default);
+                tx::AMQPMethod::SelectOk(tx::SelectOk {})
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(tx) = self.tx.replace(Tx::default()) else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                for (message, mandatory, headers) in tx.publishes {
+                    self.route(ctx, message, mandatory, headers.as_ref())?;
+                }
+                for op in tx.settlements {
+                    self.apply_settle(op)?;
+                }
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                if self.tx.replace(Tx::default()).is_none() {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                }
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+            _ => {
+                return Err(AmqpError::connection(
+                    codes::COMMAND_INVALID,
+                    "COMMAND_INVALID - unexpected tx method",
+                ));
+            }
+        };
+        ok(ctx.out, self.id, AMQPClass::Tx(reply))
     }
 
     fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
@@ -708,7 +906,8 @@ impl Channel {
 
     fn recover(&mut self, _requeue: bool) {
         // RabbitMQ requeues on recover whatever `requeue` says.
-        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        let all: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
+        self.release_credit(&all);
         for (queue, ids) in group_by_queue(all) {
             queue.requeue(&ids);
         }
@@ -743,6 +942,17 @@ impl Channel {
             .during(60, 40));
         }
         p.known = props::read_known(&properties, true)?;
+        if let Some(user) = &p.known.user_id
+            && user.as_str() != ctx.user
+        {
+            let user = user.clone();
+            self.publishing = None;
+            return Err(AmqpError::precondition(format!(
+                "user_id property set to '{user}' but authenticated user was '{}'",
+                ctx.user
+            ))
+            .during(60, 40));
+        }
         p.properties = properties;
         p.body_size = body_size;
         self.header_expected = false;
@@ -793,20 +1003,63 @@ impl Channel {
             Some(b) => b,
             None => p.body.freeze(),
         };
+        let mut properties = p.properties;
+        if p.known.reply_to.as_deref() == Some(REPLY_TO) {
+            let Some((address, _)) = &self.reply_consumer else {
+                return Err(
+                    AmqpError::precondition("fast reply consumer does not exist").during(60, 40),
+                );
+            };
+            properties = props::with_reply_to(&properties, address).ok_or_else(|| {
+                AmqpError::connection(
+                    codes::SYNTAX_ERROR,
+                    "SYNTAX_ERROR - malformed content header properties",
+                )
+            })?;
+        }
         let message = Arc::new(Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
-            properties: p.properties,
+            properties,
             body,
             persistent: p.known.persistent,
             priority: p.known.priority,
             expiration_ms: p.known.expiration_ms,
         });
+        if let Some(tx) = self.tx.as_mut() {
+            tx.publishes.push((message, p.mandatory, p.known.headers));
+            return Ok(());
+        }
+        self.route(ctx, message, p.mandatory, p.known.headers.as_ref())
+    }
+
+    /// Routes a complete message to its queues, returns it when it is mandatory and
+    /// unroutable, and counts it for publisher confirms.
+    fn route(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        message: Arc<Message>,
+        mandatory: bool,
+        headers: Option<&Table>,
+    ) -> Result<(), AmqpError> {
+        if message.exchange.is_empty() && message.routing_key.starts_with(REPLY_TO) {
+            // A reply: straight to the waiting consumer, or dropped as RabbitMQ does.
+            let routed = ctx
+                .vhost
+                .send_reply(&message.routing_key, Arc::clone(&message));
+            if self.confirm {
+                self.publish_seq += 1;
+            }
+            if !routed && mandatory {
+                self.return_unroutable(ctx, &message);
+            }
+            return Ok(());
+        }
         self.routed.clear();
         ctx.vhost.router().route(
             &message.exchange,
             &message.routing_key,
-            p.known.headers.as_ref(),
+            headers,
             &mut self.routed,
         )?;
         let seq = if self.confirm {
@@ -850,26 +1103,31 @@ impl Channel {
         } else if waiting > 0 {
             self.unconfirmed.insert(seq, waiting);
         }
-        if delivered == 0 && p.mandatory {
-            frame::write_method(
-                ctx.out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: codes::NO_ROUTE,
-                    reply_text: short("NO_ROUTE"),
-                    exchange: short(&message.exchange),
-                    routing_key: short(&message.routing_key),
-                })),
-            );
-            frame::write_content(
-                ctx.out,
-                self.id,
-                &message.properties,
-                &message.body,
-                ctx.frame_max,
-            );
+        if delivered == 0 && mandatory {
+            self.return_unroutable(ctx, &message);
         }
         Ok(())
+    }
+
+    /// `basic.return` with 312 NO_ROUTE and the message.
+    fn return_unroutable(&self, ctx: &mut Ctx<'_>, message: &Message) {
+        frame::write_method(
+            ctx.out,
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: codes::NO_ROUTE,
+                reply_text: short("NO_ROUTE"),
+                exchange: short(&message.exchange),
+                routing_key: short(&message.routing_key),
+            })),
+        );
+        frame::write_content(
+            ctx.out,
+            self.id,
+            &message.properties,
+            &message.body,
+            ctx.frame_max,
+        );
     }
 
     /// A queue reports a persistent message of publish `seq` on disk (or not).
@@ -924,6 +1182,9 @@ impl Channel {
 
     /// The channel is closing: cancel its consumers and requeue what it had unacked.
     pub fn release(&mut self, vhost: &VHost) {
+        if let Some((address, _)) = self.reply_consumer.take() {
+            vhost.remove_reply_consumer(&address);
+        }
         let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel_consumer(vhost, &tag);
@@ -938,6 +1199,9 @@ impl Channel {
 
 /// Message ids of one queue.
 type QueueIds = (Arc<QueueCell>, Vec<MessageId>);
+
+/// The pseudo-queue of direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 fn group_by_queue(items: Vec<Unacked>) -> Vec<QueueIds> {
     let mut groups: Vec<QueueIds> = Vec::new();

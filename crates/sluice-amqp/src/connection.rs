@@ -74,6 +74,8 @@ struct Conn {
     channel_max: u16,
     heartbeat_s: u16,
     channels: HashMap<u16, Channel>,
+    /// The authenticated user.
+    user: String,
     /// Channels with publisher confirms to send before the next write.
     confirm_dirty: Vec<u16>,
     out: BytesMut,
@@ -119,6 +121,7 @@ async fn run(
         heartbeat_s: 0,
         config,
         channels: HashMap::new(),
+        user: String::new(),
         confirm_dirty: Vec::new(),
         out: BytesMut::with_capacity(64 * 1024),
         outbox,
@@ -218,6 +221,7 @@ impl Conn {
             "per_consumer_qos",
             "authentication_failure_close",
             "consumer_priorities",
+            "direct_reply_to",
         ] {
             capabilities.insert(ShortString::from(cap.to_string()), AMQPValue::Boolean(true));
         }
@@ -380,6 +384,9 @@ impl Conn {
                         ),
                     ));
                 }
+                if let Some((user, _)) = login {
+                    self.user = user;
+                }
                 frame::write_method(
                     &mut self.out,
                     0,
@@ -534,6 +541,7 @@ impl Conn {
         }
         let mut ctx = Ctx {
             broker: &self.broker,
+            user: &self.user,
             vhost: &vhost,
             connection: self.id,
             outbox: &self.outbox,
@@ -584,6 +592,7 @@ impl Conn {
                 queue,
                 entry,
                 flow,
+                credit,
             } => {
                 let live = self
                     .channels
@@ -597,6 +606,9 @@ impl Conn {
                     }
                 } else {
                     // The consumer went away while this was in flight.
+                    if let Some(credit) = credit {
+                        credit.release(1);
+                    }
                     queue.restore(entry);
                     queue.dispatch();
                 }
@@ -608,6 +620,15 @@ impl Conn {
             } => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.consumer_cancelled(&mut self.out, consumer, &tag);
+                }
+            }
+            Outbound::Direct {
+                channel,
+                tag,
+                message,
+            } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.deliver_direct(&mut self.out, self.frame_max, &tag, &message);
                 }
             }
             Outbound::Stored { channel, seq } => self.stored(channel, seq, true),

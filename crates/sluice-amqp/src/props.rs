@@ -89,6 +89,8 @@ pub struct Known {
     pub priority: u8,
     pub expiration_ms: Option<u64>,
     pub headers: Option<Table>,
+    pub user_id: Option<String>,
+    pub reply_to: Option<String>,
 }
 
 /// Decodes the property bytes of a content header; malformed ones are a SYNTAX_ERROR,
@@ -114,10 +116,24 @@ pub fn read_known(raw: &[u8], want_headers: bool) -> Result<Known, AmqpError> {
         persistent: *props.delivery_mode() == Some(2),
         priority: props.priority().unwrap_or(0),
         expiration_ms,
+        user_id: props.user_id().as_ref().map(|u| u.as_str().to_string()),
+        reply_to: props.reply_to().as_ref().map(|u| u.as_str().to_string()),
         headers: if want_headers {
             props.headers().as_ref().map(table_from_amqp)
         } else {
             None
         },
     })
+}
+
+/// The same properties with `reply_to` replaced (direct reply-to rewrites it).
+pub fn with_reply_to(raw: &[u8], reply_to: &str) -> Option<Bytes> {
+    let (_, props) = parse_properties(raw).ok()?;
+    let props = props.with_reply_to(ShortString::from(reply_to.to_string()));
+    let encoded = amq_protocol::protocol::basic::gen_properties(&props)(
+        amq_protocol::frame::WriteContext::from(Vec::new()),
+    )
+    .ok()?
+    .write;
+    Some(Bytes::from(encoded))
 }

@@ -356,9 +356,22 @@ impl QueueCell {
         message: Arc<Message>,
         confirm: Option<Confirm>,
     ) -> (bool, Accepted) {
+        self.publish_at(message, confirm, None)
+    }
+
+    /// Like [`QueueCell::publish`]; a `due_at` time replaces the TTL expiry (the hidden
+    /// queue of a delayed exchange holds each message until it is due).
+    pub fn publish_at(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        confirm: Option<Confirm>,
+        due_at: Option<i64>,
+    ) -> (bool, Accepted) {
         let mut out = Vec::new();
         let mut state = self.lock();
         Self::expire(&mut state);
+        let now = now_ms();
+        let expires_at = due_at.or_else(|| state.queue.expiry_for(&message, now));
         if state.queue.would_reject(&message) {
             if state.queue.limits().overflow == Overflow::RejectPublishDlx {
                 state.dead.push(Dead {
@@ -380,7 +393,7 @@ impl QueueCell {
         if message.persistent
             && let Some(store) = state.store.as_mut()
         {
-            match store.append(&message) {
+            match store.append(&message, expires_at) {
                 Ok(offset) => {
                     stored = Some(offset);
                     if let Some(c) = confirm {
@@ -404,7 +417,15 @@ impl QueueCell {
                 queue, links, dead, ..
             } = &mut *state;
             let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
-            queue.publish(message, stored, now_ms(), &mut reserve, &mut out, dead)
+            queue.publish(
+                message,
+                stored,
+                expires_at,
+                now,
+                &mut reserve,
+                &mut out,
+                dead,
+            )
         };
         self.send_all(&mut state, out);
         self.hand_over_dead(&mut state);
@@ -719,6 +740,11 @@ impl VHost {
                 let Some(dlx) = source.def.settings.dead_letter_exchange.as_deref() else {
                     continue;
                 };
+                if source.def.settings.delay {
+                    // A delayed message is due: routed unchanged, as if published now.
+                    self.route_now(dlx, Arc::clone(&dead.entry.message));
+                    continue;
+                }
                 let key = source
                     .def
                     .settings
@@ -752,6 +778,34 @@ impl VHost {
             }
         }
         tracing::warn!("dead-letter rounds capped; messages may be cycling between queues");
+    }
+
+    /// Routes a message through `exchange` to its queues; returns how many took it.
+    pub fn route_now(&self, exchange: &str, message: Arc<Message>) -> usize {
+        let mut routed = Vec::new();
+        let headers = crate::props::read_known(&message.properties, true)
+            .ok()
+            .and_then(|k| k.headers);
+        if self
+            .router()
+            .route(
+                exchange,
+                &message.routing_key,
+                headers.as_ref(),
+                &mut routed,
+            )
+            .is_err()
+        {
+            return 0;
+        }
+        let mut n = 0;
+        for name in &routed {
+            if let Some(queue) = self.queue(name) {
+                queue.publish(Arc::clone(&message), None);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Expires due messages in every queue and dead-letters them (timer).
@@ -836,7 +890,7 @@ impl VHost {
         for r in recovered {
             // Whether it was delivered before the restart is not recorded: flag it as
             // possibly seen, as the AMQP `redelivered` bit allows.
-            queue.push(Arc::new(r.message), Some(r.offset), true, None);
+            queue.push(Arc::new(r.message), Some(r.offset), true, r.expires_at);
         }
         tracing::info!(queue = %name, messages = count, "durable queue restored");
         let def = QueueDef {
@@ -877,7 +931,10 @@ impl VHost {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(Arc::clone(&name), Arc::clone(&cell));
-        self.router_mut().add_queue(name);
+        // The hidden queue of a delayed exchange is not reachable by routing.
+        if !cell.def.settings.delay {
+            self.router_mut().add_queue(name);
+        }
         cell
     }
 
@@ -971,6 +1028,14 @@ impl VHost {
 
     pub fn router_mut(&self) -> std::sync::RwLockWriteGuard<'_, Router> {
         self.router.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A queue clients may name: the broker's own hidden queues are not.
+    pub fn client_queue(&self, name: &str) -> Option<Arc<QueueCell>> {
+        if name.starts_with("amq.sluice.") {
+            return None;
+        }
+        self.queue(name)
     }
 
     pub fn queue(&self, name: &str) -> Option<Arc<QueueCell>> {

@@ -202,14 +202,24 @@ impl Channel {
                         return Err(AmqpError::not_found("exchange", name));
                     }
                 } else {
-                    let kind: ExchangeKind = d.kind.as_str().parse().map_err(|_| {
-                        AmqpError::connection(
-                            codes::COMMAND_INVALID,
-                            format!(
-                                "COMMAND_INVALID - unknown exchange type '{}'",
-                                d.kind.as_str()
-                            ),
-                        )
+                    let arguments = props::table_from_amqp(&d.arguments);
+                    let delayed = d.kind.as_str() == DELAYED_TYPE;
+                    let kind_name = if delayed {
+                        arguments.get("x-delayed-type").and_then(Value::as_str).ok_or_else(|| {
+                            AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+                        })?
+                    } else {
+                        d.kind.as_str()
+                    };
+                    let kind: ExchangeKind = kind_name.parse().map_err(|_| {
+                        if delayed {
+                            AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type")
+                        } else {
+                            AmqpError::connection(
+                                codes::COMMAND_INVALID,
+                                format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind.as_str()),
+                            )
+                        }
                     })?;
                     let def = ExchangeDef {
                         name: name.into(),
@@ -217,9 +227,12 @@ impl Channel {
                         durable: d.durable,
                         auto_delete: d.auto_delete,
                         internal: d.internal,
-                        arguments: props::table_from_amqp(&d.arguments),
+                        arguments: arguments.clone(),
                     };
-                    ctx.vhost.router_mut().declare_exchange(def)?;
+                    let created = ctx.vhost.router_mut().declare_exchange(def)?;
+                    if delayed && created {
+                        declare_delay_queue(ctx, name, d.durable)?;
+                    }
                 }
                 if d.nowait {
                     return Ok(());
@@ -239,6 +252,8 @@ impl Channel {
                 ctx.vhost
                     .router_mut()
                     .delete_exchange(d.exchange.as_str(), when)?;
+                ctx.vhost
+                    .delete_queue(&delay_queue_name(d.exchange.as_str()));
                 if d.nowait {
                     return Ok(());
                 }
@@ -293,7 +308,7 @@ impl Channel {
     fn find_queue(&self, ctx: &Ctx<'_>, name: &str) -> Result<Arc<QueueCell>, AmqpError> {
         let queue = ctx
             .vhost
-            .queue(name)
+            .client_queue(name)
             .ok_or_else(|| AmqpError::not_found("queue", name))?;
         check_owner(&queue, ctx.connection)?;
         Ok(queue)
@@ -412,7 +427,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = d.queue.as_str();
-                let count = match ctx.vhost.queue(name) {
+                let count = match ctx.vhost.client_queue(name) {
                     None => 0,
                     Some(queue) => {
                         check_owner(&queue, ctx.connection)?;
@@ -1055,6 +1070,32 @@ impl Channel {
             }
             return Ok(());
         }
+        if let Some(delay_ms) = headers
+            .and_then(|h| h.get("x-delay"))
+            .and_then(Value::as_i64)
+            && delay_ms > 0
+            && let Some(hold) = ctx.vhost.queue(&delay_queue_name(&message.exchange))
+        {
+            // A delayed exchange holds the message until it is due, then routes it.
+            let seq = if self.confirm {
+                self.publish_seq += 1;
+                self.publish_seq
+            } else {
+                0
+            };
+            let confirm =
+                (self.confirm && message.persistent && hold.store_id.is_some()).then(|| Confirm {
+                    outbox: ctx.outbox.clone(),
+                    channel: self.id,
+                    seq,
+                });
+            let due = now_ms().saturating_add(delay_ms);
+            let (waiting, _) = hold.publish_at(message, confirm, Some(due));
+            if waiting {
+                self.unconfirmed.insert(seq, 1);
+            }
+            return Ok(());
+        }
         self.routed.clear();
         ctx.vhost.router().route(
             &message.exchange,
@@ -1199,6 +1240,44 @@ impl Channel {
 
 /// Message ids of one queue.
 type QueueIds = (Arc<QueueCell>, Vec<MessageId>);
+
+/// The exchange type of delayed delivery (as RabbitMQ's delayed-message plugin names it).
+const DELAYED_TYPE: &str = "x-delayed-message";
+
+/// The hidden queue that holds a delayed exchange's messages until they are due.
+fn delay_queue_name(exchange: &str) -> String {
+    format!("amq.sluice.delayed.{exchange}")
+}
+
+fn now_ms() -> i64 {
+    sluice_core::Clock::now_ms(&sluice_core::SystemClock)
+}
+
+/// Creates the hidden queue of a delayed exchange: durable with the exchange, routed to
+/// nothing, dead-lettering due messages into the exchange.
+fn declare_delay_queue(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Result<(), AmqpError> {
+    let mut arguments = Table::new();
+    arguments.insert("x-dead-letter-exchange", Value::string(exchange));
+    arguments.insert(args::DELAY_ARGUMENT, Value::string(exchange));
+    let settings = args::queue_settings(&arguments, durable, false, false)?;
+    let def = QueueDef {
+        durable,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments,
+        settings,
+    };
+    ctx.vhost
+        .declare_queue(delay_queue_name(exchange).into(), def)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot create delayed exchange storage");
+            AmqpError::connection(
+                codes::INTERNAL_ERROR,
+                "INTERNAL_ERROR - cannot create delayed exchange storage",
+            )
+        })?;
+    Ok(())
+}
 
 /// The pseudo-queue of direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";

@@ -191,7 +191,8 @@ impl Queue {
         self.ready.next_expiry()
     }
 
-    fn expiry_for(&self, message: &Message, now_ms: i64) -> Option<i64> {
+    /// When a message published now expires under the queue's and its own TTL.
+    pub fn expiry_for(&self, message: &Message, now_ms: i64) -> Option<i64> {
         let ttl = match (self.limits.message_ttl_ms, message.expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -216,6 +217,7 @@ impl Queue {
 
     /// Adds a message at the tail, dispatches, then applies the length limits and
     /// expires what is due (a TTL of 0 only reaches a consumer waiting right now).
+    /// `expires_at` comes from [`Queue::expiry_for`] (or a delay's due time).
     /// `reserve` is asked once per chosen consumer whether its connection can take
     /// another delivery now, and counts it.
     #[allow(clippy::too_many_arguments)]
@@ -223,6 +225,7 @@ impl Queue {
         &mut self,
         message: Arc<Message>,
         stored: Option<u64>,
+        expires_at: Option<i64>,
         now_ms: i64,
         reserve: Reserve<'_>,
         out: &mut Vec<Delivery>,
@@ -231,7 +234,6 @@ impl Queue {
         if self.limits.overflow != Overflow::DropHead && self.full(message.body_len() as u64) {
             return Accepted::Rejected;
         }
-        let expires_at = self.expiry_for(&message, now_ms);
         let id = self.push(message, stored, false, expires_at);
         self.dispatch(reserve, out);
         if self.limits.overflow == Overflow::DropHead {
@@ -524,8 +526,24 @@ mod tests {
     fn messages_wait_in_order_until_a_consumer_arrives() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
-        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(
+            msg("a"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
+        q.publish(
+            msg("b"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 2);
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
@@ -541,7 +559,7 @@ mod tests {
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 1), &mut any(), &mut out).unwrap();
         for b in ["a", "b", "c", "d"] {
-            q.publish(msg(b), None, 0, &mut any(), &mut out, &mut Vec::new());
+            q.publish(msg(b), None, None, 0, &mut any(), &mut out, &mut Vec::new());
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
         let first = out[0].entry.id;
@@ -554,12 +572,26 @@ mod tests {
     fn requeued_messages_return_to_their_original_place_marked_redelivered() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        let Accepted::Queued(a) =
-            q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new())
-        else {
+        let Accepted::Queued(a) = q.publish(
+            msg("a"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        ) else {
             panic!("queued")
         };
-        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(
+            msg("b"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
         q.requeue(&[a], &mut any(), &mut out);
@@ -597,8 +629,24 @@ mod tests {
         let mut high = consumer(2, 1);
         high.priority = 5;
         q.consume(high, &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
-        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(
+            msg("a"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
+        q.publish(
+            msg("b"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
         assert_eq!(bodies(&out), [(2, &b"a"[..]), (1, &b"b"[..])]);
     }
 
@@ -609,11 +657,27 @@ mod tests {
         let mut only_two = |c: ConsumerId| c == 2;
         q.consume(consumer(1, 0), &mut only_two, &mut out).unwrap();
         q.consume(consumer(2, 0), &mut only_two, &mut out).unwrap();
-        q.publish(msg("a"), None, 0, &mut only_two, &mut out, &mut Vec::new());
+        q.publish(
+            msg("a"),
+            None,
+            None,
+            0,
+            &mut only_two,
+            &mut out,
+            &mut Vec::new(),
+        );
         assert_eq!(bodies(&out), [(2, &b"a"[..])]);
         let mut none = |_: ConsumerId| false;
         out.clear();
-        q.publish(msg("b"), None, 0, &mut none, &mut out, &mut Vec::new());
+        q.publish(
+            msg("b"),
+            None,
+            None,
+            0,
+            &mut none,
+            &mut out,
+            &mut Vec::new(),
+        );
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 1);
     }
@@ -623,8 +687,24 @@ mod tests {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
-        q.publish(msg("a"), None, 0, &mut any(), &mut out, &mut Vec::new());
-        q.publish(msg("b"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(
+            msg("a"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
+        q.publish(
+            msg("b"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
         assert_eq!(q.purge().len(), 1);
         assert!(q.cancel(1));
         assert!(q.unused_after_consumers());
@@ -643,22 +723,11 @@ mod tests {
     fn a_short_ttl_expires_on_time_behind_a_longer_one() {
         let mut q = limited(Limits::default());
         let mut dead = Vec::new();
-        q.publish(
-            msg_with("long", 0, Some(60_000)),
-            None,
-            1_000,
-            &mut any(),
-            &mut Vec::new(),
-            &mut dead,
-        );
-        q.publish(
-            msg_with("short", 0, Some(100)),
-            None,
-            1_000,
-            &mut any(),
-            &mut Vec::new(),
-            &mut dead,
-        );
+        for (body, ttl) in [("long", 60_000), ("short", 100)] {
+            let m = msg_with(body, 0, Some(ttl));
+            let at = q.expiry_for(&m, 1_000);
+            q.publish(m, None, at, 1_000, &mut any(), &mut Vec::new(), &mut dead);
+        }
         q.expire(1_099, &mut dead);
         assert!(dead.is_empty());
         q.expire(1_100, &mut dead);
@@ -677,10 +746,11 @@ mod tests {
         });
         let mut out = Vec::new();
         let mut dead = Vec::new();
-        q.publish(msg("nobody"), None, 5, &mut any(), &mut out, &mut dead);
+        let at = q.expiry_for(&msg("x"), 5);
+        q.publish(msg("nobody"), None, at, 5, &mut any(), &mut out, &mut dead);
         assert_eq!(dead.len(), 1);
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
-        q.publish(msg("taken"), None, 5, &mut any(), &mut out, &mut dead);
+        q.publish(msg("taken"), None, at, 5, &mut any(), &mut out, &mut dead);
         assert_eq!(bodies(&out), [(1, &b"taken"[..])]);
         assert_eq!(dead.len(), 1);
     }
@@ -702,6 +772,7 @@ mod tests {
             q.publish(
                 msg_with(b, p, None),
                 None,
+                None,
                 0,
                 &mut any(),
                 &mut Vec::new(),
@@ -722,7 +793,15 @@ mod tests {
         });
         let mut dead = Vec::new();
         for b in ["a", "b", "c"] {
-            q.publish(msg(b), None, 0, &mut any(), &mut Vec::new(), &mut dead);
+            q.publish(
+                msg(b),
+                None,
+                None,
+                0,
+                &mut any(),
+                &mut Vec::new(),
+                &mut dead,
+            );
         }
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].reason, DeathReason::MaxLen);
@@ -733,11 +812,27 @@ mod tests {
             ..Limits::default()
         });
         assert!(matches!(
-            q.publish(msg("a"), None, 0, &mut any(), &mut Vec::new(), &mut dead),
+            q.publish(
+                msg("a"),
+                None,
+                None,
+                0,
+                &mut any(),
+                &mut Vec::new(),
+                &mut dead
+            ),
             Accepted::Queued(_)
         ));
         assert_eq!(
-            q.publish(msg("b"), None, 0, &mut any(), &mut Vec::new(), &mut dead),
+            q.publish(
+                msg("b"),
+                None,
+                None,
+                0,
+                &mut any(),
+                &mut Vec::new(),
+                &mut dead
+            ),
             Accepted::Rejected
         );
         assert_eq!(q.message_count(), 1);
@@ -753,12 +848,20 @@ mod tests {
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 0), &mut any(), &mut out).unwrap();
         for b in ["a", "b"] {
-            q.publish(msg(b), None, 0, &mut any(), &mut out, &mut Vec::new());
+            q.publish(msg(b), None, None, 0, &mut any(), &mut out, &mut Vec::new());
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (1, &b"b"[..])]);
         q.cancel(1);
         out.clear();
-        q.publish(msg("c"), None, 0, &mut any(), &mut out, &mut Vec::new());
+        q.publish(
+            msg("c"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut out,
+            &mut Vec::new(),
+        );
         assert_eq!(bodies(&out), [(2, &b"c"[..])]);
     }
 }

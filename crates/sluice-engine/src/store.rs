@@ -39,6 +39,8 @@ pub enum StoreError {
 pub struct Recovered {
     pub offset: u64,
     pub message: Message,
+    /// When it expires (TTL) or is due (delay), as it was when stored.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -56,8 +58,8 @@ pub struct QueueStore<W> {
 }
 
 /// Encodes a message for the log: version, exchange, routing key, flags, priority,
-/// expiration, properties, body.
-fn encode(message: &Message, out: &mut Vec<u8>) {
+/// expiration, expiry time, properties, body.
+fn encode(message: &Message, expires_at: Option<i64>, out: &mut Vec<u8>) {
     out.clear();
     out.push(ENCODING_VERSION);
     for s in [&message.exchange, &message.routing_key] {
@@ -68,12 +70,13 @@ fn encode(message: &Message, out: &mut Vec<u8>) {
     out.push(u8::from(message.persistent));
     out.push(message.priority);
     out.extend_from_slice(&message.expiration_ms.map_or(u64::MAX, |e| e).to_le_bytes());
+    out.extend_from_slice(&expires_at.unwrap_or(i64::MIN).to_le_bytes());
     out.extend_from_slice(&(message.properties.len() as u32).to_le_bytes());
     out.extend_from_slice(&message.properties);
     out.extend_from_slice(&message.body);
 }
 
-fn decode(mut bytes: Bytes) -> Option<Message> {
+fn decode(mut bytes: Bytes) -> Option<(Message, Option<i64>)> {
     let take_str = |b: &mut Bytes| -> Option<Arc<str>> {
         let len = usize::from(*b.first()?);
         b.advance(1);
@@ -90,18 +93,19 @@ fn decode(mut bytes: Bytes) -> Option<Message> {
     bytes.advance(1);
     let exchange = take_str(&mut bytes)?;
     let routing_key = take_str(&mut bytes)?;
-    if bytes.len() < 14 {
+    if bytes.len() < 22 {
         return None;
     }
     let persistent = bytes.get_u8() == 1;
     let priority = bytes.get_u8();
     let expiration = bytes.get_u64_le();
+    let expires_at = bytes.get_i64_le();
     let props_len = bytes.get_u32_le() as usize;
     if bytes.len() < props_len {
         return None;
     }
     let properties = bytes.split_to(props_len);
-    Some(Message {
+    let message = Message {
         exchange,
         routing_key,
         properties,
@@ -109,7 +113,8 @@ fn decode(mut bytes: Bytes) -> Option<Message> {
         persistent,
         priority,
         expiration_ms: (expiration != u64::MAX).then_some(expiration),
-    })
+    };
+    Some((message, (expires_at != i64::MIN).then_some(expires_at)))
 }
 
 impl<W> QueueStore<W> {
@@ -160,13 +165,15 @@ impl<W> QueueStore<W> {
                 if done.contains(&batch.base_offset) {
                     continue;
                 }
-                let message = decode(batch.payload).ok_or_else(|| StoreError::Undecodable {
-                    path: store.dir.clone(),
-                    offset: batch.base_offset,
-                })?;
+                let (message, expires_at) =
+                    decode(batch.payload).ok_or_else(|| StoreError::Undecodable {
+                        path: store.dir.clone(),
+                        offset: batch.base_offset,
+                    })?;
                 recovered.push(Recovered {
                     offset: batch.base_offset,
                     message,
+                    expires_at,
                 });
             }
         }
@@ -180,10 +187,14 @@ impl<W> QueueStore<W> {
         &self.dir
     }
 
-    /// Appends a message; returns its offset.
-    pub fn append(&mut self, message: &Message) -> Result<u64, StoreError> {
+    /// Appends a message with its expiry time; returns its offset.
+    pub fn append(
+        &mut self,
+        message: &Message,
+        expires_at: Option<i64>,
+    ) -> Result<u64, StoreError> {
         let mut buf = std::mem::take(&mut self.scratch);
-        encode(message, &mut buf);
+        encode(message, expires_at, &mut buf);
         let appended = self.messages.append(&buf, 1, 0);
         self.scratch = buf;
         Ok(appended?.base_offset)
@@ -308,8 +319,8 @@ mod tests {
     fn messages_round_trip_through_the_encoding() {
         let m = message("body");
         let mut buf = Vec::new();
-        encode(&m, &mut buf);
-        assert_eq!(decode(Bytes::from(buf)), Some(m));
+        encode(&m, Some(1234), &mut buf);
+        assert_eq!(decode(Bytes::from(buf)), Some((m, Some(1234))));
         assert_eq!(decode(Bytes::from_static(&[9, 0])), None);
     }
 
@@ -321,7 +332,7 @@ mod tests {
             assert!(recovered.is_empty());
             let offsets: Vec<u64> = ["a", "b", "c", "d"]
                 .iter()
-                .map(|b| store.append(&message(b)).unwrap())
+                .map(|b| store.append(&message(b), None).unwrap())
                 .collect();
             store.settle(&[offsets[0], offsets[2]]).unwrap();
             store.close().unwrap();
@@ -341,10 +352,10 @@ mod tests {
     fn waiters_are_released_by_the_fsync_that_covers_them() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = open(dir.path());
-        let a = store.append(&message("a")).unwrap();
+        let a = store.append(&message("a"), None).unwrap();
         store.wait(a, 1).unwrap();
         let job = store.sync_job().unwrap().unwrap();
-        let b = store.append(&message("b")).unwrap();
+        let b = store.append(&message("b"), None).unwrap();
         store.wait(b, 2).unwrap();
         assert!(store.sync_job().unwrap().is_none(), "one fsync at a time");
         assert_eq!(store.synced(job.run().unwrap()), vec![1]);

@@ -769,6 +769,7 @@ async fn garbage_and_oversized_frames_close_only_that_connection() {
         );
     }
     assert!(broker.is_running());
+    assert!(!broker.stderr_lines().iter().any(|l| l.contains("panicked")));
     publish(&ch, "", "survivor", b"still here").await;
     assert_eq!(drain(&ch, "survivor").await, [b"still here".to_vec()]);
 }

@@ -113,6 +113,11 @@ impl Broker {
         next
     }
 
+    /// Every stderr line printed so far that has not been read yet.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Whether the process is still running (it must survive bad input).
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

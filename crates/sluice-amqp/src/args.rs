@@ -78,6 +78,9 @@ pub fn queue_settings(
             ));
         }
     };
+    if let Some(limit) = non_negative(args, "x-delivery-limit")? {
+        limits.delivery_limit = Some(u32::try_from(limit).unwrap_or(u32::MAX));
+    }
     limits.single_active_consumer = match args.get("x-single-active-consumer") {
         None => false,
         Some(Value::Bool(b)) => *b,

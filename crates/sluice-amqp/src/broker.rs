@@ -381,6 +381,7 @@ impl QueueCell {
                         redelivered: false,
                         stored: None,
                         expires_at: None,
+                        returns: 0,
                     },
                     reason: DeathReason::MaxLen,
                 });
@@ -526,7 +527,17 @@ impl QueueCell {
     }
 
     pub fn requeue(self: &Arc<Self>, ids: &[MessageId]) {
-        self.run(|q, reserve, out| q.requeue(ids, reserve, out));
+        let mut dead = Vec::new();
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            queue.requeue(ids, &mut reserve, &mut out, &mut dead);
+        }
+        state.dead.extend(dead);
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
     }
 
     /// Rejects without requeue: the messages are dead-lettered (reason `rejected`).

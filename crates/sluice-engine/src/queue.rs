@@ -27,6 +27,8 @@ pub struct Entry {
     pub stored: Option<u64>,
     /// When the message expires (queue or per-message TTL), in ms since the epoch.
     pub expires_at: Option<i64>,
+    /// Times it came back unacknowledged (for `x-delivery-limit`).
+    pub returns: u32,
 }
 
 /// Asked once for a chosen consumer: may its connection take one more delivery now?
@@ -59,6 +61,8 @@ pub struct Limits {
     /// 0 = no priorities.
     pub max_priority: u8,
     pub single_active_consumer: bool,
+    /// Dead-letter a message that came back unacknowledged more than this many times.
+    pub delivery_limit: Option<u32>,
 }
 
 /// Why a message left its queue for the dead-letter exchange (the `x-death` reason).
@@ -67,6 +71,7 @@ pub enum DeathReason {
     Rejected,
     Expired,
     MaxLen,
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -75,6 +80,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -278,6 +284,7 @@ impl Queue {
             redelivered,
             stored,
             expires_at,
+            returns: 0,
         });
         id
     }
@@ -459,11 +466,30 @@ impl Queue {
         dropped
     }
 
-    /// Puts deliveries back in their original places, marked redelivered.
-    pub fn requeue(&mut self, ids: &[MessageId], reserve: Reserve<'_>, out: &mut Vec<Delivery>) {
+    /// Puts deliveries back in their original places, marked redelivered; one that came
+    /// back more often than the delivery limit leaves the queue instead.
+    pub fn requeue(
+        &mut self,
+        ids: &[MessageId],
+        reserve: Reserve<'_>,
+        out: &mut Vec<Delivery>,
+        dead: &mut Vec<Dead>,
+    ) {
         for &id in ids {
             if let Some(mut entry) = self.settle(id) {
                 entry.redelivered = true;
+                entry.returns = entry.returns.saturating_add(1);
+                if self
+                    .limits
+                    .delivery_limit
+                    .is_some_and(|limit| entry.returns > limit)
+                {
+                    dead.push(Dead {
+                        entry,
+                        reason: DeathReason::DeliveryLimit,
+                    });
+                    continue;
+                }
                 self.ready.insert_in_place(entry);
             }
         }
@@ -594,7 +620,7 @@ mod tests {
         );
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
-        q.requeue(&[a], &mut any(), &mut out);
+        q.requeue(&[a], &mut any(), &mut out, &mut Vec::new());
         let again = q.get(true).unwrap();
         assert_eq!(&again.message.body[..], b"a");
         assert!(again.redelivered);
@@ -863,5 +889,30 @@ mod tests {
             &mut Vec::new(),
         );
         assert_eq!(bodies(&out), [(2, &b"c"[..])]);
+    }
+
+    #[test]
+    fn a_message_returned_more_often_than_the_delivery_limit_leaves_the_queue() {
+        let mut q = limited(Limits {
+            delivery_limit: Some(1),
+            ..Limits::default()
+        });
+        let mut dead = Vec::new();
+        q.publish(
+            msg("poison"),
+            None,
+            None,
+            0,
+            &mut any(),
+            &mut Vec::new(),
+            &mut dead,
+        );
+        for round in 0..2 {
+            let e = q.get(false).unwrap();
+            q.requeue(&[e.id], &mut any(), &mut Vec::new(), &mut dead);
+            assert_eq!(dead.len(), round, "returned {} times", round + 1);
+        }
+        assert_eq!(dead[0].reason, DeathReason::DeliveryLimit);
+        assert_eq!(q.message_count(), 0);
     }
 }

@@ -1140,12 +1140,72 @@ pub enum OpenError {
     Store(PathBuf, StoreError),
 }
 
+/// Resource alarms: while one is raised, connections that publish are blocked
+/// (`connection.blocked`) and not read from, as RabbitMQ does.
+#[derive(Debug)]
+pub struct Alarms {
+    memory: AtomicBool,
+    disk: AtomicBool,
+    /// Resident memory above which the memory alarm goes off.
+    memory_limit_bytes: AtomicU64,
+    disk_free_limit_bytes: AtomicU64,
+}
+
+impl Default for Alarms {
+    fn default() -> Self {
+        Alarms {
+            memory: AtomicBool::new(false),
+            disk: AtomicBool::new(false),
+            memory_limit_bytes: AtomicU64::new(u64::MAX),
+            disk_free_limit_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Alarms {
+    pub fn set_limits(&self, memory_limit_bytes: u64, disk_free_limit_bytes: u64) {
+        self.memory_limit_bytes
+            .store(memory_limit_bytes, Ordering::Relaxed);
+        self.disk_free_limit_bytes
+            .store(disk_free_limit_bytes, Ordering::Relaxed);
+    }
+
+    /// Updates the alarms from measurements; returns whether any changed.
+    pub fn update(&self, resident_bytes: u64, disk_free_bytes: u64) -> bool {
+        let memory = resident_bytes > self.memory_limit_bytes.load(Ordering::Relaxed);
+        let disk = disk_free_bytes < self.disk_free_limit_bytes.load(Ordering::Relaxed);
+        let was_memory = self.memory.swap(memory, Ordering::AcqRel);
+        let was_disk = self.disk.swap(disk, Ordering::AcqRel);
+        if memory != was_memory {
+            tracing::warn!(resident_bytes, alarm = memory, "memory alarm");
+        }
+        if disk != was_disk {
+            tracing::warn!(disk_free_bytes, alarm = disk, "disk alarm");
+        }
+        memory != was_memory || disk != was_disk
+    }
+
+    /// Why publishers are blocked now, if they are.
+    pub fn reason(&self) -> Option<&'static str> {
+        match (
+            self.memory.load(Ordering::Acquire),
+            self.disk.load(Ordering::Acquire),
+        ) {
+            (true, true) => Some("low on memory and disk space"),
+            (true, false) => Some("low on memory"),
+            (false, true) => Some("low on disk space"),
+            (false, false) => None,
+        }
+    }
+}
+
 /// The broker as the AMQP face sees it.
 #[derive(Debug)]
 pub struct Broker {
     vhost: Arc<VHost>,
     next_id: AtomicU64,
     pub message_bytes_max: usize,
+    pub alarms: Alarms,
 }
 
 impl Broker {
@@ -1155,6 +1215,7 @@ impl Broker {
             vhost: Arc::new(VHost::new("/")),
             next_id: AtomicU64::new(1),
             message_bytes_max,
+            alarms: Alarms::default(),
         }
     }
 
@@ -1171,6 +1232,7 @@ impl Broker {
             vhost: Arc::new(vhost),
             next_id: AtomicU64::new(1),
             message_bytes_max,
+            alarms: Alarms::default(),
         })
     }
 

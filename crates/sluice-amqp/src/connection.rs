@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,6 +76,12 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// The authenticated user.
     user: String,
+    /// The client handles `connection.blocked` (its `capabilities` say so).
+    wants_blocked: bool,
+    /// This connection has published: resource alarms block it.
+    publisher: bool,
+    /// The reason sent in our last `connection.blocked`, until `unblocked`.
+    blocked: Option<&'static str>,
     /// Channels with publisher confirms to send before the next write.
     confirm_dirty: Vec<u16>,
     out: BytesMut,
@@ -122,6 +128,9 @@ async fn run(
         config,
         channels: HashMap::new(),
         user: String::new(),
+        wants_blocked: false,
+        publisher: false,
+        blocked: None,
         confirm_dirty: Vec::new(),
         out: BytesMut::with_capacity(64 * 1024),
         outbox,
@@ -140,8 +149,11 @@ async fn run(
         if conn.phase == Phase::Done {
             break Ok(());
         }
+        conn.sync_blocked();
+        // While an alarm blocks this publisher, its socket is not read: TCP pushes back.
+        let paused = conn.blocked.is_some();
         tokio::select! {
-            read = rd.read_buf(&mut inbuf) => {
+            read = rd.read_buf(&mut inbuf), if !paused => {
                 match read {
                     Ok(0) => break Ok(()),
                     Ok(_) => {
@@ -173,6 +185,10 @@ async fn run(
                     if now.duration_since(since) > CLOSE_TIMEOUT {
                         break Ok(());
                     }
+                }
+                                if conn.blocked.is_some() {
+                    // Not reading a blocked connection is our choice, not a dead peer.
+                    last_read = now;
                 }
                 if conn.heartbeat_s > 0 {
                     let interval = Duration::from_secs(u64::from(conn.heartbeat_s));
@@ -222,6 +238,7 @@ impl Conn {
             "authentication_failure_close",
             "consumer_priorities",
             "direct_reply_to",
+            "connection.blocked",
         ] {
             capabilities.insert(ShortString::from(cap.to_string()), AMQPValue::Boolean(true));
         }
@@ -371,6 +388,11 @@ impl Conn {
         };
         match (self.phase, m) {
             (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(s)) => {
+                self.wants_blocked = matches!(
+                    s.client_properties.inner().get("capabilities"),
+                    Some(AMQPValue::FieldTable(caps))
+                        if matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)))
+                );
                 let login = credentials(s.mechanism.as_str(), s.response.as_bytes());
                 let allowed = matches!(&login, Some((user, pass)) if user == "guest" && pass == "guest")
                     && self.peer.ip().is_loopback();
@@ -514,7 +536,12 @@ impl Conn {
                 }
                 Ok(())
             }
-            m => self.with_channel(id, |ch, ctx| ch.handle_method(ctx, m)),
+            m => {
+                if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Publish(_))) {
+                    self.publisher = true;
+                }
+                self.with_channel(id, |ch, ctx| ch.handle_method(ctx, m))
+            }
         }
     }
 
@@ -633,6 +660,45 @@ impl Conn {
             }
             Outbound::Stored { channel, seq } => self.stored(channel, seq, true),
             Outbound::StoreFailed { channel, seq } => self.stored(channel, seq, false),
+        }
+    }
+
+    /// Follows the broker's resource alarms: a publishing connection is blocked while one
+    /// is raised (told with `connection.blocked` when the client handles it) and
+    /// unblocked when it clears.
+    fn sync_blocked(&mut self) {
+        if self.phase != Phase::Open || !self.publisher {
+            return;
+        }
+        let reason = self.broker.alarms.reason();
+        match (self.blocked, reason) {
+            (None, Some(r)) => {
+                if self.wants_blocked {
+                    frame::write_method(
+                        &mut self.out,
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Blocked(
+                            connection::Blocked {
+                                reason: ShortString::from(r.to_string()),
+                            },
+                        )),
+                    );
+                }
+                self.blocked = Some(r);
+            }
+            (Some(_), None) => {
+                if self.wants_blocked {
+                    frame::write_method(
+                        &mut self.out,
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                            connection::Unblocked {},
+                        )),
+                    );
+                }
+                self.blocked = None;
+            }
+            _ => {}
         }
     }
 

@@ -30,6 +30,12 @@ pub struct Config {
     pub log_level: String,
     /// Defaults of every log the broker opens.
     pub storage: LogConfig,
+    /// Block publishers while the process uses more than this share of physical memory,
+    /// in parts per million (RabbitMQ's `vm_memory_high_watermark.relative`, 0.4).
+    pub memory_high_watermark_ppm: u32,
+    /// Block publishers while the data directory's disk has less free space than this
+    /// (RabbitMQ's `disk_free_limit.absolute` default, 50 MB).
+    pub disk_free_limit_bytes: u64,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             log_level: "info".to_owned(),
             storage: LogConfig::default(),
+            memory_high_watermark_ppm: 400_000,
+            disk_free_limit_bytes: 50_000_000,
         }
     }
 }
@@ -220,6 +228,24 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.storage.open_segments_max = parse_usize(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "limits.memory_high_watermark",
+        env: "SLUICE_LIMITS_MEMORY_HIGH_WATERMARK",
+        flag: None,
+        set: |d, v| {
+            d.config.memory_high_watermark_ppm = parse_fraction_ppm(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "limits.disk_free_limit_bytes",
+        env: "SLUICE_LIMITS_DISK_FREE_LIMIT_BYTES",
+        flag: None,
+        set: |d, v| {
+            d.config.disk_free_limit_bytes = parse_u64(v)?;
             Ok(())
         },
     },
@@ -436,6 +462,16 @@ fn parse_u32(value: &str) -> Result<u32, String> {
 fn parse_usize(value: &str) -> Result<usize, String> {
     usize::try_from(parse_u64(value)?)
         .map_err(|_| format!("expected at most {}, got {value:?}", usize::MAX))
+}
+
+/// A fraction such as "0.4" (of 1), in parts per million.
+fn parse_fraction_ppm(value: &str) -> Result<u32, String> {
+    let bad = || format!("expected a fraction greater than 0 and at most 1, got {value:?}");
+    let f: f64 = value.parse().map_err(|_| bad())?;
+    if !(f > 0.0 && f <= 1.0) {
+        return Err(bad());
+    }
+    Ok((f * 1_000_000.0).round().max(1.0) as u32)
 }
 
 /// A limit that may be switched off with "none" (TOML has no null).

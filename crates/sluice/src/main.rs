@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod lock;
+mod resources;
 mod serve;
 
 use std::io::IsTerminal as _;

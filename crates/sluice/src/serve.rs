@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::lock::DataDirLock;
+use crate::resources;
 
 /// Pause after a failed accept. Accept fails mostly when the process is out of file
 /// descriptors; retrying at once would spin a core without freeing any.
@@ -39,6 +40,17 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         config.storage.batch_bytes_max as usize,
     )
     .with_context(|| format!("cannot open AMQP data in {}", amqp_dir.display()))?;
+    let memory_limit = resources::total_memory_bytes().map_or(u64::MAX, |total| {
+        total / 1_000_000 * u64::from(config.memory_high_watermark_ppm)
+    });
+    broker
+        .alarms
+        .set_limits(memory_limit, config.disk_free_limit_bytes);
+    info!(
+        memory_limit_bytes = memory_limit,
+        disk_free_limit_bytes = config.disk_free_limit_bytes,
+        "resource alarms set"
+    );
     let broker = Arc::new(broker);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,7 +79,8 @@ async fn listen_until_signal(config: &Config, broker: Arc<Broker>) -> anyhow::Re
     let signal = tokio::select! {
         signal = signals.recv() => signal,
         never = flush_loop(Arc::clone(&broker)) => match never {},
-        never = expiry_loop(Arc::clone(&broker)) => match never {},
+                never = expiry_loop(Arc::clone(&broker)) => match never {},
+        never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqp_accept_loop(amqp.listener, broker) => match never {},
         never = accept_loop("kafka", kafka.listener) => match never {},
     };
@@ -106,6 +119,20 @@ async fn flush_loop(broker: Arc<Broker>) -> Infallible {
         if let Err(e) = tokio::task::spawn_blocking(move || b.flush_due()).await {
             warn!(error = %e, "flush round failed");
         }
+    }
+}
+
+/// How often memory use and free disk space are measured for the resource alarms.
+const ALARM_TICK: Duration = Duration::from_millis(500);
+
+/// Raises and clears the memory and disk alarms that block publishers.
+async fn alarm_loop(broker: Arc<Broker>, data_dir: std::path::PathBuf) -> Infallible {
+    let mut tick = tokio::time::interval(ALARM_TICK);
+    loop {
+        tick.tick().await;
+        let resident = resources::resident_bytes().unwrap_or(0);
+        let free = resources::disk_free_bytes(&data_dir).unwrap_or(u64::MAX);
+        broker.alarms.update(resident, free);
     }
 }
 

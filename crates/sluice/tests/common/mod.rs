@@ -30,6 +30,18 @@ impl Broker {
     }
 
     pub fn start_in(data_dir: &Path) -> Broker {
+        Broker::start_with(data_dir, &[])
+    }
+
+    /// Starts with extra `SLUICE_*` environment settings, in a fresh directory.
+    pub fn start_env(env: &[(&str, &str)]) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = Broker::start_with(&tmp.path().join("data"), env);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "serve",
@@ -41,6 +53,7 @@ impl Broker {
             ])
             .arg(data_dir)
             .env("SLUICE_LOG_LEVEL", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,366 @@
+//! One publishing connection: stamps and sends messages as fast as the broker takes them
+//! (or on a fixed schedule), keeps at most the confirm window unconfirmed, and remembers
+//! which messages the broker confirmed, since exactly those must arrive.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::options::{Limit, Plan};
+use super::pipeline::Pipeline;
+use super::topology::Topology;
+use super::{Shared, Start};
+use crate::payload::{SEQ_MAX, Stamp, wall_ns};
+use crate::tracker::SeqSet;
+
+/// Tokio's timers fire on whole milliseconds, so a fixed-rate producer that keeps to its
+/// schedule still sends up to this late; that much is the load generator's, not the
+/// broker's. A producer further behind was held up (by the broker's back-pressure), and the
+/// rest of the delay counts as latency, so that a stalled broker is not hidden
+/// (coordinated omission).
+const TIMER_SLACK_NS: u64 = 1_000_000;
+
+/// How long a publish under way when the stop comes may still take.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long to wait, once publishing has stopped, for the confirms still outstanding.
+const CONFIRM_WAIT: Duration = Duration::from_secs(30);
+
+/// Publishes handed to lapin ahead of their being written: enough for its I/O thread to
+/// write many per wake-up, few enough that the broker's TCP back-pressure still reaches the
+/// producer within a fraction of a millisecond of messages.
+const SEND_AHEAD: usize = 64;
+
+/// A producer's messages between the first poll of their publish and their confirm.
+struct Line {
+    sending: Pipeline<u64, lapin::Result<PublisherConfirm>>,
+    confirms: VecDeque<(u64, PublisherConfirm)>,
+    produced: Produced,
+}
+
+/// What one producer did.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub published: u64,
+    pub confirmed: u64,
+    pub nacked: u64,
+    /// Published with confirms on, but neither acked nor nacked in time.
+    pub unconfirmed: u64,
+    /// The messages that must arrive: confirmed ones, or every one sent without confirms.
+    pub expected: SeqSet,
+    pub finished: Option<Instant>,
+}
+
+pub struct Producer {
+    pub index: u32,
+    pub plan: Arc<Plan>,
+    pub topology: Arc<Topology>,
+    pub shared: Arc<Shared>,
+}
+
+impl Producer {
+    /// Connects, reports readiness on `ready`, waits for `go`, then publishes until its count
+    /// is done, the duration is over, or `stop` turns true.
+    pub async fn run(
+        self,
+        ready: oneshot::Sender<Result<(), String>>,
+        go: watch::Receiver<Option<Start>>,
+        stop: watch::Receiver<bool>,
+    ) -> Produced {
+        let (connection, channel) = match self.connect().await {
+            Ok(connected) => connected,
+            Err(error) => {
+                let _ = ready.send(Err(format!("producer {}: {error}", self.index)));
+                return Produced::default();
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let produced = match wait_for_start(go).await {
+            Some(start) => self.publish(&channel, start, stop).await,
+            None => Produced::default(),
+        };
+        let _ = connection.close(200, "benchmark done".into()).await;
+        produced
+    }
+
+    async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
+        let connection =
+            Connection::connect(&self.plan.options.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        if self.plan.options.confirm > 0 {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
+        Ok((connection, channel))
+    }
+
+    async fn publish(
+        &self,
+        channel: &Channel,
+        start: Start,
+        stop: watch::Receiver<bool>,
+    ) -> Produced {
+        let options = &self.plan.options;
+        let deadline = match self.plan.limit {
+            Limit::Duration(d) => Some(start.instant + d),
+            Limit::Count(_) => None,
+        };
+        let count = self
+            .plan
+            .count_for(self.index)
+            .unwrap_or(SEQ_MAX)
+            .min(SEQ_MAX);
+        let mut stopped = StopSignal::new(deadline, stop);
+        let window = options.confirm as usize;
+        let properties = if options.persistent {
+            BasicProperties::default().with_delivery_mode(2)
+        } else {
+            BasicProperties::default()
+        };
+        let mut line = Line {
+            sending: Pipeline::default(),
+            confirms: VecDeque::with_capacity(window),
+            produced: Produced::default(),
+        };
+        let queues = self.topology.routing_keys.len().max(1) as u64;
+
+        'publishing: for seq in 0..count {
+            if stopped.is_fired().await {
+                break;
+            }
+            let sent_ns = match self.plan.interval {
+                None => wall_ns(),
+                Some(interval) => {
+                    let offset = schedule_offset(interval, seq);
+                    let due = start.instant + offset;
+                    if due > Instant::now() {
+                        tokio::select! {
+                            biased;
+                            () = stopped.fired() => break,
+                            () = tokio::time::sleep_until(due) => {}
+                        }
+                    }
+                    let scheduled_ns =
+                        start.wall_ns + u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX);
+                    wall_ns().min(scheduled_ns + TIMER_SLACK_NS)
+                }
+            };
+            let target = ((seq + u64::from(self.index)) % queues) as usize;
+            let Some(routing_key) = self.topology.routing_keys.get(target) else {
+                break;
+            };
+            let mut body = vec![b'.'; options.size];
+            Stamp {
+                sent_ns,
+                producer: self.index,
+                seq,
+            }
+            .write(&mut body);
+            let (channel, exchange) = (channel.clone(), self.topology.exchange.clone());
+            let (routing_key, properties) = (routing_key.clone(), properties.clone());
+            let publish = async move {
+                let options = BasicPublishOptions::default();
+                channel
+                    .basic_publish(exchange, routing_key, options, &body, properties)
+                    .await
+            };
+            line.sending.start(seq, Box::pin(publish)).await;
+            while let Some((seq, sent)) = line.sending.finished().await {
+                if !self.sent(&mut line, seq, sent) {
+                    break 'publishing;
+                }
+            }
+            // Wait while too much is in flight: sends not yet written, or (with confirms)
+            // messages not yet confirmed.
+            loop {
+                let in_flight = line.sending.len() + line.confirms.len();
+                let send_ahead_full = line.sending.len() >= SEND_AHEAD;
+                if !send_ahead_full && (window == 0 || in_flight < window) {
+                    break;
+                }
+                if send_ahead_full || line.confirms.is_empty() {
+                    let next = tokio::select! {
+                        biased;
+                        next = line.sending.next() => next,
+                        () = stopped.fired() => break 'publishing,
+                    };
+                    let Some((seq, sent)) = next else { break };
+                    if !self.sent(&mut line, seq, sent) {
+                        break 'publishing;
+                    }
+                } else {
+                    let Some((seq, mut confirm)) = line.confirms.pop_front() else {
+                        break;
+                    };
+                    let settled = tokio::select! {
+                        biased;
+                        settled = &mut confirm => settled,
+                        () = stopped.fired() => {
+                            line.confirms.push_front((seq, confirm));
+                            break 'publishing;
+                        }
+                    };
+                    if !self.settle(&mut line.produced, seq, settled) {
+                        break 'publishing;
+                    }
+                }
+            }
+        }
+        // Publishes already handed to lapin may be on the wire: finish and count them,
+        // unless the broker does not take them in time.
+        let grace = Instant::now() + STOP_GRACE;
+        while let Ok(Some((seq, sent))) = tokio::time::timeout_at(grace, line.sending.next()).await
+        {
+            if !self.sent(&mut line, seq, sent) {
+                break;
+            }
+        }
+        line.produced.finished = Some(Instant::now());
+        let mut produced = line.produced;
+        self.settle_outstanding(&mut produced, line.confirms).await;
+        produced
+    }
+
+    /// Books a publish that lapin has written; false when the channel failed.
+    fn sent(&self, line: &mut Line, seq: u64, sent: lapin::Result<PublisherConfirm>) -> bool {
+        match sent {
+            Ok(confirm) => {
+                line.produced.published += 1;
+                self.shared.published.fetch_add(1, super::RELAXED);
+                if self.plan.options.confirm == 0 {
+                    line.produced.expected.insert(seq);
+                } else {
+                    line.confirms.push_back((seq, confirm));
+                }
+                true
+            }
+            Err(error) => {
+                self.shared
+                    .error(format!("producer {}: publish: {error}", self.index));
+                false
+            }
+        }
+    }
+
+    /// Books the broker's answer for message `seq`; false when the channel failed.
+    fn settle(
+        &self,
+        produced: &mut Produced,
+        seq: u64,
+        settled: lapin::Result<Confirmation>,
+    ) -> bool {
+        match settled {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => {
+                produced.confirmed += 1;
+                produced.expected.insert(seq);
+                true
+            }
+            Ok(Confirmation::Nack(_)) => {
+                produced.nacked += 1;
+                self.shared
+                    .error(format!("producer {}: message {seq} nacked", self.index));
+                true
+            }
+            Err(error) => {
+                produced.unconfirmed += 1;
+                self.shared
+                    .error(format!("producer {}: confirm: {error}", self.index));
+                false
+            }
+        }
+    }
+
+    async fn settle_outstanding(
+        &self,
+        produced: &mut Produced,
+        pending: VecDeque<(u64, PublisherConfirm)>,
+    ) {
+        let deadline = Instant::now() + CONFIRM_WAIT;
+        let mut pending = pending.into_iter();
+        while let Some((seq, confirm)) = pending.next() {
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(settled) => {
+                    if !self.settle(produced, seq, settled) {
+                        produced.unconfirmed += pending.len() as u64;
+                        return;
+                    }
+                }
+                Err(_) => {
+                    produced.unconfirmed += 1 + pending.len() as u64;
+                    self.shared.error(format!(
+                        "producer {}: {} confirms not received within {}s",
+                        self.index,
+                        1 + pending.len(),
+                        CONFIRM_WAIT.as_secs()
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When producers must stop (the deadline passed or the run was interrupted), as a future
+/// that can be awaited again and again: once it has fired, it stays ready.
+struct StopSignal {
+    inner: Pin<Box<dyn Future<Output = ()> + Send>>,
+    fired: bool,
+}
+
+impl StopSignal {
+    fn new(deadline: Option<Instant>, mut stop: watch::Receiver<bool>) -> StopSignal {
+        let inner = Box::pin(async move {
+            let stop_requested = stop.wait_for(|s| *s);
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    _ = stop_requested => {}
+                },
+                None => {
+                    let _ = stop_requested.await;
+                }
+            }
+        });
+        StopSignal {
+            inner,
+            fired: false,
+        }
+    }
+
+    async fn fired(&mut self) {
+        if !self.fired {
+            self.inner.as_mut().await;
+            self.fired = true;
+        }
+    }
+
+    async fn is_fired(&mut self) -> bool {
+        futures_lite::future::poll_once(self.fired())
+            .await
+            .is_some()
+    }
+}
+
+/// When message `seq` is due, counted from the start, in fixed-rate mode.
+fn schedule_offset(interval: Duration, seq: u64) -> Duration {
+    let nanos = interval.as_nanos().saturating_mul(u128::from(seq));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// The start signal; `None` if the run was called off before it.
+async fn wait_for_start(mut go: watch::Receiver<Option<Start>>) -> Option<Start> {
+    match go.wait_for(Option::is_some).await {
+        Ok(start) => *start,
+        Err(_) => None,
+    }
+}

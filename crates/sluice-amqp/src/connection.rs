@@ -49,6 +49,9 @@ impl Default for ConnectionConfig {
 const FRAME_MAX_BEFORE_TUNE: u32 = 131_072;
 /// Outbox slots per connection: deliveries are bounded by consumer flow limits first.
 const OUTBOX_CAPACITY: usize = 1 << 16;
+/// Initial size of a connection's read and write buffers: small, so idle connections
+/// are cheap (10,000 of them must fit well under 1 GiB); they grow with traffic.
+const BUFFER_BYTES_INITIAL: usize = 4096;
 /// How long to wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -132,14 +135,14 @@ async fn run(
         publisher: false,
         blocked: None,
         confirm_dirty: Vec::new(),
-        out: BytesMut::with_capacity(64 * 1024),
+        out: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
         outbox,
     };
     conn.send_start();
     let started = Instant::now();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut inbuf = BytesMut::with_capacity(BUFFER_BYTES_INITIAL);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut closing_since: Option<Instant> = None;
     let result = loop {

@@ -523,7 +523,7 @@ impl QueueCell {
     }
 
     pub fn ack(self: &Arc<Self>, ids: &[MessageId]) {
-        self.settle_with(|q, reserve, out| q.ack(ids, reserve, out));
+        self.settle_with(|q, reserve, out| q.settle_many(ids, reserve, out));
     }
 
     pub fn requeue(self: &Arc<Self>, ids: &[MessageId]) {
@@ -547,7 +547,7 @@ impl QueueCell {
         let dropped = {
             let QueueState { queue, links, .. } = &mut *state;
             let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
-            queue.discard(ids, &mut reserve, &mut out)
+            queue.settle_many(ids, &mut reserve, &mut out)
         };
         state.dead.extend(dropped.into_iter().map(|entry| Dead {
             entry,

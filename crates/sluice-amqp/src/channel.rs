@@ -264,12 +264,12 @@ impl Channel {
                 )
             }
             exchange::AMQPMethod::Bind(b) => {
-                let binding = Binding {
-                    source: b.source.as_str().into(),
-                    destination: Destination::Exchange(b.destination.as_str().into()),
-                    routing_key: b.routing_key.as_str().into(),
-                    arguments: props::table_from_amqp(&b.arguments),
-                };
+                let binding = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 ctx.vhost.router_mut().bind(binding)?;
                 if b.nowait {
                     return Ok(());
@@ -281,12 +281,12 @@ impl Channel {
                 )
             }
             exchange::AMQPMethod::Unbind(b) => {
-                let binding = Binding {
-                    source: b.source.as_str().into(),
-                    destination: Destination::Exchange(b.destination.as_str().into()),
-                    routing_key: b.routing_key.as_str().into(),
-                    arguments: props::table_from_amqp(&b.arguments),
-                };
+                let binding = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 ctx.vhost.router_mut().unbind(&binding)?;
                 if b.nowait {
                     return Ok(());
@@ -380,12 +380,12 @@ impl Channel {
             }
             queue::AMQPMethod::Bind(b) => {
                 self.find_queue(ctx, b.queue.as_str())?;
-                let binding = Binding {
-                    source: b.exchange.as_str().into(),
-                    destination: Destination::Queue(b.queue.as_str().into()),
-                    routing_key: b.routing_key.as_str().into(),
-                    arguments: props::table_from_amqp(&b.arguments),
-                };
+                let binding = binding(
+                    &b.exchange,
+                    Destination::Queue(b.queue.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 ctx.vhost.router_mut().bind(binding)?;
                 if b.nowait {
                     return Ok(());
@@ -398,12 +398,12 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 self.find_queue(ctx, b.queue.as_str())?;
-                let binding = Binding {
-                    source: b.exchange.as_str().into(),
-                    destination: Destination::Queue(b.queue.as_str().into()),
-                    routing_key: b.routing_key.as_str().into(),
-                    arguments: props::table_from_amqp(&b.arguments),
-                };
+                let binding = binding(
+                    &b.exchange,
+                    Destination::Queue(b.queue.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 ctx.vhost.router_mut().unbind(&binding)?;
                 ok(
                     ctx.out,
@@ -1235,6 +1235,21 @@ impl Channel {
             queue.requeue(&ids);
         }
         self.publishing = None;
+    }
+}
+
+/// A binding from the method's fields.
+fn binding(
+    source: &ShortString,
+    destination: Destination,
+    key: &ShortString,
+    arguments: &amq_protocol::types::FieldTable,
+) -> Binding {
+    Binding {
+        source: source.as_str().into(),
+        destination,
+        routing_key: key.as_str().into(),
+        arguments: props::table_from_amqp(arguments),
     }
 }
 

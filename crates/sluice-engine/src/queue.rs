@@ -440,9 +440,9 @@ impl Queue {
         Some(entry)
     }
 
-    /// Acknowledges deliveries; the freed credit is used at once. Returns the settled
-    /// entries.
-    pub fn ack(
+    /// Settles deliveries for good: acknowledged, or rejected without requeue (the caller
+    /// dead-letters those). The freed credit is used at once. Returns the settled entries.
+    pub fn settle_many(
         &mut self,
         ids: &[MessageId],
         reserve: Reserve<'_>,
@@ -451,19 +451,6 @@ impl Queue {
         let settled = ids.iter().filter_map(|&id| self.settle(id)).collect();
         self.dispatch(reserve, out);
         settled
-    }
-
-    /// Rejects deliveries without requeueing; returns the dropped entries (for
-    /// dead-lettering).
-    pub fn discard(
-        &mut self,
-        ids: &[MessageId],
-        reserve: Reserve<'_>,
-        out: &mut Vec<Delivery>,
-    ) -> Vec<Entry> {
-        let dropped = ids.iter().filter_map(|&id| self.settle(id)).collect();
-        self.dispatch(reserve, out);
-        dropped
     }
 
     /// Puts deliveries back in their original places, marked redelivered; one that came
@@ -590,7 +577,7 @@ mod tests {
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
         let first = out[0].entry.id;
         out.clear();
-        q.ack(&[first], &mut any(), &mut out);
+        q.settle_many(&[first], &mut any(), &mut out);
         assert_eq!(bodies(&out), [(1, &b"c"[..])]);
     }
 
@@ -736,7 +723,7 @@ mod tests {
         assert!(q.unused_after_consumers());
         assert_eq!(q.unacked_count(), 1);
         let id = out[0].entry.id;
-        let dropped = q.discard(&[id], &mut any(), &mut Vec::new());
+        let dropped = q.settle_many(&[id], &mut any(), &mut Vec::new());
         assert_eq!(dropped.len(), 1);
         assert_eq!(q.unacked_count(), 0);
     }

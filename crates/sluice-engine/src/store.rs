@@ -20,9 +20,7 @@ pub use sluice_log::{LogConfig, LogError, SyncJob, Synced};
 const ENCODING_VERSION: u8 = 1;
 /// Most writers waiting for one queue's fsync; past it publishers get an error back.
 const WAITERS_MAX: usize = 65_536;
-/// Settlements between two moves of the message log's start offset (each move writes a
-/// small file).
-const TRUNCATE_EVERY: u64 = 4096;
+
 /// Settlement log size that triggers its compaction.
 const SETTLED_LOG_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
@@ -53,7 +51,6 @@ pub struct QueueStore<W> {
     head: u64,
     /// Settled offsets above `head`.
     settled_above_head: BTreeSet<u64>,
-    since_truncate: u64,
     scratch: Vec<u8>,
 }
 
@@ -152,7 +149,6 @@ impl<W> QueueStore<W> {
             group: GroupCommit::new(WAITERS_MAX),
             head: start,
             settled_above_head: BTreeSet::new(),
-            since_truncate: 0,
             scratch: Vec::new(),
         };
         let mut recovered = Vec::new();
@@ -247,10 +243,14 @@ impl<W> QueueStore<W> {
             }
         }
         self.settled.append(&buf, 1, 0)?;
-        let moved = self.advance_head();
-        self.since_truncate += moved;
-        if self.since_truncate >= TRUNCATE_EVERY {
-            self.since_truncate = 0;
+        self.advance_head();
+        // Moving the start offset persists it (an fsync): do it only when that frees a
+        // whole segment. Below that, the settlement log alone says what is settled.
+        if self
+            .messages
+            .oldest_segment_end()
+            .is_some_and(|end| self.head >= end)
+        {
             self.messages.truncate_prefix(self.head)?;
         }
         if self.settled.stats().bytes > SETTLED_LOG_BYTES_MAX {
@@ -361,5 +361,34 @@ mod tests {
         assert_eq!(store.synced(job.run().unwrap()), vec![1]);
         let job = store.sync_job().unwrap().unwrap();
         assert_eq!(store.synced(job.run().unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn settling_the_head_frees_whole_segments_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let open_small = || {
+            QueueStore::<u32>::open(dir.path(), config.clone(), Arc::new(ManualClock::new(0)))
+                .unwrap()
+        };
+        let (mut store, _) = open_small();
+        let offsets: Vec<u64> = (0..100)
+            .map(|_| store.append(&message("x"), None).unwrap())
+            .collect();
+        let segments_before = store.messages.stats().segments;
+        assert!(segments_before > 3);
+        store.settle(&offsets[..90]).unwrap();
+        assert!(
+            store.messages.stats().segments < segments_before,
+            "settled segments were deleted"
+        );
+        store.close().unwrap();
+        drop(store);
+        let (_, recovered) = open_small();
+        let left: Vec<u64> = recovered.iter().map(|r| r.offset).collect();
+        assert_eq!(left, offsets[90..].to_vec());
     }
 }

@@ -204,6 +204,12 @@ impl Log {
         &self.config
     }
 
+    /// Where the oldest segment ends, when it is sealed: truncating the prefix up to here
+    /// or beyond frees at least one whole segment.
+    pub fn oldest_segment_end(&self) -> Option<u64> {
+        self.sealed.first().map(|s| s.next_offset)
+    }
+
     /// Lowest readable offset.
     pub fn start_offset(&self) -> u64 {
         self.start_offset

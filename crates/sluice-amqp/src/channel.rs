@@ -113,6 +113,19 @@ fn ok(out: &mut BytesMut, channel: u16, method: AMQPClass) -> Result<(), AmqpErr
     Ok(())
 }
 
+/// The `-ok` reply, unless the client asked for `nowait`.
+fn ok_unless(
+    nowait: bool,
+    out: &mut BytesMut,
+    channel: u16,
+    method: AMQPClass,
+) -> Result<(), AmqpError> {
+    if !nowait {
+        frame::write_method(out, channel, method);
+    }
+    Ok(())
+}
+
 impl Channel {
     pub fn new(id: u16) -> Self {
         Channel {
@@ -234,10 +247,8 @@ impl Channel {
                         declare_delay_queue(ctx, name, d.durable)?;
                     }
                 }
-                if d.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    d.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
@@ -254,10 +265,8 @@ impl Channel {
                     .delete_exchange(d.exchange.as_str(), when)?;
                 ctx.vhost
                     .delete_queue(&delay_queue_name(d.exchange.as_str()));
-                if d.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    d.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
@@ -271,10 +280,8 @@ impl Channel {
                     &b.arguments,
                 );
                 ctx.vhost.router_mut().bind(binding)?;
-                if b.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    b.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
@@ -288,10 +295,8 @@ impl Channel {
                     &b.arguments,
                 );
                 ctx.vhost.router_mut().unbind(&binding)?;
-                if b.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    b.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
@@ -387,10 +392,8 @@ impl Channel {
                     &b.arguments,
                 );
                 ctx.vhost.router_mut().bind(binding)?;
-                if b.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    b.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
@@ -414,10 +417,8 @@ impl Channel {
             queue::AMQPMethod::Purge(p) => {
                 let queue = self.find_queue(ctx, p.queue.as_str())?;
                 let count = queue.purge();
-                if p.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    p.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
@@ -445,10 +446,8 @@ impl Channel {
                         ctx.vhost.delete_queue(name)
                     }
                 };
-                if d.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    d.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
@@ -519,10 +518,8 @@ impl Channel {
                     ctx.vhost.remove_reply_consumer(&address);
                 }
                 self.cancel_consumer(ctx.vhost, &tag);
-                if c.nowait {
-                    return Ok(());
-                }
-                ok(
+                ok_unless(
+                    c.nowait,
                     ctx.out,
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {

@@ -686,7 +686,7 @@ impl VHost {
     pub fn new(name: &str) -> Self {
         VHost {
             name: name.to_string(),
-            router: RwLock::new(Router::new()),
+            router: RwLock::new(Router::with_vhost(name)),
             queues: RwLock::new(HashMap::new()),
             storage: None,
             dead_letters: Arc::new(DeadLetters::default()),
@@ -1202,34 +1202,52 @@ impl Alarms {
 /// The broker as the AMQP face sees it.
 #[derive(Debug)]
 pub struct Broker {
-    vhost: Arc<VHost>,
+    vhosts: HashMap<String, Arc<VHost>>,
     next_id: AtomicU64,
     pub message_bytes_max: usize,
     pub alarms: Alarms,
 }
 
+/// Directory of a virtual host's data: `default` for `/`, else the name in hex (names may
+/// hold any characters).
+fn vhost_dir_name(name: &str) -> String {
+    if name == "/" {
+        return "default".to_string();
+    }
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("v-{hex}")
+}
+
 impl Broker {
-    /// A broker that keeps everything in memory.
+    /// A broker that keeps everything in memory, with the virtual host `/`.
     pub fn in_memory(message_bytes_max: usize) -> Self {
+        let mut vhosts = HashMap::new();
+        vhosts.insert("/".to_string(), Arc::new(VHost::new("/")));
         Broker {
-            vhost: Arc::new(VHost::new("/")),
+            vhosts,
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
         }
     }
 
-    /// A broker whose durable definitions and persistent messages live under `dir`.
-    /// Blocking: it replays every durable queue.
-    pub fn open(dir: &Path, log: LogConfig, message_bytes_max: usize) -> Result<Self, OpenError> {
-        let vhost = VHost::open(
-            "/",
-            &dir.join("vhosts").join("default"),
-            log,
-            Arc::new(SystemClock),
-        )?;
+    /// A broker whose durable definitions and persistent messages live under `dir`, one
+    /// directory per virtual host in `vhost_names`. Blocking: it replays every durable
+    /// queue.
+    pub fn open(
+        dir: &Path,
+        log: LogConfig,
+        message_bytes_max: usize,
+        vhost_names: &[String],
+    ) -> Result<Self, OpenError> {
+        let mut vhosts = HashMap::new();
+        for name in vhost_names {
+            let vhost_dir = dir.join("vhosts").join(vhost_dir_name(name));
+            let vhost = VHost::open(name, &vhost_dir, log.clone(), Arc::new(SystemClock))?;
+            vhosts.insert(name.clone(), Arc::new(vhost));
+        }
         Ok(Broker {
-            vhost: Arc::new(vhost),
+            vhosts,
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
@@ -1237,7 +1255,7 @@ impl Broker {
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        (name == self.vhost.name).then(|| Arc::clone(&self.vhost))
+        self.vhosts.get(name).cloned()
     }
 
     /// A fresh id for a connection or consumer.
@@ -1247,20 +1265,24 @@ impl Broker {
 
     /// Expires due messages everywhere and dead-letters them.
     pub fn expire_due(&self) {
-        self.vhost.expire_due();
+        for vhost in self.vhosts.values() {
+            vhost.expire_due();
+        }
     }
 
     /// Runs the fsyncs that are due in every durable queue. Blocking.
     pub fn flush_due(&self) {
-        for queue in self.vhost.durable_queues() {
+        for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
             queue.flush_due();
         }
     }
 
     /// Makes every durable queue and the definitions durable (clean shutdown). Blocking.
     pub fn close(&self) {
-        self.vhost.save_definitions();
-        for queue in self.vhost.durable_queues() {
+        for vhost in self.vhosts.values() {
+            vhost.save_definitions();
+        }
+        for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
             queue.close_store();
         }
     }

@@ -212,7 +212,7 @@ impl Channel {
                 let name = d.exchange.as_str();
                 if d.passive {
                     if ctx.vhost.router().exchange(name).is_none() {
-                        return Err(AmqpError::not_found("exchange", name));
+                        return Err(AmqpError::not_found("exchange", name, &ctx.vhost.name));
                     }
                 } else {
                     let arguments = props::table_from_amqp(&d.arguments);
@@ -314,8 +314,8 @@ impl Channel {
         let queue = ctx
             .vhost
             .client_queue(name)
-            .ok_or_else(|| AmqpError::not_found("queue", name))?;
-        check_owner(&queue, ctx.connection)?;
+            .ok_or_else(|| AmqpError::not_found("queue", name, &ctx.vhost.name))?;
+        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
         Ok(queue)
     }
 
@@ -362,8 +362,8 @@ impl Channel {
                         ctx.vhost.definitions_changed();
                     }
                     if !created {
-                        check_owner(&queue, ctx.connection)?;
-                        check_equivalent(&queue, &def)?;
+                        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
+                        check_equivalent(&queue, &def, &ctx.vhost.name)?;
                     }
                     (queue, created)
                 };
@@ -431,16 +431,18 @@ impl Channel {
                 let count = match ctx.vhost.client_queue(name) {
                     None => 0,
                     Some(queue) => {
-                        check_owner(&queue, ctx.connection)?;
+                        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
                         let (messages, consumers) = queue.counts();
                         if d.if_unused && consumers > 0 {
                             return Err(AmqpError::precondition(format!(
-                                "queue '{name}' in vhost '/' in use"
+                                "queue '{name}' in vhost '{}' in use",
+                                ctx.vhost.name
                             )));
                         }
                         if d.if_empty && messages > 0 {
                             return Err(AmqpError::precondition(format!(
-                                "queue '{name}' in vhost '/' is not empty"
+                                "queue '{name}' in vhost '{}' is not empty",
+                                ctx.vhost.name
                             )));
                         }
                         ctx.vhost.delete_queue(name)
@@ -470,12 +472,15 @@ impl Channel {
                 {
                     let router = ctx.vhost.router();
                     match router.exchange(exchange) {
-                        None => return Err(AmqpError::not_found("exchange", exchange)),
+                        None => {
+                            return Err(AmqpError::not_found("exchange", exchange, &ctx.vhost.name));
+                        }
                         Some(def) if def.internal => {
                             return Err(AmqpError::channel(
                                 codes::ACCESS_REFUSED,
                                 format!(
-                                    "ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '/'"
+                                    "ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                                    ctx.vhost.name
                                 ),
                             ));
                         }
@@ -1305,12 +1310,12 @@ fn group_by_queue(items: Vec<Unacked>) -> Vec<QueueIds> {
     groups
 }
 
-fn check_owner(queue: &QueueCell, connection: ConnectionId) -> Result<(), AmqpError> {
+fn check_owner(queue: &QueueCell, connection: ConnectionId, vhost: &str) -> Result<(), AmqpError> {
     match queue.def.exclusive_owner {
         Some(owner) if owner != connection => Err(AmqpError::channel(
             codes::RESOURCE_LOCKED,
             format!(
-                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
                 queue.name
             ),
         )),
@@ -1318,11 +1323,11 @@ fn check_owner(queue: &QueueCell, connection: ConnectionId) -> Result<(), AmqpEr
     }
 }
 
-fn check_equivalent(queue: &QueueCell, requested: &QueueDef) -> Result<(), AmqpError> {
+fn check_equivalent(queue: &QueueCell, requested: &QueueDef, vhost: &str) -> Result<(), AmqpError> {
     let current = &queue.def;
     let mismatch = |arg: &str, received: String, now: String| {
         Err(AmqpError::precondition(format!(
-            "inequivalent arg '{arg}' for queue '{}' in vhost '/': received '{received}' but current is '{now}'",
+            "inequivalent arg '{arg}' for queue '{}' in vhost '{vhost}': received '{received}' but current is '{now}'",
             queue.name
         )))
     };
@@ -1344,7 +1349,7 @@ fn check_equivalent(queue: &QueueCell, requested: &QueueDef) -> Result<(), AmqpE
         return Err(AmqpError::channel(
             codes::RESOURCE_LOCKED,
             format!(
-                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '/'",
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'",
                 queue.name
             ),
         ));

@@ -82,10 +82,10 @@ impl AmqpError {
         self
     }
 
-    pub fn not_found(what: &str, name: &str) -> Self {
+    pub fn not_found(what: &str, name: &str, vhost: &str) -> Self {
         AmqpError::channel(
             codes::NOT_FOUND,
-            format!("NOT_FOUND - no {what} '{name}' in vhost '/'"),
+            format!("NOT_FOUND - no {what} '{name}' in vhost '{vhost}'"),
         )
     }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where AMQP 0-9-1 clients connect.
     pub amqp_listen: SocketAddr,
+    /// Virtual hosts AMQP clients may open.
+    pub amqp_vhosts: Vec<String>,
     /// Where Kafka clients connect.
     pub kafka_listen: SocketAddr,
     /// A `tracing_subscriber::EnvFilter` directive such as `info` or `info,sluice=debug`.
@@ -43,6 +45,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./sluice-data"),
             amqp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5672)),
+            amqp_vhosts: vec!["/".to_owned()],
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             log_level: "info".to_owned(),
             storage: LogConfig::default(),
@@ -228,6 +231,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.storage.open_segments_max = parse_usize(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.vhosts",
+        env: "SLUICE_AMQP_VHOSTS",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_vhosts = parse_vhosts(v)?;
             Ok(())
         },
     },
@@ -462,6 +474,23 @@ fn parse_u32(value: &str) -> Result<u32, String> {
 fn parse_usize(value: &str) -> Result<usize, String> {
     usize::try_from(parse_u64(value)?)
         .map_err(|_| format!("expected at most {}, got {value:?}", usize::MAX))
+}
+
+/// A comma-separated list of virtual host names, each 1 to 255 bytes.
+fn parse_vhosts(value: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = value.split(',').map(|n| n.trim().to_owned()).collect();
+    if names.iter().any(|n| n.is_empty() || n.len() > 255) {
+        return Err(format!(
+            "expected comma-separated virtual host names of 1 to 255 bytes, got {value:?}"
+        ));
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != names.len() {
+        return Err(format!("virtual host names repeat in {value:?}"));
+    }
+    Ok(names)
 }
 
 /// A fraction such as "0.4" (of 1), in parts per million.

@@ -38,6 +38,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         &amqp_dir,
         config.storage.clone(),
         config.storage.batch_bytes_max as usize,
+        &config.amqp_vhosts,
     )
     .with_context(|| format!("cannot open AMQP data in {}", amqp_dir.display()))?;
     let memory_limit = resources::total_memory_bytes().map_or(u64::MAX, |total| {

@@ -805,3 +805,40 @@ async fn many_channels_on_one_connection_work_independently() {
     }
     let _ = ShortString::from("unused");
 }
+
+#[tokio::test]
+async fn virtual_hosts_from_config_keep_their_own_queues_and_unknown_ones_are_refused() {
+    let broker = Broker::start_env(&[("SLUICE_AMQP_VHOSTS", "/,staging")]);
+    let staging = Connection::connect(
+        &format!("amqp://guest:guest@{}/staging", broker.amqp),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let sch = staging.create_channel().await.unwrap();
+    declare(&sch, "orders").await;
+    publish(&sch, "", "orders", b"in staging").await;
+    assert_eq!(drain(&sch, "orders").await, [b"in staging".to_vec()]);
+
+    let (_root, rch) = channel(&broker).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    expect_channel_error(
+        rch.queue_declare("orders".into(), passive, FieldTable::default())
+            .await,
+        "NOT_FOUND",
+    )
+    .await;
+
+    let unknown = Connection::connect(
+        &format!("amqp://guest:guest@{}/nope", broker.amqp),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(
+        unknown.is_err(),
+        "a vhost that is not configured is refused"
+    );
+}

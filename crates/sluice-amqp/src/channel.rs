@@ -473,7 +473,11 @@ impl Channel {
                     let router = ctx.vhost.router();
                     match router.exchange(exchange) {
                         None => {
-                            return Err(AmqpError::not_found("exchange", exchange, &ctx.vhost.name));
+                            return Err(AmqpError::not_found(
+                                "exchange",
+                                exchange,
+                                &ctx.vhost.name,
+                            ));
                         }
                         Some(def) if def.internal => {
                             return Err(AmqpError::channel(

@@ -529,6 +529,11 @@ mod tests {
         |_| true
     }
 
+    /// Publishes with no stored offset, no TTL, at time 0, to any consumer.
+    fn put(q: &mut Queue, m: Arc<Message>, out: &mut Vec<Delivery>) {
+        q.publish(m, None, None, 0, &mut any(), out, &mut Vec::new());
+    }
+
     fn bodies(out: &[Delivery]) -> Vec<(ConsumerId, &[u8])> {
         out.iter()
             .map(|d| (d.consumer, &d.entry.message.body[..]))
@@ -539,24 +544,8 @@ mod tests {
     fn messages_wait_in_order_until_a_consumer_arrives() {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
-        q.publish(
-            msg("a"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
-        q.publish(
-            msg("b"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
+        put(&mut q, msg("a"), &mut out);
+        put(&mut q, msg("b"), &mut out);
         assert!(out.is_empty());
         assert_eq!(q.message_count(), 2);
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
@@ -572,7 +561,7 @@ mod tests {
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 1), &mut any(), &mut out).unwrap();
         for b in ["a", "b", "c", "d"] {
-            q.publish(msg(b), None, None, 0, &mut any(), &mut out, &mut Vec::new());
+            put(&mut q, msg(b), &mut out);
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (2, &b"b"[..])]);
         let first = out[0].entry.id;
@@ -596,15 +585,7 @@ mod tests {
         ) else {
             panic!("queued")
         };
-        q.publish(
-            msg("b"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
+        put(&mut q, msg("b"), &mut out);
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
         q.requeue(&[a], &mut any(), &mut out, &mut Vec::new());
@@ -642,24 +623,8 @@ mod tests {
         let mut high = consumer(2, 1);
         high.priority = 5;
         q.consume(high, &mut any(), &mut out).unwrap();
-        q.publish(
-            msg("a"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
-        q.publish(
-            msg("b"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
+        put(&mut q, msg("a"), &mut out);
+        put(&mut q, msg("b"), &mut out);
         assert_eq!(bodies(&out), [(2, &b"a"[..]), (1, &b"b"[..])]);
     }
 
@@ -700,24 +665,8 @@ mod tests {
         let mut q = Queue::new("q".into());
         let mut out = Vec::new();
         q.consume(consumer(1, 1), &mut any(), &mut out).unwrap();
-        q.publish(
-            msg("a"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
-        q.publish(
-            msg("b"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
+        put(&mut q, msg("a"), &mut out);
+        put(&mut q, msg("b"), &mut out);
         assert_eq!(q.purge().len(), 1);
         assert!(q.cancel(1));
         assert!(q.unused_after_consumers());
@@ -861,20 +810,12 @@ mod tests {
         q.consume(consumer(1, 0), &mut any(), &mut out).unwrap();
         q.consume(consumer(2, 0), &mut any(), &mut out).unwrap();
         for b in ["a", "b"] {
-            q.publish(msg(b), None, None, 0, &mut any(), &mut out, &mut Vec::new());
+            put(&mut q, msg(b), &mut out);
         }
         assert_eq!(bodies(&out), [(1, &b"a"[..]), (1, &b"b"[..])]);
         q.cancel(1);
         out.clear();
-        q.publish(
-            msg("c"),
-            None,
-            None,
-            0,
-            &mut any(),
-            &mut out,
-            &mut Vec::new(),
-        );
+        put(&mut q, msg("c"), &mut out);
         assert_eq!(bodies(&out), [(2, &b"c"[..])]);
     }
 

@@ -38,15 +38,31 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    #[cfg(test)]
     pub fn new(base_offset: u64, record_count: u32, max_timestamp_ms: i64, payload: &[u8]) -> Self {
+        Self::from_parts(base_offset, record_count, max_timestamp_ms, &[payload])
+    }
+
+    /// A header for the payload made of `parts` back to back.
+    pub fn from_parts(
+        base_offset: u64,
+        record_count: u32,
+        max_timestamp_ms: i64,
+        parts: &[&[u8]],
+    ) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut header = BatchHeader {
-            len: payload.len() as u32,
+            len: len as u32,
             crc: 0,
             base_offset,
             record_count,
             max_timestamp_ms,
         };
-        header.crc = header.compute_crc(payload);
+        let encoded = header.encode();
+        let crc = crc32c::crc32c(&encoded[8..]);
+        header.crc = parts
+            .iter()
+            .fold(crc, |crc, part| crc32c::crc32c_append(crc, part));
         header
     }
 

@@ -204,6 +204,13 @@ impl Log {
         &self.config
     }
 
+    /// Replaces the settings; they apply from the next append, roll or retention pass.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), crate::ConfigError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Where the oldest segment ends, when it is sealed: truncating the prefix up to here
     /// or beyond frees at least one whole segment.
     pub fn oldest_segment_end(&self) -> Option<u64> {
@@ -242,33 +249,51 @@ impl Log {
         record_count: u32,
         max_timestamp_ms: i64,
     ) -> Result<Appended, LogError> {
+        self.append_parts(&[payload], record_count, max_timestamp_ms)
+    }
+
+    /// Like [`Log::append`], with the payload given as parts stored back to back (so a
+    /// caller can replace a header without copying the rest first).
+    pub fn append_parts(
+        &mut self,
+        parts: &[&[u8]],
+        record_count: u32,
+        max_timestamp_ms: i64,
+    ) -> Result<Appended, LogError> {
         if record_count == 0 {
             return Err(LogError::EmptyBatch);
         }
-        if payload.len() > self.config.batch_bytes_max as usize {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > self.config.batch_bytes_max as usize {
             return Err(LogError::BatchTooLarge {
-                len: payload.len(),
+                len,
                 max: self.config.batch_bytes_max,
             });
         }
-        let frame = (BATCH_HEADER_BYTES + payload.len()) as u64;
+        let frame = (BATCH_HEADER_BYTES + len) as u64;
         if self.should_roll(frame, record_count) {
             self.roll()?;
         }
         let base_offset = self.active.next_offset;
-        let header = BatchHeader::new(base_offset, record_count, max_timestamp_ms, payload);
+        let header = BatchHeader::from_parts(base_offset, record_count, max_timestamp_ms, parts);
         let position = self.active.size;
         if self.buffer.len() + frame as usize > WRITE_BUFFER_BYTES {
             self.flush_buffer()?;
         }
         if frame as usize > WRITE_BUFFER_BYTES {
             let file = self.active_file()?;
-            crate::sys::write_all_vectored_at(file, &[&header.encode(), payload], position)
+            let encoded = header.encode();
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            slices.push(&encoded);
+            slices.extend_from_slice(parts);
+            crate::sys::write_all_vectored_at(file, &slices, position)
                 .map_err(LogError::io(&self.active.path))?;
             self.written = position + frame;
         } else {
             self.buffer.extend_from_slice(&header.encode());
-            self.buffer.extend_from_slice(payload);
+            for part in parts {
+                self.buffer.extend_from_slice(part);
+            }
         }
         self.active
             .note_batch(&header, position, self.config.index_interval_bytes);
@@ -291,6 +316,12 @@ impl Log {
             path: self.active.path.clone(),
             source: std::io::Error::other("active segment not open"),
         })
+    }
+
+    /// Writes buffered appends to the segment file without an fsync: after this, a crash
+    /// of the process (not of the machine) loses none of them.
+    pub fn write_buffered(&mut self) -> Result<(), LogError> {
+        self.flush_buffer()
     }
 
     /// Writes buffered appends to the active segment file (no fsync).

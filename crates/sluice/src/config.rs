@@ -28,6 +28,14 @@ pub struct Config {
     pub amqp_vhosts: Vec<String>,
     /// Where Kafka clients connect.
     pub kafka_listen: SocketAddr,
+    /// Host given to Kafka clients in Metadata; empty means the listen address's IP.
+    pub kafka_advertised_host: String,
+    /// Metadata requests create missing topics (Kafka's `auto.create.topics.enable`).
+    pub kafka_auto_create_topics: bool,
+    /// Partitions of auto-created topics (Kafka's `num.partitions`).
+    pub kafka_default_partitions: u32,
+    /// Kafka's `group.initial.rebalance.delay.ms`.
+    pub kafka_group_initial_rebalance_delay_ms: u64,
     /// A `tracing_subscriber::EnvFilter` directive such as `info` or `info,sluice=debug`.
     pub log_level: String,
     /// Defaults of every log the broker opens.
@@ -47,6 +55,10 @@ impl Default for Config {
             amqp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5672)),
             amqp_vhosts: vec!["/".to_owned()],
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
+            kafka_advertised_host: String::new(),
+            kafka_auto_create_topics: true,
+            kafka_default_partitions: 1,
+            kafka_group_initial_rebalance_delay_ms: 3000,
             log_level: "info".to_owned(),
             storage: LogConfig::default(),
             memory_high_watermark_ppm: 400_000,
@@ -131,6 +143,49 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--kafka-listen"),
         set: |d, v| {
             d.config.kafka_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.advertised_host",
+        env: "SLUICE_KAFKA_ADVERTISED_HOST",
+        flag: None,
+        set: |d, v| {
+            if v.chars().any(|c| c.is_whitespace() || c == ':') {
+                return Err(format!("invalid host {v:?}"));
+            }
+            d.config.kafka_advertised_host = v.to_owned();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.auto_create_topics",
+        env: "SLUICE_KAFKA_AUTO_CREATE_TOPICS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_auto_create_topics = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.default_partitions",
+        env: "SLUICE_KAFKA_DEFAULT_PARTITIONS",
+        flag: None,
+        set: |d, v| {
+            let n = parse_u32(v)?;
+            if !(1..=10_000).contains(&n) {
+                return Err(format!("expected 1 to 10000, got {n}"));
+            }
+            d.config.kafka_default_partitions = n;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.group_initial_rebalance_delay_ms",
+        env: "SLUICE_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_group_initial_rebalance_delay_ms = parse_u64(v)?;
             Ok(())
         },
     },
@@ -464,6 +519,14 @@ fn parse_u64(value: &str) -> Result<u64, String> {
     value
         .parse()
         .map_err(|_| format!("expected a non-negative integer, got {value:?}"))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("expected true or false, got {value:?}")),
+    }
 }
 
 fn parse_u32(value: &str) -> Result<u32, String> {

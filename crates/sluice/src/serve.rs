@@ -5,8 +5,9 @@
 //! way: stop accepting and close the listeners, release the lock, log `stopped`.
 //!
 //! The AMQP listener serves AMQP 0-9-1; durable definitions and persistent messages live
-//! under `data_dir/amqp` and are replayed before the listeners open. The Kafka face is not
-//! built yet: its accept loop closes each connection as soon as it is accepted.
+//! under `data_dir/amqp` and are replayed before the listeners open. The Kafka listener
+//! serves the Kafka protocol; topics and committed offsets live under `data_dir/kafka`,
+//! opened once the Kafka port is bound (Metadata advertises the bound port).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_amqp::{Broker, ConnectionConfig, serve_connection};
+use sluice_kafka::{KafkaBroker, KafkaConfig, TopicConfig};
+use sluice_log::FlushPolicy;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -57,33 +60,80 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(listen_until_signal(config, Arc::clone(&broker)));
+    let mut kafka = None;
+    let served = runtime.block_on(listen_until_signal(config, Arc::clone(&broker), &mut kafka));
     // Connections are dropped with the runtime; then everything stored is made durable.
     drop(runtime);
     broker.close();
+    if let Some(kafka) = kafka {
+        kafka.close();
+    }
     served?;
     drop(lock);
     info!("stopped");
     Ok(())
 }
 
-async fn listen_until_signal(config: &Config, broker: Arc<Broker>) -> anyhow::Result<()> {
+/// The Kafka face's settings, advertising `bound` to clients.
+fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
+    let advertised_host = if !config.kafka_advertised_host.is_empty() {
+        config.kafka_advertised_host.clone()
+    } else if bound.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        bound.ip().to_string()
+    };
+    let topic_defaults = TopicConfig {
+        segment_bytes: config.storage.segment_bytes,
+        retention_bytes: config.storage.retention_bytes,
+        retention_ms: config.storage.retention_ms,
+        flush_sync: config.storage.flush == FlushPolicy::Sync,
+        ..TopicConfig::default()
+    };
+    KafkaConfig {
+        advertised_host,
+        advertised_port: i32::from(bound.port()),
+        auto_create_topics: config.kafka_auto_create_topics,
+        default_partitions: config.kafka_default_partitions as i32,
+        group_initial_rebalance_delay: Duration::from_millis(
+            config.kafka_group_initial_rebalance_delay_ms,
+        ),
+        log: config.storage.clone(),
+        topic_defaults,
+        max_request_bytes: (config.storage.batch_bytes_max as usize).saturating_add(1 << 20),
+        ..KafkaConfig::default()
+    }
+}
+
+async fn listen_until_signal(
+    config: &Config,
+    broker: Arc<Broker>,
+    kafka_out: &mut Option<Arc<KafkaBroker>>,
+) -> anyhow::Result<()> {
     // Handlers go in before any listener binds: once a `listening` line is out, SIGTERM
     // must mean a clean stop, not the default kill.
     let mut signals = Signals::install()?;
     let amqp = bind("amqp.listen", config.amqp_listen).await?;
     let kafka = bind("kafka.listen", config.kafka_listen).await?;
+    let kafka_dir = config.data_dir.join("kafka");
+    let kafka_config = kafka_config(config, kafka.local_addr);
+    let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
+        .with_context(|| format!("cannot open Kafka data in {}", kafka_dir.display()))?;
+    let kafka_broker = Arc::new(kafka_broker);
+    *kafka_out = Some(Arc::clone(&kafka_broker));
     info!(amqp = %amqp.local_addr, "listening");
     info!(kafka = %kafka.local_addr, "listening");
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
     let signal = tokio::select! {
         signal = signals.recv() => signal,
-        never = flush_loop(Arc::clone(&broker)) => match never {},
-                never = expiry_loop(Arc::clone(&broker)) => match never {},
+        never = flush_loop(Arc::clone(&broker), Arc::clone(&kafka_broker)) => match never {},
+        never = expiry_loop(Arc::clone(&broker)) => match never {},
+        never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
+        never = kafka_retention_loop(Arc::clone(&kafka_broker)) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqp_accept_loop(amqp.listener, broker) => match never {},
-        never = accept_loop("kafka", kafka.listener) => match never {},
+        never = kafka_accept_loop(kafka.listener, kafka_broker) => match never {},
     };
     info!(signal, "shutting down");
     Ok(())
@@ -112,13 +162,43 @@ async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<Bound> {
 const FLUSH_TICK: Duration = Duration::from_millis(100);
 
 /// Runs due background fsyncs on a blocking thread, one round at a time.
-async fn flush_loop(broker: Arc<Broker>) -> Infallible {
+async fn flush_loop(broker: Arc<Broker>, kafka: Arc<KafkaBroker>) -> Infallible {
     let mut tick = tokio::time::interval(FLUSH_TICK);
     loop {
         tick.tick().await;
         let b = Arc::clone(&broker);
-        if let Err(e) = tokio::task::spawn_blocking(move || b.flush_due()).await {
+        let k = Arc::clone(&kafka);
+        let round = tokio::task::spawn_blocking(move || {
+            b.flush_due();
+            k.flush_due();
+        });
+        if let Err(e) = round.await {
             warn!(error = %e, "flush round failed");
+        }
+    }
+}
+
+/// How often consumer groups are checked for expired sessions and finished rebalances.
+const GROUP_TICK: Duration = Duration::from_millis(100);
+
+async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
+    let mut tick = tokio::time::interval(GROUP_TICK);
+    loop {
+        tick.tick().await;
+        kafka.groups.tick();
+    }
+}
+
+/// How often Kafka partitions are checked for segments past retention.
+const RETENTION_TICK: Duration = Duration::from_secs(30);
+
+async fn kafka_retention_loop(kafka: Arc<KafkaBroker>) -> Infallible {
+    let mut tick = tokio::time::interval(RETENTION_TICK);
+    loop {
+        tick.tick().await;
+        let k = Arc::clone(&kafka);
+        if let Err(e) = tokio::task::spawn_blocking(move || k.apply_retention()).await {
+            warn!(error = %e, "retention round failed");
         }
     }
 }
@@ -171,17 +251,20 @@ async fn amqp_accept_loop(listener: TcpListener, broker: Arc<Broker>) -> Infalli
     }
 }
 
-/// Accepts connections and closes each one at once: the protocol face behind this
-/// listener is not built yet, so a client sees its connection accepted and then closed.
-async fn accept_loop(face: &'static str, listener: TcpListener) -> Infallible {
+/// Accepts Kafka connections, one task each.
+async fn kafka_accept_loop(listener: TcpListener, kafka: Arc<KafkaBroker>) -> Infallible {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                debug!(face, %peer, "connection closed: protocol not implemented yet");
-                drop(stream);
+                debug!(%peer, "kafka connection accepted");
+                tokio::spawn(sluice_kafka::serve_connection(
+                    stream,
+                    peer,
+                    Arc::clone(&kafka),
+                ));
             }
             Err(error) => {
-                warn!(face, %error, "accept failed");
+                warn!(face = "kafka", %error, "accept failed");
                 tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }

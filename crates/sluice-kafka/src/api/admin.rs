@@ -1,0 +1,446 @@
+//! Admin APIs: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+//! AlterConfigs, IncrementalAlterConfigs, DescribeCluster.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
+use kafka_protocol::messages::*;
+
+use super::str;
+use crate::broker::KafkaBroker;
+use crate::codes;
+use crate::config::{TOPIC_CONFIG_NAMES, TopicConfig};
+use crate::topics::Refusal;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs sources.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+/// DescribeConfigs types.
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+const TYPE_BOOLEAN: i8 = 1;
+
+fn config_type(name: &str) -> i8 {
+    match name {
+        "retention.ms" | "retention.bytes" => TYPE_LONG,
+        "segment.bytes" | "max.message.bytes" => TYPE_INT,
+        "cleanup.policy" => TYPE_LIST,
+        _ => TYPE_STRING,
+    }
+}
+
+fn replication_ok(factor: i16) -> Result<(), Refusal> {
+    if factor == -1 || factor == 1 {
+        Ok(())
+    } else {
+        Err((
+            codes::INVALID_REPLICATION_FACTOR,
+            format!("Replication factor: {factor} larger than available brokers: 1."),
+        ))
+    }
+}
+
+pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut r = CreateTopicsResponse::default();
+    let mut seen = HashSet::new();
+    let duplicated: HashSet<String> = req
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.0.to_string()))
+        .map(|t| t.name.0.to_string())
+        .collect();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut out = CreatableTopicResult::default();
+        out.name = t.name.clone();
+        let partitions = if !t.assignments.is_empty() {
+            t.assignments.len() as i32
+        } else if t.num_partitions == -1 {
+            b.config.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let overrides: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let result = if duplicated.contains(&name) {
+            Err((
+                codes::INVALID_REQUEST,
+                format!(
+                    "Create topics request from client contains multiple entries for topic {name}"
+                ),
+            ))
+        } else {
+            let factor = if t.assignments.is_empty() {
+                t.replication_factor
+            } else {
+                t.assignments
+                    .first()
+                    .map_or(1, |a| a.broker_ids.len() as i16)
+            };
+            replication_ok(factor).and_then(|_| {
+                if req.validate_only {
+                    b.topics.validate(&name, partitions, &overrides)
+                } else {
+                    b.topics
+                        .create(&name, partitions, overrides.clone())
+                        .map(|topic| {
+                            out.topic_id = topic.id;
+                        })
+                }
+            })
+        };
+        match result {
+            Ok(()) => {
+                out.num_partitions = partitions;
+                out.replication_factor = 1;
+                let config = TopicConfig::with_overrides(b.topics.defaults(), &overrides)
+                    .unwrap_or_else(|_| b.topics.defaults().clone());
+                out.configs = Some(
+                    TOPIC_CONFIG_NAMES
+                        .iter()
+                        .map(|n| {
+                            let mut c = CreatableTopicConfigs::default();
+                            c.name = str(*n);
+                            c.value = config.get(n).map(str);
+                            c.config_source = if overrides.contains_key(*n) {
+                                SOURCE_TOPIC
+                            } else {
+                                SOURCE_DEFAULT
+                            };
+                            c
+                        })
+                        .collect(),
+                );
+            }
+            Err((code, message)) => {
+                out.error_code = code;
+                out.error_message = Some(str(message));
+                out.num_partitions = -1;
+                out.replication_factor = -1;
+            }
+        }
+        r.topics.push(out);
+    }
+    r
+}
+
+pub async fn delete_topics(
+    b: &Arc<KafkaBroker>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let mut r = DeleteTopicsResponse::default();
+    let mut wanted: Vec<(Option<String>, uuid::Uuid)> = Vec::new();
+    if version >= 6 {
+        for t in req.topics {
+            wanted.push((t.name.map(|n| n.0.to_string()), t.topic_id));
+        }
+    } else {
+        for n in req.topic_names {
+            wanted.push((Some(n.0.to_string()), uuid::Uuid::nil()));
+        }
+    }
+    for (name, id) in wanted {
+        let mut out = DeletableTopicResult::default();
+        let name = match name {
+            Some(n) => Some(n),
+            None => b.topics.by_id(&id).map(|t| t.name.clone()),
+        };
+        out.topic_id = id;
+        let Some(name) = name else {
+            out.error_code = codes::UNKNOWN_TOPIC_ID;
+            r.responses.push(out);
+            continue;
+        };
+        out.name = Some(TopicName(str(name.clone())));
+        match b.topics.delete(&name) {
+            Ok(topic) => {
+                out.topic_id = topic.id;
+                b.groups.forget_topic(&name).await;
+                tracing::info!(topic = %name, "topic deleted");
+            }
+            Err((code, message)) => {
+                out.error_code = code;
+                out.error_message = Some(str(message));
+            }
+        }
+        r.responses.push(out);
+    }
+    r
+}
+
+pub fn create_partitions(
+    b: &Arc<KafkaBroker>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut r = CreatePartitionsResponse::default();
+    for t in req.topics {
+        let mut out = CreatePartitionsTopicResult::default();
+        let result = match b.topics.get(t.name.0.as_str()) {
+            None => Err((
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("The topic '{}' does not exist.", t.name.0.as_str()),
+            )),
+            Some(topic) if req.validate_only => {
+                if t.count > topic.partition_count() {
+                    Ok(())
+                } else {
+                    Err((
+                        codes::INVALID_PARTITIONS,
+                        format!(
+                            "Topic currently has {} partitions, which is higher than the requested {}.",
+                            topic.partition_count(),
+                            t.count
+                        ),
+                    ))
+                }
+            }
+            Some(topic) => b.topics.add_partitions(&topic, t.count),
+        };
+        if let Err((code, message)) = result {
+            out.error_code = code;
+            out.error_message = Some(str(message));
+        }
+        out.name = t.name;
+        r.results.push(out);
+    }
+    r
+}
+
+fn broker_configs(b: &KafkaBroker) -> Vec<(&'static str, String, i8)> {
+    vec![
+        ("broker.id", b.config.node_id.to_string(), TYPE_INT),
+        (
+            "auto.create.topics.enable",
+            b.config.auto_create_topics.to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            "num.partitions",
+            b.config.default_partitions.to_string(),
+            TYPE_INT,
+        ),
+        (
+            "group.initial.rebalance.delay.ms",
+            b.config
+                .group_initial_rebalance_delay
+                .as_millis()
+                .to_string(),
+            TYPE_INT,
+        ),
+        (
+            "socket.request.max.bytes",
+            b.config.max_request_bytes.to_string(),
+            TYPE_INT,
+        ),
+    ]
+}
+
+pub fn describe_configs(
+    b: &Arc<KafkaBroker>,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut r = DescribeConfigsResponse::default();
+    for res in req.resources {
+        let mut out = DescribeConfigsResult::default();
+        out.resource_type = res.resource_type;
+        out.resource_name = res.resource_name.clone();
+        let wanted = |n: &str| {
+            res.configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == n))
+        };
+        match res.resource_type {
+            RESOURCE_TOPIC => match b.topics.get(res.resource_name.as_str()) {
+                Some(topic) => {
+                    let st = topic.read();
+                    for n in TOPIC_CONFIG_NAMES.iter().filter(|n| wanted(n)) {
+                        let mut c = DescribeConfigsResourceResult::default();
+                        c.name = str(*n);
+                        c.value = st.config.get(n).map(str);
+                        c.config_source = if st.overrides.contains_key(*n) {
+                            SOURCE_TOPIC
+                        } else {
+                            SOURCE_DEFAULT
+                        };
+                        c.config_type = config_type(n);
+                        out.configs.push(c);
+                    }
+                }
+                None => {
+                    out.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                    out.error_message = Some(str(format!(
+                        "Topic {} does not exist",
+                        res.resource_name.as_str()
+                    )));
+                }
+            },
+            RESOURCE_BROKER => {
+                for (n, v, ty) in broker_configs(b).into_iter().filter(|(n, _, _)| wanted(n)) {
+                    let mut c = DescribeConfigsResourceResult::default();
+                    c.name = str(n);
+                    c.value = Some(str(v));
+                    c.read_only = true;
+                    c.config_source = SOURCE_STATIC_BROKER;
+                    c.config_type = ty;
+                    out.configs.push(c);
+                }
+            }
+            other => {
+                out.error_code = codes::INVALID_REQUEST;
+                out.error_message = Some(str(format!("resource type {other} is not supported")));
+            }
+        }
+        r.results.push(out);
+    }
+    r
+}
+
+/// Validates and (unless `validate_only`) stores a topic's new overrides.
+fn alter_topic(
+    b: &KafkaBroker,
+    resource_type: i8,
+    name: &str,
+    change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), Refusal>,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    if resource_type != RESOURCE_TOPIC {
+        return Err((
+            codes::INVALID_REQUEST,
+            "only topic configs can be altered; broker settings come from the config file".into(),
+        ));
+    }
+    let topic = b.topics.get(name).ok_or_else(|| {
+        (
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("Topic {name} does not exist"),
+        )
+    })?;
+    let mut overrides = topic.read().overrides.clone();
+    change(&mut overrides)?;
+    TopicConfig::with_overrides(b.topics.defaults(), &overrides)
+        .map_err(|e| (codes::INVALID_CONFIG, e))?;
+    if validate_only {
+        return Ok(());
+    }
+    b.topics.set_overrides(&topic, overrides)
+}
+
+pub fn alter_configs(b: &Arc<KafkaBroker>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut r = AlterConfigsResponse::default();
+    for res in req.resources {
+        // AlterConfigs replaces the whole set of overrides.
+        let result = alter_topic(
+            b,
+            res.resource_type,
+            res.resource_name.as_str(),
+            |o| {
+                o.clear();
+                for c in &res.configs {
+                    if let Some(v) = &c.value {
+                        o.insert(c.name.to_string(), v.to_string());
+                    }
+                }
+                Ok(())
+            },
+            req.validate_only,
+        );
+        let mut out = AlterConfigsResourceResponse::default();
+        if let Err((code, message)) = result {
+            out.error_code = code;
+            out.error_message = Some(str(message));
+        }
+        out.resource_type = res.resource_type;
+        out.resource_name = res.resource_name;
+        r.responses.push(out);
+    }
+    r
+}
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+pub fn incremental_alter_configs(
+    b: &Arc<KafkaBroker>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut r = IncrementalAlterConfigsResponse::default();
+    for res in req.resources {
+        let result = alter_topic(
+            b,
+            res.resource_type,
+            res.resource_name.as_str(),
+            |o| {
+                for c in &res.configs {
+                    match (c.config_operation, &c.value) {
+                        (OP_SET, Some(v)) => {
+                            o.insert(c.name.to_string(), v.to_string());
+                        }
+                        (OP_DELETE, _) => {
+                            o.remove(c.name.as_str());
+                        }
+                        _ => {
+                            return Err((
+                                codes::INVALID_CONFIG,
+                                format!(
+                                    "operation {} is not valid for {}",
+                                    c.config_operation,
+                                    c.name.as_str()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            },
+            req.validate_only,
+        );
+        let mut out = IncrementalResult::default();
+        if let Err((code, message)) = result {
+            out.error_code = code;
+            out.error_message = Some(str(message));
+        }
+        out.resource_type = res.resource_type;
+        out.resource_name = res.resource_name;
+        r.responses.push(out);
+    }
+    r
+}
+
+pub fn describe_cluster(
+    b: &Arc<KafkaBroker>,
+    _req: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let mut r = DescribeClusterResponse::default();
+    r.cluster_id = str(b.config.cluster_id.clone());
+    r.controller_id = BrokerId(b.config.node_id);
+    let mut broker = DescribeClusterBroker::default();
+    broker.broker_id = BrokerId(b.config.node_id);
+    broker.host = str(b.config.advertised_host.clone());
+    broker.port = b.config.advertised_port;
+    r.brokers = vec![broker];
+    r
+}

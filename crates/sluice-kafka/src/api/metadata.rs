@@ -1,0 +1,107 @@
+//! Metadata: this one broker, and topics with their partitions (all led by it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+
+use super::str;
+use crate::broker::KafkaBroker;
+use crate::codes;
+use crate::topics::Topic;
+
+pub fn topic_entry(broker: &KafkaBroker, topic: &Topic) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    let mut t = MetadataResponseTopic::default();
+    t.name = Some(TopicName(str(topic.name.clone())));
+    t.topic_id = topic.id;
+    t.partitions = (0..topic.partition_count())
+        .map(|i| {
+            let mut p = MetadataResponsePartition::default();
+            p.partition_index = i;
+            p.leader_id = node;
+            p.leader_epoch = 0;
+            p.replica_nodes = vec![node];
+            p.isr_nodes = vec![node];
+            p
+        })
+        .collect();
+    t
+}
+
+fn missing(name: Option<TopicName>, code: i16) -> MetadataResponseTopic {
+    let mut t = MetadataResponseTopic::default();
+    t.name = name;
+    t.error_code = code;
+    t
+}
+
+pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut r = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(b.config.node_id);
+    broker.host = str(b.config.advertised_host.clone());
+    broker.port = b.config.advertised_port;
+    r.brokers = vec![broker];
+    r.cluster_id = Some(str(b.config.cluster_id.clone()));
+    r.controller_id = BrokerId(b.config.node_id);
+    // v0 asks for every topic with an empty list; later versions with null.
+    let all = match &req.topics {
+        None => true,
+        Some(list) => version == 0 && list.is_empty(),
+    };
+    if all {
+        r.topics = b.topics.all().iter().map(|t| topic_entry(b, t)).collect();
+        return r;
+    }
+    // Auto-creation is implicit before v4.
+    let may_create = b.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    for wanted in req.topics.unwrap_or_default() {
+        let entry = match wanted.name {
+            Some(name) => match b.topics.get(name.0.as_str()) {
+                Some(t) => topic_entry(b, &t),
+                None if may_create => {
+                    let partitions = b.config.default_partitions;
+                    match b
+                        .topics
+                        .create(name.0.as_str(), partitions, BTreeMap::new())
+                    {
+                        Ok(t) => {
+                            tracing::info!(topic = %t.name, partitions, "topic auto-created");
+                            topic_entry(b, &t)
+                        }
+                        // Created meanwhile by someone else.
+                        Err((codes::TOPIC_ALREADY_EXISTS, _)) => {
+                            match b.topics.get(name.0.as_str()) {
+                                Some(t) => topic_entry(b, &t),
+                                None => missing(Some(name), codes::UNKNOWN_TOPIC_OR_PARTITION),
+                            }
+                        }
+                        Err((code, _)) => missing(Some(name), code),
+                    }
+                }
+                None => {
+                    let code = if crate::topics::valid_name(name.0.as_str()) {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        codes::INVALID_TOPIC_EXCEPTION
+                    };
+                    missing(Some(name), code)
+                }
+            },
+            None => match b.topics.by_id(&wanted.topic_id) {
+                Some(t) => topic_entry(b, &t),
+                None => {
+                    let mut t = missing(None, codes::UNKNOWN_TOPIC_ID);
+                    t.topic_id = wanted.topic_id;
+                    t
+                }
+            },
+        };
+        r.topics.push(entry);
+    }
+    r
+}

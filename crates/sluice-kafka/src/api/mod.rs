@@ -1,0 +1,273 @@
+//! Request dispatch: one module per API family. Each handler takes the decoded request
+//! and returns the response struct; this module owns headers, versions and framing.
+
+mod admin;
+mod fetch;
+mod group;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use crate::broker::KafkaBroker;
+use crate::codes;
+use crate::connection::{Client, Close};
+
+/// The versions this broker speaks, as one Kafka 3.x broker would advertise them.
+/// Produce and Fetch start at 0 because librdkafka enables compression and message format
+/// features by checking for old versions in these ranges; requests below the codec's own
+/// minimum (Produce 3, Fetch 4) close the connection, and no current client sends them.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 0, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+pub fn str(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, Close> {
+    T::decode(body, version).map_err(|e| Close::Protocol(format!("undecodable request: {e}")))
+}
+
+/// Appends one framed response: size, header, body.
+fn encode<T: Encodable + HeaderVersion>(
+    out: &mut BytesMut,
+    correlation_id: i32,
+    version: i16,
+    header_version: i16,
+    body: &T,
+) -> Result<(), Close> {
+    let start = out.len();
+    out.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(out, header_version)
+        .and_then(|_| body.encode(out, version))
+        .map_err(|e| Close::Protocol(format!("response not encodable: {e}")))?;
+    let len = (out.len() - start - 4) as i32;
+    if let Some(size) = out.get_mut(start..start + 4) {
+        size.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn api_versions(error: i16) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = error;
+    r.api_keys = SUPPORTED
+        .iter()
+        .map(|(k, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = *min;
+            v.max_version = *max;
+            v
+        })
+        .collect();
+    r
+}
+
+/// Handles one request frame (header and body) and appends its response, if any, to
+/// `out`.
+pub async fn handle(
+    broker: &Arc<KafkaBroker>,
+    client: &mut Client,
+    key: ApiKey,
+    version: i16,
+    frame: &mut Bytes,
+    out: &mut BytesMut,
+) -> Result<(), Close> {
+    let Some((min, max)) = supported(key) else {
+        return Err(Close::Protocol(format!("api {key:?} not supported")));
+    };
+    let header_version = key.request_header_version(version);
+    if key == ApiKey::ApiVersions && version > max {
+        // KIP-511: answer in v0 with the error and our ranges, so the client can retry.
+        let header = RequestHeader::decode(frame, 1)
+            .map_err(|e| Close::Protocol(format!("undecodable header: {e}")))?;
+        return encode(
+            out,
+            header.correlation_id,
+            0,
+            0,
+            &api_versions(codes::UNSUPPORTED_VERSION),
+        );
+    }
+    if version < min || version > max {
+        return Err(Close::Protocol(format!(
+            "{key:?} v{version} not supported ({min}..={max})"
+        )));
+    }
+    let header = RequestHeader::decode(frame, header_version)
+        .map_err(|e| Close::Protocol(format!("undecodable header: {e}")))?;
+    if let Some(id) = &header.client_id
+        && client.client_id.as_str() != id.as_str()
+    {
+        client.client_id = id.to_string();
+    }
+    let cid = header.correlation_id;
+    macro_rules! respond {
+        ($resp:ty, $value:expr) => {{
+            let value: $resp = $value;
+            encode(
+                out,
+                cid,
+                version,
+                <$resp as HeaderVersion>::header_version(version),
+                &value,
+            )
+        }};
+    }
+    let b = broker;
+    match key {
+        ApiKey::ApiVersions => {
+            let _req: ApiVersionsRequest = decode(frame, version)?;
+            // The ApiVersions response header is always v0.
+            encode(out, cid, version, 0, &api_versions(codes::NONE))
+        }
+        ApiKey::Metadata => {
+            let req = decode(frame, version)?;
+            respond!(MetadataResponse, metadata::metadata(b, req, version))
+        }
+        ApiKey::Produce => {
+            let req: ProduceRequest = decode(frame, version)?;
+            match produce::produce(b, req, version).await {
+                Some(resp) => respond!(ProduceResponse, resp),
+                // acks=0: no response at all.
+                None => Ok(()),
+            }
+        }
+        ApiKey::Fetch => {
+            let req = decode(frame, version)?;
+            respond!(FetchResponse, fetch::fetch(b, req, version).await)
+        }
+        ApiKey::ListOffsets => {
+            let req = decode(frame, version)?;
+            respond!(ListOffsetsResponse, list_offsets::list_offsets(b, req))
+        }
+        ApiKey::InitProducerId => {
+            let req = decode(frame, version)?;
+            respond!(
+                InitProducerIdResponse,
+                produce::init_producer_id(b, req).await
+            )
+        }
+        ApiKey::FindCoordinator => {
+            let req = decode(frame, version)?;
+            respond!(
+                FindCoordinatorResponse,
+                group::find_coordinator(b, req, version)
+            )
+        }
+        ApiKey::JoinGroup => {
+            let req = decode(frame, version)?;
+            respond!(
+                JoinGroupResponse,
+                group::join(b, client, req, version).await
+            )
+        }
+        ApiKey::SyncGroup => {
+            let req = decode(frame, version)?;
+            respond!(SyncGroupResponse, group::sync(b, req).await)
+        }
+        ApiKey::Heartbeat => {
+            let req = decode(frame, version)?;
+            respond!(HeartbeatResponse, group::heartbeat(b, req))
+        }
+        ApiKey::LeaveGroup => {
+            let req = decode(frame, version)?;
+            respond!(LeaveGroupResponse, group::leave(b, req, version))
+        }
+        ApiKey::OffsetCommit => {
+            let req = decode(frame, version)?;
+            respond!(OffsetCommitResponse, group::offset_commit(b, req).await)
+        }
+        ApiKey::OffsetFetch => {
+            let req = decode(frame, version)?;
+            respond!(OffsetFetchResponse, group::offset_fetch(b, req, version))
+        }
+        ApiKey::DescribeGroups => {
+            let req = decode(frame, version)?;
+            respond!(DescribeGroupsResponse, group::describe_groups(b, req))
+        }
+        ApiKey::ListGroups => {
+            let req = decode(frame, version)?;
+            respond!(ListGroupsResponse, group::list_groups(b, req))
+        }
+        ApiKey::DeleteGroups => {
+            let req = decode(frame, version)?;
+            respond!(DeleteGroupsResponse, group::delete_groups(b, req).await)
+        }
+        ApiKey::CreateTopics => {
+            let req = decode(frame, version)?;
+            respond!(CreateTopicsResponse, admin::create_topics(b, req))
+        }
+        ApiKey::DeleteTopics => {
+            let req = decode(frame, version)?;
+            respond!(
+                DeleteTopicsResponse,
+                admin::delete_topics(b, req, version).await
+            )
+        }
+        ApiKey::CreatePartitions => {
+            let req = decode(frame, version)?;
+            respond!(CreatePartitionsResponse, admin::create_partitions(b, req))
+        }
+        ApiKey::DescribeConfigs => {
+            let req = decode(frame, version)?;
+            respond!(DescribeConfigsResponse, admin::describe_configs(b, req))
+        }
+        ApiKey::AlterConfigs => {
+            let req = decode(frame, version)?;
+            respond!(AlterConfigsResponse, admin::alter_configs(b, req))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let req = decode(frame, version)?;
+            respond!(
+                IncrementalAlterConfigsResponse,
+                admin::incremental_alter_configs(b, req)
+            )
+        }
+        ApiKey::DescribeCluster => {
+            let req = decode(frame, version)?;
+            respond!(DescribeClusterResponse, admin::describe_cluster(b, req))
+        }
+        other => Err(Close::Protocol(format!("api {other:?} not supported"))),
+    }
+}

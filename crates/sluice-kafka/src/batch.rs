@@ -1,0 +1,254 @@
+//! Kafka record batches (magic 2) as producers send them. A produce request's records are
+//! split into batches and checked (length, magic, CRC, offset deltas) without touching
+//! the records inside; each is then stored byte for byte except its base offset, which
+//! the broker assigns. The Kafka CRC starts at `attributes`, so the base offset can be
+//! rewritten without recomputing it.
+
+/// Bytes of the batch header up to and including the record count.
+pub const HEADER_BYTES: usize = 61;
+/// `baseOffset` and `batchLength`: the part of the header before the length-counted rest.
+const LOG_OVERHEAD: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const COUNT_AT: usize = 57;
+
+const TIMESTAMP_TYPE_BIT: u16 = 0x08;
+const TRANSACTIONAL_BIT: u16 = 0x10;
+const CONTROL_BIT: u16 = 0x20;
+
+/// One batch found in a produce request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Where the batch starts in the request's records and how long it is.
+    pub start: usize,
+    pub len: usize,
+    /// Offsets the batch takes: `lastOffsetDelta + 1`.
+    pub offsets: u32,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub transactional: bool,
+}
+
+/// Why a produce request's records were refused, as a Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchError {
+    /// Framing or CRC is wrong: CORRUPT_MESSAGE.
+    Corrupt,
+    /// Well framed but not acceptable (no records, inconsistent counts, control batch):
+    /// INVALID_RECORD.
+    Invalid,
+    /// Message format v0/v1: UNSUPPORTED_FOR_MESSAGE_FORMAT.
+    OldMagic,
+}
+
+impl BatchError {
+    pub fn code(self) -> i16 {
+        match self {
+            BatchError::Corrupt => crate::codes::CORRUPT_MESSAGE,
+            BatchError::Invalid => crate::codes::INVALID_RECORD,
+            BatchError::OldMagic => crate::codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        }
+    }
+}
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    let mut x = [0u8; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        x.copy_from_slice(s);
+    }
+    i16::from_be_bytes(x)
+}
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    let mut x = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        x.copy_from_slice(s);
+    }
+    i32::from_be_bytes(x)
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        x.copy_from_slice(s);
+    }
+    i64::from_be_bytes(x)
+}
+
+/// Splits `records` into whole, valid batches. Any defect refuses the whole set, as Kafka
+/// does for a partition's records.
+pub fn split(records: &[u8], out: &mut Vec<BatchInfo>) -> Result<(), BatchError> {
+    out.clear();
+    let mut at = 0;
+    while at < records.len() {
+        let rest = records.get(at..).unwrap_or_default();
+        if rest.len() < LOG_OVERHEAD + 5 {
+            return Err(BatchError::Corrupt);
+        }
+        let length = i32_at(rest, 8);
+        let magic = rest.get(MAGIC_AT).copied().unwrap_or(0);
+        if magic < 2 {
+            return Err(BatchError::OldMagic);
+        }
+        if magic != 2 || length < (HEADER_BYTES - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::Corrupt);
+        }
+        let len = LOG_OVERHEAD + length as usize;
+        let Some(batch) = rest.get(..len) else {
+            return Err(BatchError::Corrupt);
+        };
+        let stored_crc = i32_at(batch, CRC_AT) as u32;
+        let body = batch.get(ATTRIBUTES_AT..).unwrap_or_default();
+        if crc32c::crc32c(body) != stored_crc {
+            return Err(BatchError::Corrupt);
+        }
+        let attributes = i16_at(batch, ATTRIBUTES_AT) as u16;
+        let last_delta = i32_at(batch, LAST_OFFSET_DELTA_AT);
+        let count = i32_at(batch, COUNT_AT);
+        // Producers number records 0..count; compaction gaps only exist on the broker side.
+        if count <= 0 || last_delta != count - 1 || attributes & CONTROL_BIT != 0 {
+            return Err(BatchError::Invalid);
+        }
+        out.push(BatchInfo {
+            start: at,
+            len,
+            offsets: count as u32,
+            max_timestamp: i64_at(batch, MAX_TIMESTAMP_AT),
+            producer_id: i64_at(batch, PRODUCER_ID_AT),
+            producer_epoch: i16_at(batch, PRODUCER_EPOCH_AT),
+            base_sequence: i32_at(batch, BASE_SEQUENCE_AT),
+            transactional: attributes & TRANSACTIONAL_BIT != 0,
+        });
+        at += len;
+    }
+    if out.is_empty() {
+        return Err(BatchError::Invalid);
+    }
+    Ok(())
+}
+
+/// Rewrites a batch for log-append time: the timestamp type bit set, `maxTimestamp` =
+/// `now`, and the CRC recomputed (both fields are covered by it).
+pub fn with_append_time(batch: &[u8], now: i64) -> Vec<u8> {
+    let mut out = batch.to_vec();
+    if out.len() < HEADER_BYTES {
+        return out;
+    }
+    let attributes = i16_at(&out, ATTRIBUTES_AT) as u16 | TIMESTAMP_TYPE_BIT;
+    if let Some(s) = out.get_mut(ATTRIBUTES_AT..ATTRIBUTES_AT + 2) {
+        s.copy_from_slice(&attributes.to_be_bytes());
+    }
+    if let Some(s) = out.get_mut(MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8) {
+        s.copy_from_slice(&now.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(out.get(ATTRIBUTES_AT..).unwrap_or_default());
+    if let Some(s) = out.get_mut(CRC_AT..CRC_AT + 4) {
+        s.copy_from_slice(&crc.to_be_bytes());
+    }
+    out
+}
+
+/// Reads a zigzag varint (Kafka's varint and varlong) at `*at`.
+fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// In a stored batch, the first record with a timestamp at or after `target`:
+/// `(offset, timestamp)`. Compressed batches are not opened: their base offset and max
+/// timestamp stand for them.
+pub fn find_time(batch: &[u8], target: i64) -> Option<(i64, i64)> {
+    let base = i64_at(batch, 0);
+    let attributes = i16_at(batch, ATTRIBUTES_AT) as u16;
+    if attributes & 0x07 != 0 || attributes & TIMESTAMP_TYPE_BIT != 0 {
+        return Some((base, i64_at(batch, MAX_TIMESTAMP_AT)));
+    }
+    let base_ts = i64_at(batch, 27);
+    let mut at = HEADER_BYTES;
+    for _ in 0..i32_at(batch, COUNT_AT).max(0) {
+        let len = usize::try_from(varint(batch, &mut at)?).ok()?;
+        let body_start = at;
+        at += 1; // attributes
+        let ts_delta = varint(batch, &mut at)?;
+        let offset_delta = varint(batch, &mut at)?;
+        if base_ts + ts_delta >= target {
+            return Some((base + offset_delta, base_ts + ts_delta));
+        }
+        at = body_start + len;
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal valid batch of `count` empty records (record bodies are not parsed).
+    pub fn batch(count: i32, producer_id: i64, base_sequence: i32) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_BYTES];
+        b.extend(std::iter::repeat_n(0u8, count as usize));
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        b[MAGIC_AT] = 2;
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&(count - 1).to_be_bytes());
+        b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+        b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn splits_concatenated_batches() {
+        let mut records = batch(3, -1, -1);
+        records.extend(batch(2, 7, 5));
+        let mut out = Vec::new();
+        split(&records, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].offsets, 3);
+        assert_eq!(out[1].start, out[0].len);
+        assert_eq!(out[1].producer_id, 7);
+        assert_eq!(out[1].base_sequence, 5);
+    }
+
+    #[test]
+    fn refuses_bad_crc_truncation_and_empty() {
+        let mut out = Vec::new();
+        let mut b = batch(1, -1, -1);
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert_eq!(split(&b, &mut out), Err(BatchError::Corrupt));
+        let b = batch(2, -1, -1);
+        assert_eq!(split(&b[..b.len() - 1], &mut out), Err(BatchError::Corrupt));
+        assert_eq!(split(&[], &mut out), Err(BatchError::Invalid));
+        let mut old = batch(1, -1, -1);
+        old[MAGIC_AT] = 1;
+        assert_eq!(split(&old, &mut out), Err(BatchError::OldMagic));
+    }
+
+    #[test]
+    fn append_time_keeps_the_crc_valid() {
+        let b = with_append_time(&batch(2, -1, -1), 1234);
+        let mut out = Vec::new();
+        split(&b, &mut out).unwrap();
+        assert_eq!(out[0].max_timestamp, 1234);
+    }
+}

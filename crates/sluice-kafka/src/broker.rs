@@ -1,0 +1,142 @@
+//! The Kafka face's shared state: topics, the group coordinator, producer ids, and the
+//! background work (async-policy fsyncs, retention, group timers).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sluice_core::clock::{Clock, SystemClock};
+
+use crate::config::KafkaConfig;
+use crate::groups::Coordinator;
+use crate::offsets::OffsetStore;
+use crate::topics::Topics;
+
+/// Producer ids are handed out from blocks reserved on disk, so none repeats after a
+/// crash.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+const PRODUCER_IDS_FILE: &str = "producer-ids";
+
+#[derive(Debug)]
+struct ProducerIds {
+    next: i64,
+    reserved_until: i64,
+}
+
+#[derive(Debug)]
+pub struct KafkaBroker {
+    pub config: KafkaConfig,
+    pub topics: Topics,
+    pub groups: Coordinator,
+    pub clock: Arc<dyn Clock>,
+    dir: PathBuf,
+    producer_ids: Mutex<ProducerIds>,
+}
+
+fn read_reserved(dir: &Path) -> i64 {
+    fs::read_to_string(dir.join(PRODUCER_IDS_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_reserved(dir: &Path, until: i64) -> std::io::Result<()> {
+    let path = dir.join(PRODUCER_IDS_FILE);
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, until.to_string())?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+impl KafkaBroker {
+    /// Opens (or creates) the Kafka data under `dir`: topics, committed offsets.
+    pub fn open(dir: &Path, config: KafkaConfig) -> std::io::Result<KafkaBroker> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        dir: &Path,
+        config: KafkaConfig,
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<KafkaBroker> {
+        fs::create_dir_all(dir)?;
+        let topics = Topics::open(
+            dir,
+            config.topic_defaults.clone(),
+            config.log.clone(),
+            Arc::clone(&clock),
+            config.partitions_max,
+            config.topics_max,
+        )?;
+        let (store, offsets) = OffsetStore::open(dir, &config.log, Arc::clone(&clock))
+            .map_err(std::io::Error::other)?;
+        let groups = Coordinator::new(
+            store,
+            offsets,
+            config.group_initial_rebalance_delay,
+            config.group_min_session_timeout_ms,
+            config.group_max_session_timeout_ms,
+        );
+        let reserved = read_reserved(dir);
+        Ok(KafkaBroker {
+            config,
+            topics,
+            groups,
+            clock,
+            dir: dir.to_path_buf(),
+            producer_ids: Mutex::new(ProducerIds {
+                next: reserved,
+                reserved_until: reserved,
+            }),
+        })
+    }
+
+    /// A producer id never handed out before (blocking: may fsync a new reservation).
+    pub fn new_producer_id(&self) -> std::io::Result<i64> {
+        let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.next >= ids.reserved_until {
+            let until = ids.next + PRODUCER_ID_BLOCK;
+            write_reserved(&self.dir, until)?;
+            ids.reserved_until = until;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    /// Runs the fsyncs due under the async flush policy (blocking).
+    pub fn flush_due(&self) {
+        for p in self.topics.all_partitions() {
+            if let Some(job) = p.flush_job() {
+                p.flush_done(job.run());
+            }
+        }
+    }
+
+    /// Deletes sealed segments past retention (blocking).
+    pub fn apply_retention(&self) {
+        for t in self.topics.all() {
+            for p in t.read().partitions.iter() {
+                let mut st = p.lock();
+                match st.log.apply_retention() {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(topic = %t.name, partition = p.index, segments = n, "retention deleted segments")
+                    }
+                    Err(e) => tracing::error!(topic = %t.name, error = %e, "retention failed"),
+                }
+            }
+        }
+    }
+
+    /// Writes and fsyncs everything (clean shutdown; blocking).
+    pub fn close(&self) {
+        for p in self.topics.all_partitions() {
+            if let Err(e) = p.lock().log.sync() {
+                tracing::error!(error = %e, "partition not synced at shutdown");
+            }
+        }
+        self.groups.sync_store();
+    }
+}

@@ -1,0 +1,93 @@
+//! One Kafka client connection: size-prefixed request frames in, responses out, in
+//! order. Requests are handled one at a time, as Apache Kafka does per connection (a
+//! long-polling Fetch holds the ones behind it). Frames above `max_request_bytes`,
+//! unknown API keys, unsupported versions (other than ApiVersions) and undecodable
+//! requests close the connection, as Kafka does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::api;
+use crate::broker::KafkaBroker;
+
+/// Per-connection facts the handlers need.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub client_id: String,
+}
+
+/// Why a connection ends early.
+#[derive(Debug)]
+pub enum Close {
+    Io(std::io::Error),
+    Protocol(String),
+}
+
+impl From<std::io::Error> for Close {
+    fn from(e: std::io::Error) -> Self {
+        Close::Io(e)
+    }
+}
+
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<KafkaBroker>) {
+    let _ = stream.set_nodelay(true);
+    match run(stream, peer, &broker).await {
+        Ok(()) => debug!(%peer, "kafka connection closed by client"),
+        Err(Close::Io(e)) => debug!(%peer, error = %e, "kafka connection ended"),
+        Err(Close::Protocol(why)) => debug!(%peer, %why, "kafka connection closed"),
+    }
+}
+
+async fn run(stream: TcpStream, peer: SocketAddr, broker: &Arc<KafkaBroker>) -> Result<(), Close> {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::with_capacity(64 * 1024, read);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut client = Client {
+        peer,
+        client_id: String::new(),
+    };
+    loop {
+        let size = match read.read_i32().await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if size < 8 || size as usize > broker.config.max_request_bytes {
+            return Err(Close::Protocol(format!(
+                "request size {size} out of bounds"
+            )));
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        read.read_exact(&mut frame).await?;
+        let mut frame: Bytes = frame.freeze();
+        let api_key = peek_i16(&frame, 0);
+        let version = peek_i16(&frame, 2);
+        let key = ApiKey::try_from(api_key)
+            .map_err(|_| Close::Protocol(format!("unknown api key {api_key}")))?;
+        api::handle(broker, &mut client, key, version, &mut frame, &mut out).await?;
+        // Answers go out when no further request is already buffered, so pipelined
+        // requests share a write.
+        if (read.buffer().is_empty() && !out.is_empty()) || out.len() >= WRITE_BATCH_BYTES {
+            write.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}
+
+/// Pending answers are written once they reach this, even with requests still buffered.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+fn peek_i16(b: &[u8], at: usize) -> i16 {
+    let mut x = [0u8; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        x.copy_from_slice(s);
+    }
+    i16::from_be_bytes(x)
+}

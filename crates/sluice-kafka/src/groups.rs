@@ -1,0 +1,945 @@
+//! The group coordinator for Kafka's classic group protocol: JoinGroup/SyncGroup
+//! rebalances with generations, heartbeats and session timeouts, static membership, and
+//! committed offsets (kept in [`OffsetStore`]).
+//!
+//! States follow Apache Kafka's GroupCoordinator: Empty → PreparingRebalance (members
+//! rejoin) → CompletingRebalance (leader's SyncGroup awaited) → Stable. Joins and syncs
+//! that must wait park a oneshot sender in the member; the coordinator's mutex is never
+//! held across an await. A periodic [`Coordinator::tick`] expires sessions and finishes
+//! rebalances whose timeouts ran out.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::codes;
+use crate::offsets::{Change, Committed, GroupOffsets, OffsetStore, apply};
+
+/// Members per group.
+const MEMBERS_MAX: usize = 10_000;
+/// Largest committed metadata string (`offset.metadata.max.bytes`).
+pub const METADATA_MAX: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinOutcome {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// `(member id, group instance id, metadata)`: filled for the leader only.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinOutcome {
+    fn error(error: i16, member_id: &str) -> Self {
+        JoinOutcome {
+            error,
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncOutcome {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug)]
+pub struct JoinArgs {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub client_id: String,
+    pub client_host: String,
+    /// JoinGroup v4+: a new member first gets MEMBER_ID_REQUIRED and its id.
+    pub require_known_member: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_seen: Instant,
+    join: Option<oneshot::Sender<JoinOutcome>>,
+    sync: Option<oneshot::Sender<SyncOutcome>>,
+}
+
+impl Member {
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Ends whatever the member was waiting for with `error` (it left or was fenced).
+    fn fail_waiters(&mut self, error: i16) {
+        if let Some(tx) = self.join.take() {
+            let _ = tx.send(JoinOutcome::error(error, &self.id));
+        }
+        if let Some(tx) = self.sync.take() {
+            let _ = tx.send(SyncOutcome {
+                error,
+                ..Default::default()
+            });
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    state: GroupState,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    /// In join order: the first is the default leader.
+    members: Vec<Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, valid until the instant.
+    pending: HashMap<String, Instant>,
+    rebalance_deadline: Option<Instant>,
+    delay_until: Option<Instant>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: Vec::new(),
+            pending: HashMap::new(),
+            rebalance_deadline: None,
+            delay_until: None,
+        }
+    }
+
+    fn member(&mut self, id: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.id == id)
+    }
+
+    fn has_member(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// Protocol names every member supports, in `first`'s preference order.
+    fn candidates<'a>(&'a self, first: &'a [(String, Bytes)]) -> Vec<&'a str> {
+        first
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| {
+                self.members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|(p, _)| p == n))
+            })
+            .collect()
+    }
+
+    fn supports(&self, protocol_type: &str, protocols: &[(String, Bytes)]) -> bool {
+        if protocols.is_empty() || protocol_type.is_empty() {
+            return false;
+        }
+        if self.members.is_empty() {
+            return true;
+        }
+        self.protocol_type.as_deref() == Some(protocol_type)
+            && !self.candidates(protocols).is_empty()
+    }
+
+    /// Kafka's choice: each member votes for its most preferred common protocol.
+    fn select_protocol(&self) -> Option<String> {
+        let first = self.members.first()?;
+        let candidates = self.candidates(&first.protocols);
+        let mut votes: Vec<(&str, usize)> = candidates.iter().map(|c| (*c, 0)).collect();
+        for m in &self.members {
+            if let Some((name, _)) = m
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(&n.as_str()))
+                && let Some(v) = votes.iter_mut().find(|(c, _)| c == name)
+            {
+                v.1 += 1;
+            }
+        }
+        let best = votes.iter().map(|(_, n)| *n).max()?;
+        votes
+            .iter()
+            .find(|(_, n)| *n == best)
+            .map(|(c, _)| c.to_string())
+    }
+
+    fn prepare_rebalance(&mut self, now: Instant, initial_delay: Duration) {
+        if self.state == GroupState::CompletingRebalance {
+            for m in &mut self.members {
+                if let Some(tx) = m.sync.take() {
+                    let _ = tx.send(SyncOutcome {
+                        error: codes::REBALANCE_IN_PROGRESS,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let was_empty = self.state == GroupState::Empty;
+        self.state = GroupState::PreparingRebalance;
+        let timeout = self
+            .members
+            .iter()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let deadline = now + timeout;
+        self.rebalance_deadline = Some(deadline);
+        self.delay_until = was_empty.then(|| (now + initial_delay).min(deadline));
+    }
+
+    fn try_complete_join(&mut self, now: Instant) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        let all_joined = self.members.iter().all(|m| m.join.is_some());
+        let delay_over = self.delay_until.is_none_or(|d| now >= d);
+        let timed_out = self.rebalance_deadline.is_some_and(|d| now >= d);
+        if !(timed_out || all_joined && delay_over) {
+            return;
+        }
+        // Members that did not rejoin in time are out.
+        self.members.retain(|m| m.join.is_some());
+        self.generation += 1;
+        self.rebalance_deadline = None;
+        self.delay_until = None;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.protocol = None;
+            self.leader = None;
+            return;
+        }
+        self.protocol = self.select_protocol();
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.iter().any(|m| &m.id == l))
+        {
+            self.leader = self.members.first().map(|m| m.id.clone());
+        }
+        self.state = GroupState::CompletingRebalance;
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let leader = self.leader.clone().unwrap_or_default();
+        let listing: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata_for(&protocol),
+                )
+            })
+            .collect();
+        for m in &mut self.members {
+            m.last_seen = now;
+            if let Some(tx) = m.join.take() {
+                let _ = tx.send(JoinOutcome {
+                    error: codes::NONE,
+                    generation: self.generation,
+                    protocol_type: self.protocol_type.clone(),
+                    protocol: self.protocol.clone(),
+                    leader: leader.clone(),
+                    member_id: m.id.clone(),
+                    members: if m.id == leader {
+                        listing.clone()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+    }
+
+    fn remove_member(&mut self, id: &str, error: i16) -> bool {
+        let Some(i) = self.members.iter().position(|m| m.id == id) else {
+            return false;
+        };
+        let mut m = self.members.remove(i);
+        m.fail_waiters(error);
+        true
+    }
+
+    fn on_members_removed(&mut self, now: Instant, initial_delay: Duration) {
+        match self.state {
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(now, initial_delay);
+                self.try_complete_join(now);
+            }
+            GroupState::PreparingRebalance => self.try_complete_join(now),
+            GroupState::Empty => {}
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    groups: HashMap<String, Group>,
+    offsets: HashMap<String, GroupOffsets>,
+    next_member: u64,
+}
+
+/// Committed offsets by topic: `(partition, offset if any)`.
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+/// One group in a DescribeGroups answer.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// `(member id, instance id, client id, client host, metadata, assignment)`.
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    inner: Mutex<Inner>,
+    store: OffsetStore,
+    initial_delay: Duration,
+    min_session_ms: i32,
+    max_session_ms: i32,
+}
+
+impl Coordinator {
+    pub fn new(
+        store: OffsetStore,
+        offsets: HashMap<String, GroupOffsets>,
+        initial_delay: Duration,
+        min_session_ms: i32,
+        max_session_ms: i32,
+    ) -> Self {
+        Coordinator {
+            inner: Mutex::new(Inner {
+                offsets,
+                ..Default::default()
+            }),
+            store,
+            initial_delay,
+            min_session_ms,
+            max_session_ms,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn join(&self, args: JoinArgs) -> JoinOutcome {
+        let rx = match self.start_join(args) {
+            Ok(outcome) => return outcome,
+            Err(rx) => rx,
+        };
+        rx.await
+            .unwrap_or_else(|_| JoinOutcome::error(codes::UNKNOWN_SERVER_ERROR, ""))
+    }
+
+    /// Either answers at once (`Ok`) or parks the member and returns the receiver.
+    fn start_join(&self, a: JoinArgs) -> Result<JoinOutcome, oneshot::Receiver<JoinOutcome>> {
+        let now = Instant::now();
+        if a.group.is_empty() {
+            return Ok(JoinOutcome::error(codes::INVALID_GROUP_ID, &a.member_id));
+        }
+        if a.session_timeout_ms < self.min_session_ms || a.session_timeout_ms > self.max_session_ms
+        {
+            return Ok(JoinOutcome::error(
+                codes::INVALID_SESSION_TIMEOUT,
+                &a.member_id,
+            ));
+        }
+        let initial_delay = self.initial_delay;
+        let mut inner = self.lock();
+        inner.next_member += 1;
+        let serial = inner.next_member;
+        let group = inner
+            .groups
+            .entry(a.group.clone())
+            .or_insert_with(Group::new);
+        if !group.supports(&a.protocol_type, &a.protocols) {
+            return Ok(JoinOutcome::error(
+                codes::INCONSISTENT_GROUP_PROTOCOL,
+                &a.member_id,
+            ));
+        }
+        let session_timeout = Duration::from_millis(a.session_timeout_ms.max(0) as u64);
+        // rebalance.timeout.ms defaults to the session timeout in JoinGroup v0.
+        let rebalance_timeout = Duration::from_millis(
+            if a.rebalance_timeout_ms > 0 {
+                a.rebalance_timeout_ms
+            } else {
+                a.session_timeout_ms
+            }
+            .max(0) as u64,
+        );
+        let new_id = || {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("{}-{serial:08x}-{nanos:08x}", a.client_id)
+        };
+        let mut known_unchanged = false;
+        let member_id = if a.member_id.is_empty() {
+            let static_old = a.instance_id.as_ref().and_then(|inst| {
+                group
+                    .members
+                    .iter()
+                    .find(|m| m.instance_id.as_ref() == Some(inst))
+                    .map(|m| m.id.clone())
+            });
+            if let Some(old_id) = static_old {
+                // A static member came back: it takes over its old place under a new id.
+                let id = new_id();
+                let was_leader = group.leader.as_deref() == Some(old_id.as_str());
+                if let Some(m) = group.member(&old_id) {
+                    m.fail_waiters(codes::FENCED_INSTANCE_ID);
+                    known_unchanged = m.protocols == a.protocols && !was_leader;
+                    m.id = id.clone();
+                }
+                if was_leader {
+                    group.leader = Some(id.clone());
+                }
+                id
+            } else if a.require_known_member && a.instance_id.is_none() {
+                let id = new_id();
+                if group.pending.len() < MEMBERS_MAX {
+                    group.pending.insert(id.clone(), now + session_timeout);
+                }
+                return Ok(JoinOutcome::error(codes::MEMBER_ID_REQUIRED, &id));
+            } else {
+                new_id()
+            }
+        } else if let Some(m) = group.member(&a.member_id) {
+            if m.instance_id.is_some() && m.instance_id != a.instance_id {
+                return Ok(JoinOutcome::error(codes::FENCED_INSTANCE_ID, &a.member_id));
+            }
+            known_unchanged = m.protocols == a.protocols;
+            a.member_id.clone()
+        } else if group.pending.remove(&a.member_id).is_some() {
+            a.member_id.clone()
+        } else {
+            return Ok(JoinOutcome::error(codes::UNKNOWN_MEMBER_ID, &a.member_id));
+        };
+        if !group.has_member(&member_id) {
+            if group.members.len() >= MEMBERS_MAX {
+                return Ok(JoinOutcome::error(codes::UNKNOWN_SERVER_ERROR, &member_id));
+            }
+            if group.members.is_empty() {
+                group.protocol_type = Some(a.protocol_type.clone());
+            }
+            group.members.push(Member {
+                id: member_id.clone(),
+                instance_id: a.instance_id.clone(),
+                client_id: a.client_id.clone(),
+                client_host: a.client_host.clone(),
+                session_timeout,
+                rebalance_timeout,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_seen: now,
+                join: None,
+                sync: None,
+            });
+        }
+        let is_leader = group.leader.as_deref() == Some(member_id.as_str());
+        let (tx, rx) = oneshot::channel();
+        {
+            let Some(m) = group.member(&member_id) else {
+                return Ok(JoinOutcome::error(codes::UNKNOWN_SERVER_ERROR, &member_id));
+            };
+            m.protocols = a.protocols;
+            m.session_timeout = session_timeout;
+            m.rebalance_timeout = rebalance_timeout;
+            m.client_id = a.client_id;
+            m.client_host = a.client_host;
+            m.last_seen = now;
+            m.join = Some(tx);
+        }
+        match group.state {
+            GroupState::Stable if known_unchanged && !is_leader => {
+                // Nothing changed for this follower: it keeps the current generation.
+                if let Some(m) = group.member(&member_id) {
+                    m.join = None;
+                }
+                return Ok(JoinOutcome {
+                    error: codes::NONE,
+                    generation: group.generation,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol: group.protocol.clone(),
+                    leader: group.leader.clone().unwrap_or_default(),
+                    member_id,
+                    members: Vec::new(),
+                });
+            }
+            GroupState::PreparingRebalance => {
+                if let Some(d) = group.delay_until {
+                    // New members of a new group extend the initial delay, up to the
+                    // rebalance timeout.
+                    let limit = group.rebalance_deadline.unwrap_or(d);
+                    group.delay_until = Some((now + initial_delay).min(limit));
+                }
+            }
+            _ => group.prepare_rebalance(now, initial_delay),
+        }
+        group.try_complete_join(now);
+        Err(rx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        protocol_type: Option<&str>,
+        protocol: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncOutcome {
+        let err = |error| SyncOutcome {
+            error,
+            ..Default::default()
+        };
+        let rx = {
+            let now = Instant::now();
+            let mut inner = self.lock();
+            let Some(group) = inner.groups.get_mut(group_id) else {
+                return err(codes::UNKNOWN_MEMBER_ID);
+            };
+            let Some(m) = group.member(member_id) else {
+                return err(codes::UNKNOWN_MEMBER_ID);
+            };
+            if m.instance_id.is_some() && m.instance_id.as_deref() != instance_id {
+                return err(codes::FENCED_INSTANCE_ID);
+            }
+            m.last_seen = now;
+            if generation != group.generation {
+                return err(codes::ILLEGAL_GENERATION);
+            }
+            if protocol_type.is_some_and(|t| Some(t) != group.protocol_type.as_deref())
+                || protocol.is_some_and(|p| Some(p) != group.protocol.as_deref())
+            {
+                return err(codes::INCONSISTENT_GROUP_PROTOCOL);
+            }
+            let done = |g: &Group, assignment: Bytes| SyncOutcome {
+                error: codes::NONE,
+                protocol_type: g.protocol_type.clone(),
+                protocol: g.protocol.clone(),
+                assignment,
+            };
+            match group.state {
+                GroupState::Empty => return err(codes::UNKNOWN_MEMBER_ID),
+                GroupState::PreparingRebalance => return err(codes::REBALANCE_IN_PROGRESS),
+                GroupState::Stable => {
+                    let assignment = group
+                        .member(member_id)
+                        .map(|m| m.assignment.clone())
+                        .unwrap_or_default();
+                    return done(group, assignment);
+                }
+                GroupState::CompletingRebalance => {}
+            }
+            let (tx, rx) = oneshot::channel();
+            if let Some(m) = group.member(member_id) {
+                m.sync = Some(tx);
+            }
+            if group.leader.as_deref() == Some(member_id) {
+                let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
+                group.state = GroupState::Stable;
+                let reply = done(group, Bytes::new());
+                for m in &mut group.members {
+                    m.assignment = by_member.remove(&m.id).unwrap_or_default();
+                    if let Some(tx) = m.sync.take() {
+                        let _ = tx.send(SyncOutcome {
+                            assignment: m.assignment.clone(),
+                            ..reply.clone()
+                        });
+                    }
+                }
+            }
+            rx
+        };
+        rx.await
+            .unwrap_or_else(|_| err(codes::UNKNOWN_SERVER_ERROR))
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
+        let mut inner = self.lock();
+        let Some(group) = inner.groups.get_mut(group_id) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
+        let state = group.state;
+        let current = group.generation;
+        let Some(m) = group.member(member_id) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
+        if m.instance_id.is_some() && m.instance_id.as_deref() != instance_id {
+            return codes::FENCED_INSTANCE_ID;
+        }
+        m.last_seen = Instant::now();
+        match state {
+            GroupState::Empty => codes::UNKNOWN_MEMBER_ID,
+            GroupState::PreparingRebalance => codes::REBALANCE_IN_PROGRESS,
+            _ if generation != current => codes::ILLEGAL_GENERATION,
+            _ => codes::NONE,
+        }
+    }
+
+    /// Removes members (`(member id, instance id)`; an empty member id means "by instance
+    /// id"). Returns one error code per member.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        let now = Instant::now();
+        let initial_delay = self.initial_delay;
+        let mut inner = self.lock();
+        let Some(group) = inner.groups.get_mut(group_id) else {
+            return vec![codes::UNKNOWN_MEMBER_ID; members.len()];
+        };
+        let mut removed = false;
+        let codes: Vec<i16> = members
+            .iter()
+            .map(|(id, instance)| {
+                let found = group
+                    .members
+                    .iter()
+                    .find(|m| {
+                        if id.is_empty() {
+                            instance.is_some() && &m.instance_id == instance
+                        } else {
+                            &m.id == id
+                        }
+                    })
+                    .map(|m| (m.id.clone(), m.instance_id.clone()));
+                match found {
+                    None => codes::UNKNOWN_MEMBER_ID,
+                    Some((_, mi)) if instance.is_some() && &mi != instance => {
+                        codes::FENCED_INSTANCE_ID
+                    }
+                    Some((mid, _)) => {
+                        group.remove_member(&mid, codes::UNKNOWN_MEMBER_ID);
+                        removed = true;
+                        codes::NONE
+                    }
+                }
+            })
+            .collect();
+        if removed {
+            group.on_members_removed(now, initial_delay);
+        }
+        codes
+    }
+
+    /// Expires sessions and pending member ids, and finishes rebalances whose delay or
+    /// timeout has passed. Called periodically.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let initial_delay = self.initial_delay;
+        let mut inner = self.lock();
+        let Inner {
+            groups, offsets, ..
+        } = &mut *inner;
+        for (name, group) in groups.iter_mut() {
+            group.pending.retain(|_, until| *until > now);
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter(|m| m.join.is_none() && now.duration_since(m.last_seen) > m.session_timeout)
+                .map(|m| m.id.clone())
+                .collect();
+            for id in &expired {
+                tracing::info!(group = %name, member = %id, "session timed out");
+                group.remove_member(id, codes::UNKNOWN_MEMBER_ID);
+            }
+            if !expired.is_empty() {
+                group.on_members_removed(now, initial_delay);
+            }
+            group.try_complete_join(now);
+        }
+        groups.retain(|name, g| {
+            g.state != GroupState::Empty || !g.pending.is_empty() || offsets.contains_key(name)
+        });
+    }
+
+    /// Checks that a member may commit for `group_id` now.
+    fn check_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
+        let mut inner = self.lock();
+        let Some(group) = inner.groups.get_mut(group_id) else {
+            return if generation < 0 {
+                codes::NONE
+            } else {
+                codes::ILLEGAL_GENERATION
+            };
+        };
+        if generation < 0 && group.state == GroupState::Empty {
+            return codes::NONE;
+        }
+        let state = group.state;
+        let current = group.generation;
+        let Some(m) = group.member(member_id) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
+        if m.instance_id.is_some() && m.instance_id.as_deref() != instance_id {
+            return codes::FENCED_INSTANCE_ID;
+        }
+        m.last_seen = Instant::now();
+        if generation != current {
+            return codes::ILLEGAL_GENERATION;
+        }
+        if state == GroupState::CompletingRebalance {
+            return codes::REBALANCE_IN_PROGRESS;
+        }
+        codes::NONE
+    }
+
+    /// Commits offsets `(topic, partition, committed)`; returns one code for all (a
+    /// membership error) or NONE once they are durable.
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        entries: Vec<(String, i32, Committed)>,
+    ) -> i16 {
+        if group_id.is_empty() {
+            return codes::INVALID_GROUP_ID;
+        }
+        let code = self.check_commit(group_id, generation, member_id, instance_id);
+        if code != codes::NONE {
+            return code;
+        }
+        let changes: Vec<Change> = entries
+            .into_iter()
+            .map(|(topic, partition, committed)| Change::Commit {
+                group: group_id.to_string(),
+                topic,
+                partition,
+                committed,
+            })
+            .collect();
+        if let Err(e) = self.store.persist(&changes).await {
+            tracing::error!(error = %e, "offset commit not stored");
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        let mut inner = self.lock();
+        for c in changes {
+            apply(&mut inner.offsets, c);
+        }
+        codes::NONE
+    }
+
+    /// Committed offsets of a group: for `wanted` partitions (-1 where none), or all.
+    pub fn fetch(&self, group_id: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> FetchedOffsets {
+        let inner = self.lock();
+        let offsets = inner.offsets.get(group_id);
+        match wanted {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, parts)| {
+                    let found = parts
+                        .into_iter()
+                        .map(|p| {
+                            let c = offsets.and_then(|o| o.get(&(topic.clone(), p))).cloned();
+                            (p, c)
+                        })
+                        .collect();
+                    (topic, found)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: HashMap<String, Vec<(i32, Option<Committed>)>> = HashMap::new();
+                for ((t, p), c) in offsets.into_iter().flatten() {
+                    by_topic
+                        .entry(t.clone())
+                        .or_default()
+                        .push((*p, Some(c.clone())));
+                }
+                let mut all: Vec<_> = by_topic.into_iter().collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                for (_, parts) in &mut all {
+                    parts.sort_by_key(|(p, _)| *p);
+                }
+                all
+            }
+        }
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let inner = self.lock();
+        let Some(g) = inner.groups.get(group_id) else {
+            return inner
+                .offsets
+                .contains_key(group_id)
+                .then(|| GroupDescription {
+                    state: GroupState::Empty.name(),
+                    protocol_type: "consumer".into(),
+                    protocol: String::new(),
+                    members: Vec::new(),
+                });
+        };
+        let protocol = g.protocol.clone().unwrap_or_default();
+        Some(GroupDescription {
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        m.metadata_for(&protocol),
+                        m.assignment.clone(),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// `(group id, protocol type, state)` of every known group.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .groups
+            .iter()
+            .map(|(n, g)| {
+                (
+                    n.clone(),
+                    g.protocol_type.clone().unwrap_or_else(|| "consumer".into()),
+                    g.state.name(),
+                )
+            })
+            .collect();
+        for n in inner.offsets.keys() {
+            if !inner.groups.contains_key(n) {
+                out.push((n.clone(), "consumer".into(), GroupState::Empty.name()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Deletes an empty group and its offsets.
+    pub async fn delete(&self, group_id: &str) -> i16 {
+        {
+            let inner = self.lock();
+            match inner.groups.get(group_id) {
+                Some(g) if !g.members.is_empty() => return codes::NON_EMPTY_GROUP,
+                None if !inner.offsets.contains_key(group_id) => {
+                    return codes::GROUP_ID_NOT_FOUND;
+                }
+                _ => {}
+            }
+        }
+        let change = Change::ForgetGroup {
+            group: group_id.to_string(),
+        };
+        if let Err(e) = self.store.persist(std::slice::from_ref(&change)).await {
+            tracing::error!(error = %e, "group deletion not stored");
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        let mut inner = self.lock();
+        apply(&mut inner.offsets, change);
+        if inner
+            .groups
+            .get(group_id)
+            .is_some_and(|g| g.members.is_empty())
+        {
+            inner.groups.remove(group_id);
+        }
+        codes::NONE
+    }
+
+    /// Forgets committed offsets of a deleted topic, in every group.
+    pub async fn forget_topic(&self, topic: &str) {
+        let changes: Vec<Change> = {
+            let inner = self.lock();
+            inner
+                .offsets
+                .iter()
+                .flat_map(|(g, o)| {
+                    o.keys()
+                        .filter(|(t, _)| t == topic)
+                        .map(|(t, p)| Change::ForgetPartition {
+                            group: g.clone(),
+                            topic: t.clone(),
+                            partition: *p,
+                        })
+                })
+                .collect()
+        };
+        if let Err(e) = self.store.persist(&changes).await {
+            tracing::error!(error = %e, "offset deletion not stored");
+            return;
+        }
+        let mut inner = self.lock();
+        for c in changes {
+            apply(&mut inner.offsets, c);
+        }
+    }
+
+    pub fn sync_store(&self) {
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "offsets not synced at shutdown");
+        }
+    }
+}

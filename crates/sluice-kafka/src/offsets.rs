@@ -1,0 +1,306 @@
+//! Committed consumer-group offsets, stored durably in an internal log
+//! (`<dir>/consumer-offsets/`) and replayed into memory at startup.
+//!
+//! One log batch per OffsetCommit (or deletion); each entry is
+//! `kind u8 | group_len u16 | group | topic_len u16 | topic | partition i32 | offset i64 |
+//! leader_epoch i32 | metadata_len i32 (-1: null) | metadata`, big-endian. Kinds: 1 commit,
+//! 2 forget one partition (topic deleted), 3 forget a whole group.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_core::clock::Clock;
+use sluice_log::{FlushPolicy, Log, LogConfig, LogError, SharedLog};
+
+const COMMIT: u8 = 1;
+const FORGET_PARTITION: u8 = 2;
+const FORGET_GROUP: u8 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// One change to the committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Commit {
+        group: String,
+        topic: String,
+        partition: i32,
+        committed: Committed,
+    },
+    ForgetPartition {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    ForgetGroup {
+        group: String,
+    },
+}
+
+pub type GroupOffsets = HashMap<(String, i32), Committed>;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s
+        .as_bytes()
+        .get(..s.len().min(u16::MAX as usize))
+        .unwrap_or_default();
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn encode(change: &Change, out: &mut Vec<u8>) {
+    let (kind, group, topic, partition, committed) = match change {
+        Change::Commit {
+            group,
+            topic,
+            partition,
+            committed,
+        } => (COMMIT, group, topic.as_str(), *partition, Some(committed)),
+        Change::ForgetPartition {
+            group,
+            topic,
+            partition,
+        } => (FORGET_PARTITION, group, topic.as_str(), *partition, None),
+        Change::ForgetGroup { group } => (FORGET_GROUP, group, "", -1, None),
+    };
+    out.push(kind);
+    put_str(out, group);
+    put_str(out, topic);
+    out.extend_from_slice(&partition.to_be_bytes());
+    let offset = committed.map_or(-1, |c| c.offset);
+    let epoch = committed.map_or(-1, |c| c.leader_epoch);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    match committed.and_then(|c| c.metadata.as_deref()) {
+        Some(m) => {
+            out.extend_from_slice(&(m.len() as i32).to_be_bytes());
+            out.extend_from_slice(m.as_bytes());
+        }
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b: [u8; 2] = self.take(2)?.try_into().ok()?;
+        Some(u16::from_be_bytes(b))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        let b: [u8; 4] = self.take(4)?.try_into().ok()?;
+        Some(i32::from_be_bytes(b))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        let b: [u8; 8] = self.take(8)?.try_into().ok()?;
+        Some(i64::from_be_bytes(b))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn decode_one(r: &mut Reader<'_>) -> Option<Change> {
+    let kind = *r.take(1)?.first()?;
+    let group = r.string()?;
+    let topic = r.string()?;
+    let partition = r.i32()?;
+    let offset = r.i64()?;
+    let leader_epoch = r.i32()?;
+    let metadata = match r.i32()? {
+        -1 => None,
+        n => Some(String::from_utf8(r.take(usize::try_from(n).ok()?)?.to_vec()).ok()?),
+    };
+    Some(match kind {
+        COMMIT => Change::Commit {
+            group,
+            topic,
+            partition,
+            committed: Committed {
+                offset,
+                leader_epoch,
+                metadata,
+            },
+        },
+        FORGET_PARTITION => Change::ForgetPartition {
+            group,
+            topic,
+            partition,
+        },
+        FORGET_GROUP => Change::ForgetGroup { group },
+        _ => return None,
+    })
+}
+
+/// Applies a change to the in-memory offsets.
+pub fn apply(offsets: &mut HashMap<String, GroupOffsets>, change: Change) {
+    match change {
+        Change::Commit {
+            group,
+            topic,
+            partition,
+            committed,
+        } => {
+            offsets
+                .entry(group)
+                .or_default()
+                .insert((topic, partition), committed);
+        }
+        Change::ForgetPartition {
+            group,
+            topic,
+            partition,
+        } => {
+            if let Some(g) = offsets.get_mut(&group) {
+                g.remove(&(topic, partition));
+                if g.is_empty() {
+                    offsets.remove(&group);
+                }
+            }
+        }
+        Change::ForgetGroup { group } => {
+            offsets.remove(&group);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct OffsetStore {
+    log: Arc<SharedLog>,
+}
+
+impl OffsetStore {
+    /// Opens the store and returns it with the offsets it holds.
+    pub fn open(
+        dir: &Path,
+        base: &LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(OffsetStore, HashMap<String, GroupOffsets>), LogError> {
+        let mut config = base.clone();
+        config.flush = FlushPolicy::Sync;
+        config.retention_bytes = None;
+        config.retention_ms = None;
+        let mut log = Log::open(dir.join("consumer-offsets"), config, clock)?;
+        let mut offsets = HashMap::new();
+        let mut at = log.start_offset();
+        loop {
+            let batches = log.read(at, 4 << 20)?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in &batches {
+                let mut r = Reader(&b.payload);
+                while !r.0.is_empty() {
+                    match decode_one(&mut r) {
+                        Some(change) => apply(&mut offsets, change),
+                        None => {
+                            tracing::error!(offset = b.base_offset, "bad offsets entry skipped");
+                            break;
+                        }
+                    }
+                }
+                at = b.next_offset();
+            }
+        }
+        Ok((
+            OffsetStore {
+                log: Arc::new(SharedLog::new(log)),
+            },
+            offsets,
+        ))
+    }
+
+    /// Writes `changes` and waits for the fsync (on a blocking thread).
+    pub async fn persist(&self, changes: &[Change]) -> Result<(), LogError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut payload = Vec::new();
+        for c in changes {
+            encode(c, &mut payload);
+        }
+        let count = changes.len() as u32;
+        let log = Arc::clone(&self.log);
+        let now = 0;
+        tokio::task::spawn_blocking(move || log.append_durable(&payload, count, now))
+            .await
+            .map_err(|e| LogError::Io {
+                path: "consumer-offsets".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map(|_| ())
+    }
+
+    /// Flushes and fsyncs everything written (clean shutdown).
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.log.with(|log| log.sync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::clock::ManualClock;
+
+    #[tokio::test]
+    async fn commits_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let commit = |g: &str, t: &str, p, o| Change::Commit {
+            group: g.into(),
+            topic: t.into(),
+            partition: p,
+            committed: Committed {
+                offset: o,
+                leader_epoch: -1,
+                metadata: Some("m".into()),
+            },
+        };
+        {
+            let (store, offsets) =
+                OffsetStore::open(dir.path(), &LogConfig::default(), Arc::clone(&clock)).unwrap();
+            assert!(offsets.is_empty());
+            store
+                .persist(&[
+                    commit("g", "t", 0, 5),
+                    commit("g", "t", 1, 7),
+                    commit("h", "t", 0, 1),
+                ])
+                .await
+                .unwrap();
+            store
+                .persist(&[
+                    commit("g", "t", 0, 9),
+                    Change::ForgetPartition {
+                        group: "g".into(),
+                        topic: "t".into(),
+                        partition: 1,
+                    },
+                    Change::ForgetGroup { group: "h".into() },
+                ])
+                .await
+                .unwrap();
+        }
+        let (_, offsets) = OffsetStore::open(dir.path(), &LogConfig::default(), clock).unwrap();
+        assert_eq!(offsets.len(), 1);
+        let g = &offsets["g"];
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[&("t".to_string(), 0)].offset, 9);
+        assert_eq!(g[&("t".to_string(), 0)].metadata.as_deref(), Some("m"));
+    }
+}

@@ -1,0 +1,449 @@
+//! One topic partition: a `sluice-log` log holding the record batches as sent, the
+//! idempotent producers' recent sequences, fetchers waiting for data, and group commit
+//! for `flush=sync` topics.
+//!
+//! A std mutex guards the log: every critical section is a buffered append or a pread,
+//! never an fsync (fsyncs run on blocking threads through [`SyncJob`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::clock::Clock;
+use sluice_log::{Log, LogConfig, LogError};
+use tokio::sync::{Notify, watch};
+
+use crate::batch::BatchInfo;
+use crate::codes;
+
+/// Batches remembered per producer for duplicate detection (Kafka keeps 5).
+const PRODUCER_BATCHES: usize = 5;
+/// Producers remembered per partition; the least recently used is forgotten beyond this.
+const PRODUCERS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct SentBatch {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: u64,
+}
+
+#[derive(Debug)]
+struct ProducerState {
+    epoch: i16,
+    batches: VecDeque<SentBatch>,
+    last_used: u64,
+}
+
+/// What to do with one idempotent batch.
+enum SeqCheck {
+    Append,
+    Duplicate(u64),
+}
+
+#[derive(Debug)]
+pub struct PartitionState {
+    pub log: Log,
+    producers: HashMap<i64, ProducerState>,
+    uses: u64,
+    waiters: Vec<Arc<Notify>>,
+    syncing: bool,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    pub index: i32,
+    state: Mutex<PartitionState>,
+    durable: watch::Sender<u64>,
+}
+
+/// Result of appending one partition's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+    /// One past the last offset written: durable once the log's durable offset gets here.
+    pub next_offset: u64,
+}
+
+fn seq_after(last: i32, n: i32) -> i32 {
+    // Sequences wrap from i32::MAX to 0.
+    ((i64::from(last) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+impl ProducerState {
+    fn check(&self, b: &BatchInfo) -> Result<SeqCheck, i16> {
+        if b.producer_epoch < self.epoch {
+            return Err(codes::INVALID_PRODUCER_EPOCH);
+        }
+        if b.producer_epoch > self.epoch {
+            return if b.base_sequence == 0 {
+                Ok(SeqCheck::Append)
+            } else {
+                Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            };
+        }
+        let last_seq = seq_after(b.base_sequence, b.offsets as i32 - 1);
+        if let Some(dup) = self
+            .batches
+            .iter()
+            .find(|s| s.first_seq == b.base_sequence && s.last_seq == last_seq)
+        {
+            return Ok(SeqCheck::Duplicate(dup.base_offset));
+        }
+        match self.batches.back() {
+            Some(prev) if b.base_sequence != seq_after(prev.last_seq, 1) => {
+                Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            }
+            _ => Ok(SeqCheck::Append),
+        }
+    }
+
+    fn record(&mut self, b: &BatchInfo, base_offset: u64) {
+        if b.producer_epoch != self.epoch {
+            self.epoch = b.producer_epoch;
+            self.batches.clear();
+        }
+        if self.batches.len() == PRODUCER_BATCHES {
+            self.batches.pop_front();
+        }
+        self.batches.push_back(SentBatch {
+            first_seq: b.base_sequence,
+            last_seq: seq_after(b.base_sequence, b.offsets as i32 - 1),
+            base_offset,
+        });
+    }
+}
+
+impl Partition {
+    pub fn open(
+        index: i32,
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Partition, LogError> {
+        let log = Log::open(dir, config, clock)?;
+        let durable = log.durable_offset();
+        Ok(Partition {
+            index,
+            state: Mutex::new(PartitionState {
+                log,
+                producers: HashMap::new(),
+                uses: 0,
+                waiters: Vec::new(),
+                syncing: false,
+            }),
+            durable: watch::channel(durable).0,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
+        // Every mutation completes or fails before the guard drops; a panic elsewhere
+        // cannot leave the log half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `(log start offset, high watermark)`.
+    pub fn offsets(&self) -> (i64, i64) {
+        let st = self.lock();
+        (st.log.start_offset() as i64, st.log.next_offset() as i64)
+    }
+
+    /// Appends the batches `batches` found in `records`, assigning base offsets. Idempotent
+    /// batches already stored are answered with their first offset and not stored again.
+    /// The bytes reach the segment file (not the disk) before this returns, so a process
+    /// crash loses nothing that was answered.
+    pub fn append(
+        &self,
+        records: &Bytes,
+        batches: &[BatchInfo],
+        append_time: Option<i64>,
+    ) -> Result<Produced, i16> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut first: Option<u64> = None;
+        // Check every idempotent batch before storing any, so a refused request stores
+        // nothing.
+        let mut checks = Vec::with_capacity(batches.len());
+        for b in batches {
+            let check = match (b.producer_id >= 0, st.producers.get(&b.producer_id)) {
+                (true, Some(p)) => p.check(b)?,
+                _ => SeqCheck::Append,
+            };
+            checks.push(check);
+        }
+        for (b, check) in batches.iter().zip(checks) {
+            let base = match check {
+                SeqCheck::Duplicate(base) => base,
+                SeqCheck::Append => {
+                    let raw = records.get(b.start..b.start + b.len).unwrap_or_default();
+                    let next = st.log.next_offset();
+                    let offset_bytes = next.to_be_bytes();
+                    let appended = match append_time {
+                        Some(now) => {
+                            let rewritten = crate::batch::with_append_time(raw, now);
+                            let rest = rewritten.get(8..).unwrap_or_default();
+                            st.log.append_parts(&[&offset_bytes, rest], b.offsets, now)
+                        }
+                        None => {
+                            let rest = raw.get(8..).unwrap_or_default();
+                            st.log
+                                .append_parts(&[&offset_bytes, rest], b.offsets, b.max_timestamp)
+                        }
+                    };
+                    let appended = appended.map_err(|e| {
+                        tracing::error!(error = %e, "partition append failed");
+                        codes::KAFKA_STORAGE_ERROR
+                    })?;
+                    if b.producer_id >= 0 {
+                        st.uses += 1;
+                        let uses = st.uses;
+                        let p =
+                            st.producers
+                                .entry(b.producer_id)
+                                .or_insert_with(|| ProducerState {
+                                    epoch: b.producer_epoch,
+                                    batches: VecDeque::new(),
+                                    last_used: uses,
+                                });
+                        p.last_used = uses;
+                        p.record(b, appended.base_offset);
+                    }
+                    appended.base_offset
+                }
+            };
+            first.get_or_insert(base);
+        }
+        if st.producers.len() > PRODUCERS_MAX
+            && let Some((&oldest, _)) = st.producers.iter().min_by_key(|(_, p)| p.last_used)
+        {
+            st.producers.remove(&oldest);
+        }
+        st.log.write_buffered().map_err(|e| {
+            tracing::error!(error = %e, "partition write failed");
+            codes::KAFKA_STORAGE_ERROR
+        })?;
+        let waiters = std::mem::take(&mut st.waiters);
+        let produced = Produced {
+            base_offset: first.map_or(-1, |b| b as i64),
+            log_start_offset: st.log.start_offset() as i64,
+            next_offset: st.log.next_offset(),
+        };
+        drop(guard);
+        for w in waiters {
+            w.notify_one();
+        }
+        Ok(produced)
+    }
+
+    /// Stored batches from the one holding `offset`, up to about `max_bytes` (at least one
+    /// batch when `at_least_one`), appended to `out`. Returns the error code and the
+    /// offsets `(log start, high watermark)`.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+        out: &mut BytesMut,
+    ) -> (i16, i64, i64) {
+        let mut st = self.lock();
+        let start = st.log.start_offset() as i64;
+        let end = st.log.next_offset() as i64;
+        if offset < start || offset > end {
+            return (codes::OFFSET_OUT_OF_RANGE, start, end);
+        }
+        if offset == end || (max_bytes == 0 && !at_least_one) {
+            return (codes::NONE, start, end);
+        }
+        let limit = if at_least_one {
+            max_bytes.max(1)
+        } else {
+            max_bytes
+        };
+        match st.log.read(offset as u64, limit) {
+            Ok(batches) => {
+                let mut taken = 0;
+                for b in batches {
+                    if taken > 0 && taken + b.payload.len() > max_bytes {
+                        break;
+                    }
+                    if taken == 0 && !at_least_one && b.payload.len() > max_bytes {
+                        break;
+                    }
+                    taken += b.payload.len();
+                    out.extend_from_slice(&b.payload);
+                }
+                (codes::NONE, start, end)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, partition = self.index, "partition read failed");
+                (codes::KAFKA_STORAGE_ERROR, start, end)
+            }
+        }
+    }
+
+    /// Registers `notify` to be woken by the next append.
+    pub fn watch(&self, notify: &Arc<Notify>) {
+        let mut st = self.lock();
+        // Fetches that gave up waiting hold no reference any more.
+        st.waiters.retain(|w| Arc::strong_count(w) > 1);
+        st.waiters.push(Arc::clone(notify));
+    }
+
+    /// The first record at or after `timestamp`: `(offset, its timestamp)`.
+    pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let mut st = self.lock();
+        let Some(base) = st.log.offset_for_timestamp(timestamp)? else {
+            return Ok(None);
+        };
+        let batches = st.log.read(base, 1)?;
+        let Some(b) = batches.first() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            crate::batch::find_time(&b.payload, timestamp)
+                .unwrap_or((b.base_offset as i64, b.max_timestamp_ms)),
+        ))
+    }
+
+    /// Waits until everything below `next_offset` is fsynced, running the fsync itself
+    /// when none is in flight (appends made meanwhile share it).
+    pub async fn wait_durable(&self, next_offset: u64) -> Result<(), LogError> {
+        loop {
+            let mut changed = self.durable.subscribe();
+            let job = {
+                let mut st = self.lock();
+                if st.log.durable_offset() >= next_offset {
+                    return Ok(());
+                }
+                if st.syncing {
+                    None
+                } else {
+                    match st.log.sync_job()? {
+                        Some(job) => {
+                            st.syncing = true;
+                            Some(job)
+                        }
+                        None => return Ok(()),
+                    }
+                }
+            };
+            match job {
+                Some(job) => {
+                    let result = tokio::task::spawn_blocking(move || job.run()).await;
+                    let mut st = self.lock();
+                    st.syncing = false;
+                    let outcome = match result {
+                        Ok(Ok(synced)) => {
+                            st.log.synced(synced);
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(LogError::Io {
+                            path: st.log.dir().to_path_buf(),
+                            source: std::io::Error::other(e.to_string()),
+                        }),
+                    };
+                    let durable = st.log.durable_offset();
+                    drop(st);
+                    self.durable.send_replace(durable);
+                    outcome?;
+                }
+                None => {
+                    // A lost sender cannot happen while `self` lives.
+                    let _ = changed.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Takes the fsync due under the async flush policy, if any and none is in flight.
+    pub fn flush_job(&self) -> Option<sluice_log::SyncJob> {
+        let mut st = self.lock();
+        if st.syncing || !st.log.flush_due() {
+            return None;
+        }
+        match st.log.sync_job() {
+            Ok(Some(job)) => {
+                st.syncing = true;
+                Some(job)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "partition flush failed");
+                None
+            }
+        }
+    }
+
+    /// Hands back a job from [`Partition::flush_job`].
+    pub fn flush_done(&self, result: Result<sluice_log::Synced, LogError>) {
+        let mut st = self.lock();
+        st.syncing = false;
+        match result {
+            Ok(synced) => st.log.synced(synced),
+            Err(e) => tracing::error!(error = %e, "partition fsync failed"),
+        }
+        let durable = st.log.durable_offset();
+        drop(st);
+        self.durable.send_replace(durable);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{split, tests::batch};
+    use sluice_core::clock::ManualClock;
+
+    fn open(dir: &Path) -> Partition {
+        Partition::open(
+            0,
+            dir,
+            LogConfig::default(),
+            Arc::new(ManualClock::new(1_000)),
+        )
+        .unwrap()
+    }
+
+    fn produce(p: &Partition, records: Vec<u8>) -> Result<Produced, i16> {
+        let records = Bytes::from(records);
+        let mut infos = Vec::new();
+        split(&records, &mut infos).unwrap();
+        p.append(&records, &infos, None)
+    }
+
+    #[test]
+    fn assigns_offsets_and_serves_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path());
+        assert_eq!(produce(&p, batch(3, -1, -1)).unwrap().base_offset, 0);
+        assert_eq!(produce(&p, batch(2, -1, -1)).unwrap().base_offset, 3);
+        let mut out = BytesMut::new();
+        let (code, start, end) = p.read(4, 1 << 20, true, &mut out);
+        assert_eq!((code, start, end), (codes::NONE, 0, 5));
+        // The batch holding offset 4 starts at 3, with its base offset rewritten.
+        assert_eq!(&out[..8], &3i64.to_be_bytes());
+        assert_eq!(&out[8..], &batch(2, -1, -1)[8..]);
+        let (code, ..) = p.read(6, 1 << 20, true, &mut out);
+        assert_eq!(code, codes::OFFSET_OUT_OF_RANGE);
+    }
+
+    #[test]
+    fn idempotent_duplicates_and_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path());
+        assert_eq!(produce(&p, batch(2, 9, 0)).unwrap().base_offset, 0);
+        assert_eq!(produce(&p, batch(3, 9, 2)).unwrap().base_offset, 2);
+        // A retry of either batch answers its first offset and stores nothing.
+        assert_eq!(produce(&p, batch(2, 9, 0)).unwrap().base_offset, 0);
+        assert_eq!(produce(&p, batch(3, 9, 2)).unwrap().base_offset, 2);
+        assert_eq!(p.offsets().1, 5);
+        assert_eq!(
+            produce(&p, batch(1, 9, 7)),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(produce(&p, batch(1, 9, 5)).unwrap().base_offset, 5);
+    }
+}

@@ -18,6 +18,9 @@ use tokio::sync::oneshot;
 use crate::codes;
 use crate::offsets::{Change, Committed, GroupOffsets, OffsetStore, apply};
 
+/// How long an empty group without committed offsets is kept (Kafka drops such groups
+/// at its next offsets cleanup, every 10 minutes by default).
+const EMPTY_GROUP_KEEP: Duration = Duration::from_secs(600);
 /// Members per group.
 const MEMBERS_MAX: usize = 10_000;
 /// Largest committed metadata string (`offset.metadata.max.bytes`).
@@ -139,6 +142,9 @@ struct Group {
     pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
     delay_until: Option<Instant>,
+    /// When the group was last seen empty; it is forgotten a while after (unless it has
+    /// committed offsets).
+    empty_since: Option<Instant>,
 }
 
 impl Group {
@@ -153,6 +159,7 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: None,
             delay_until: None,
+            empty_since: None,
         }
     }
 
@@ -706,7 +713,14 @@ impl Coordinator {
             group.try_complete_join(now);
         }
         groups.retain(|name, g| {
-            g.state != GroupState::Empty || !g.pending.is_empty() || offsets.contains_key(name)
+            if g.state != GroupState::Empty {
+                g.empty_since = None;
+                return true;
+            }
+            let since = *g.empty_since.get_or_insert(now);
+            !g.pending.is_empty()
+                || offsets.contains_key(name)
+                || now.duration_since(since) < EMPTY_GROUP_KEEP
         });
     }
 
@@ -941,5 +955,160 @@ impl Coordinator {
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "offsets not synced at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::clock::SystemClock;
+    use sluice_log::LogConfig;
+    use std::sync::Arc;
+
+    fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
+        let (store, offsets) =
+            OffsetStore::open(dir, &LogConfig::default(), Arc::new(SystemClock)).unwrap();
+        Arc::new(Coordinator::new(store, offsets, Duration::ZERO, 0, 600_000))
+    }
+
+    fn args(member: &str, session_ms: i32) -> JoinArgs {
+        JoinArgs {
+            group: "g".into(),
+            member_id: member.into(),
+            instance_id: None,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            session_timeout_ms: session_ms,
+            rebalance_timeout_ms: 5_000,
+            client_id: "test".into(),
+            client_host: "/127.0.0.1".into(),
+            require_known_member: false,
+        }
+    }
+
+    async fn sync(
+        c: &Coordinator,
+        o: &JoinOutcome,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncOutcome {
+        c.sync(
+            "g",
+            o.generation,
+            &o.member_id,
+            None,
+            None,
+            None,
+            assignments,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_hands_the_group_to_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let a = c.join(args("", 60_000)).await;
+        assert_eq!(
+            (a.error, a.generation, a.leader == a.member_id),
+            (0, 1, true)
+        );
+        let s = sync(
+            &c,
+            &a,
+            vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
+        )
+        .await;
+        assert_eq!(&s.assignment[..], b"all");
+
+        // B joins with a short session; A learns of the rebalance from its heartbeat.
+        let b_join = tokio::spawn({
+            let c = Arc::clone(&c);
+            async move { c.join(args("", 200)).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.heartbeat("g", 1, &a.member_id, None) != codes::REBALANCE_IN_PROGRESS {
+            assert!(Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let a2 = c.join(args(&a.member_id, 60_000)).await;
+        let b = b_join.await.unwrap();
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(a2.members.len(), 2, "the leader sees both members");
+        assert!(b.members.is_empty());
+        let b_sync = tokio::spawn({
+            let c = Arc::clone(&c);
+            let b = b.clone();
+            async move { sync(&c, &b, Vec::new()).await }
+        });
+        sync(
+            &c,
+            &a2,
+            vec![
+                (a2.member_id.clone(), Bytes::from_static(b"p0")),
+                (b.member_id.clone(), Bytes::from_static(b"p1")),
+            ],
+        )
+        .await;
+        assert_eq!(&b_sync.await.unwrap().assignment[..], b"p1");
+
+        // B goes silent: after its session timeout the tick removes it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), codes::NONE);
+        c.tick();
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &b.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        let a3 = c.join(args(&a.member_id, 60_000)).await;
+        assert_eq!((a3.error, a3.generation, a3.members.len()), (0, 3, 1));
+    }
+
+    #[tokio::test]
+    async fn commits_check_membership_and_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let committed = |o| Committed {
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        // A group nobody joined takes "simple" commits (generation -1).
+        let code = c
+            .commit("g", -1, "", None, vec![("t".into(), 0, committed(5))])
+            .await;
+        assert_eq!(code, codes::NONE);
+        let a = c.join(args("", 60_000)).await;
+        sync(&c, &a, Vec::new()).await;
+        let stale = c
+            .commit(
+                "g",
+                0,
+                &a.member_id,
+                None,
+                vec![("t".into(), 0, committed(6))],
+            )
+            .await;
+        assert_eq!(stale, codes::ILLEGAL_GENERATION);
+        let stranger = c
+            .commit("g", 1, "nobody", None, vec![("t".into(), 0, committed(6))])
+            .await;
+        assert_eq!(stranger, codes::UNKNOWN_MEMBER_ID);
+        let ok = c
+            .commit(
+                "g",
+                1,
+                &a.member_id,
+                None,
+                vec![("t".into(), 0, committed(7))],
+            )
+            .await;
+        assert_eq!(ok, codes::NONE);
+        let fetched = c.fetch("g", Some(vec![("t".into(), vec![0, 1])]));
+        assert_eq!(fetched[0].1[0].1.as_ref().map(|c| c.offset), Some(7));
+        assert!(fetched[0].1[1].1.is_none());
     }
 }

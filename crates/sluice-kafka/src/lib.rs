@@ -9,7 +9,7 @@
 //! files), `groups` and `offsets` (the classic group coordinator and committed offsets),
 //! `broker` (shared state and background work), `config`, `codes` (error codes).
 
-mod api;
+pub mod api;
 pub mod batch;
 pub mod broker;
 pub mod codes;

@@ -17,6 +17,8 @@ pub struct Broker {
     pub amqp: SocketAddr,
     pub kafka: SocketAddr,
     pub data_dir: PathBuf,
+    /// Extra environment, kept for restarts.
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -89,6 +91,10 @@ impl Broker {
             amqp: amqp.unwrap(),
             kafka: kafka.unwrap(),
             data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _tmp: None,
         }
     }
@@ -121,7 +127,12 @@ impl Broker {
             self.child.wait().unwrap();
         }
         let tmp = self._tmp.take();
-        let mut next = Broker::start_in(&self.data_dir);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut next = Broker::start_with(&self.data_dir, &env);
         next._tmp = tmp;
         next
     }

@@ -36,6 +36,26 @@ pub enum Target {
     /// Exit status: 0 clean; 3 finished but messages were missing, duplicated or malformed,
     /// or errors occurred; 1 could not run; 2 usage error.
     Amqp(AmqpArgs),
+
+    /// Drive any Kafka-protocol broker (Sluice, Apache Kafka, Redpanda, tansu, ...) through
+    /// librdkafka: produce throughput then consume throughput of a fresh topic
+    /// (--mode throughput), or publish→deliver latency at a fixed rate (--mode latency),
+    /// with the broker's CPU per MB when --broker-pid is given. The topic is deleted at
+    /// the end.
+    ///
+    /// Exit status: 0 clean; 3 finished but acknowledged records were not read back, or
+    /// errors occurred; 1 could not run; 2 usage error.
+    Kafka(KafkaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub options: crate::kafka::Options,
+
+    /// Write the report as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +76,42 @@ pub struct AmqpArgs {
 pub fn main(args: BenchArgs) -> ExitCode {
     match args.target {
         Target::Amqp(args) => amqp_main(&args),
+        Target::Kafka(args) => kafka_main(&args),
+    }
+}
+
+fn kafka_main(args: &KafkaArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice: bench: starting the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let report = match runtime.block_on(crate::kafka::run(&args.options)) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("sluice: bench: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| format!("encoding the JSON report: {e}"))
+            .and_then(|json| write(path, &(json + "\n")));
+        if let Err(message) = written {
+            eprintln!("sluice: bench: {message}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CHECK_FAILED)
     }
 }
 

@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use sluice_log::{FileSlice, send_file_slice};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tracing::debug;
 
 use crate::api;
+use crate::api::fetch::Chunk;
 use crate::broker::KafkaBroker;
+use std::os::fd::AsRawFd;
 
 /// Per-connection facts the handlers need.
 #[derive(Debug, Clone)]
@@ -71,7 +75,11 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: &Arc<KafkaBroker>) -> 
         let version = peek_i16(&frame, 2);
         let key = ApiKey::try_from(api_key)
             .map_err(|_| Close::Protocol(format!("unknown api key {api_key}")))?;
-        api::handle(broker, &mut client, key, version, &mut frame, &mut out).await?;
+        let chunks = api::handle(broker, &mut client, key, version, &mut frame, &mut out).await?;
+        if let Some(chunks) = chunks {
+            // Responses stay in order: what is pending goes first.
+            write_chunks(&mut write, &mut out, chunks).await?;
+        }
         // Answers go out when no further request is already buffered, so pipelined
         // requests share a write.
         if (read.buffer().is_empty() && !out.is_empty()) || out.len() >= WRITE_BATCH_BYTES {
@@ -79,6 +87,45 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: &Arc<KafkaBroker>) -> 
             out.clear();
         }
     }
+}
+
+/// Writes `out`, then the chunks: encoded bytes are gathered into `out` and written with
+/// it; file ranges go straight from the page cache to the socket with `sendfile(2)`.
+async fn write_chunks(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    chunks: Vec<Chunk>,
+) -> std::io::Result<()> {
+    for chunk in chunks {
+        match chunk {
+            Chunk::Bytes(b) => out.extend_from_slice(&b),
+            Chunk::File(slice) => {
+                if !out.is_empty() {
+                    write.write_all(out).await?;
+                    out.clear();
+                }
+                send_slice(write.as_ref(), &slice).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send_slice(stream: &TcpStream, slice: &FileSlice) -> std::io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let mut sent = 0;
+    while sent < slice.len {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || send_file_slice(fd, slice, sent)) {
+            // The file ends before the range: it was cut under us (never in normal
+            // operation). The frame cannot be completed; end the connection.
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Pending answers are written once they reach this, even with requests still buffered.

@@ -431,6 +431,8 @@ impl Coordinator {
             format!("{}-{serial:08x}-{nanos:08x}", a.client_id)
         };
         let mut known_unchanged = false;
+        // Set when a static member replaces its old self: the leader id to answer with.
+        let mut static_leader: Option<String> = None;
         let member_id = if a.member_id.is_empty() {
             let static_old = a.instance_id.as_ref().and_then(|inst| {
                 group
@@ -443,9 +445,10 @@ impl Coordinator {
                 // A static member came back: it takes over its old place under a new id.
                 let id = new_id();
                 let was_leader = group.leader.as_deref() == Some(old_id.as_str());
+                static_leader = group.leader.clone();
                 if let Some(m) = group.member(&old_id) {
                     m.fail_waiters(codes::FENCED_INSTANCE_ID);
-                    known_unchanged = m.protocols == a.protocols && !was_leader;
+                    known_unchanged = m.protocols == a.protocols;
                     m.id = id.clone();
                 }
                 if was_leader {
@@ -508,8 +511,11 @@ impl Coordinator {
             m.join = Some(tx);
         }
         match group.state {
-            GroupState::Stable if known_unchanged && !is_leader => {
-                // Nothing changed for this follower: it keeps the current generation.
+            GroupState::Stable if known_unchanged && (!is_leader || static_leader.is_some()) => {
+                // Nothing changed for this member: it keeps the current generation and its
+                // assignment. A returning static leader is answered with the old leader
+                // id, as Kafka does, so it does not compute an assignment a stable group
+                // would never hand out.
                 if let Some(m) = group.member(&member_id) {
                     m.join = None;
                 }
@@ -518,7 +524,9 @@ impl Coordinator {
                     generation: group.generation,
                     protocol_type: group.protocol_type.clone(),
                     protocol: group.protocol.clone(),
-                    leader: group.leader.clone().unwrap_or_default(),
+                    leader: static_leader
+                        .or_else(|| group.leader.clone())
+                        .unwrap_or_default(),
                     member_id,
                     members: Vec::new(),
                 });

@@ -9,9 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sluice_core::clock::Clock;
-use sluice_log::{Log, LogConfig, LogError};
+use sluice_log::{FileSlice, Log, LogConfig, LogError};
 use tokio::sync::{Notify, watch};
 
 use crate::batch::BatchInfo;
@@ -237,48 +237,34 @@ impl Partition {
         Ok(produced)
     }
 
-    /// Stored batches from the one holding `offset`, up to about `max_bytes` (at least one
-    /// batch when `at_least_one`), appended to `out`. Returns the error code and the
-    /// offsets `(log start, high watermark)`.
-    pub fn read(
+    /// File ranges of the stored batches from the one holding `offset`, up to about
+    /// `max_bytes` (at least one batch when `at_least_one`), for a zero-copy send.
+    /// Returns the error code, the log start offset and the high watermark too.
+    pub fn read_slices(
         &self,
         offset: i64,
         max_bytes: usize,
         at_least_one: bool,
-        out: &mut BytesMut,
-    ) -> (i16, i64, i64) {
+    ) -> (i16, i64, i64, Vec<FileSlice>) {
         let mut st = self.lock();
         let start = st.log.start_offset() as i64;
         let end = st.log.next_offset() as i64;
         if offset < start || offset > end {
-            return (codes::OFFSET_OUT_OF_RANGE, start, end);
+            return (codes::OFFSET_OUT_OF_RANGE, start, end, Vec::new());
         }
         if offset == end || (max_bytes == 0 && !at_least_one) {
-            return (codes::NONE, start, end);
+            return (codes::NONE, start, end, Vec::new());
         }
-        let limit = if at_least_one {
-            max_bytes.max(1)
-        } else {
-            max_bytes
-        };
-        match st.log.read(offset as u64, limit) {
-            Ok(batches) => {
-                let mut taken = 0;
-                for b in batches {
-                    if taken > 0 && taken + b.payload.len() > max_bytes {
-                        break;
-                    }
-                    if taken == 0 && !at_least_one && b.payload.len() > max_bytes {
-                        break;
-                    }
-                    taken += b.payload.len();
-                    out.extend_from_slice(&b.payload);
+        match st.log.read_slices(offset as u64, max_bytes.max(1)) {
+            Ok(mut slices) => {
+                if !at_least_one && slices.first().is_some_and(|s| s.len as usize > max_bytes) {
+                    slices.clear();
                 }
-                (codes::NONE, start, end)
+                (codes::NONE, start, end, slices)
             }
             Err(e) => {
                 tracing::error!(error = %e, partition = self.index, "partition read failed");
-                (codes::KAFKA_STORAGE_ERROR, start, end)
+                (codes::KAFKA_STORAGE_ERROR, start, end, Vec::new())
             }
         }
     }
@@ -420,13 +406,15 @@ mod tests {
         let p = open(dir.path());
         assert_eq!(produce(&p, batch(3, -1, -1)).unwrap().base_offset, 0);
         assert_eq!(produce(&p, batch(2, -1, -1)).unwrap().base_offset, 3);
-        let mut out = BytesMut::new();
-        let (code, start, end) = p.read(4, 1 << 20, true, &mut out);
-        assert_eq!((code, start, end), (codes::NONE, 0, 5));
+        let (code, start, end, slices) = p.read_slices(4, 1 << 20, true);
+        assert_eq!((code, start, end, slices.len()), (codes::NONE, 0, 5, 1));
+        let mut out = vec![0u8; slices[0].len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*slices[0].file, &mut out, slices[0].position)
+            .unwrap();
         // The batch holding offset 4 starts at 3, with its base offset rewritten.
         assert_eq!(&out[..8], &3i64.to_be_bytes());
         assert_eq!(&out[8..], &batch(2, -1, -1)[8..]);
-        let (code, ..) = p.read(6, 1 << 20, true, &mut out);
+        let (code, ..) = p.read_slices(6, 1 << 20, true);
         assert_eq!(code, codes::OFFSET_OUT_OF_RANGE);
     }
 

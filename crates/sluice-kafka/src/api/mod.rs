@@ -2,7 +2,7 @@
 //! and returns the response struct; this module owns headers, versions and framing.
 
 mod admin;
-mod fetch;
+pub mod fetch;
 mod group;
 mod list_offsets;
 mod metadata;
@@ -104,6 +104,7 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 }
 
 /// Handles one request frame (header and body) and appends its response, if any, to
+/// `out`; a response with record data (Fetch) comes back instead as chunks to send after
 /// `out`.
 pub async fn handle(
     broker: &Arc<KafkaBroker>,
@@ -112,7 +113,7 @@ pub async fn handle(
     version: i16,
     frame: &mut Bytes,
     out: &mut BytesMut,
-) -> Result<(), Close> {
+) -> Result<Option<Vec<fetch::Chunk>>, Close> {
     let Some((min, max)) = supported(key) else {
         return Err(Close::Protocol(format!("api {key:?} not supported")));
     };
@@ -127,7 +128,8 @@ pub async fn handle(
             0,
             0,
             &api_versions(codes::UNSUPPORTED_VERSION),
-        );
+        )
+        .map(|_| None);
     }
     if version < min || version > max {
         return Err(Close::Protocol(format!(
@@ -155,7 +157,7 @@ pub async fn handle(
         }};
     }
     let b = broker;
-    match key {
+    let encoded = match key {
         ApiKey::ApiVersions => {
             let _req: ApiVersionsRequest = decode(frame, version)?;
             // The ApiVersions response header is always v0.
@@ -175,7 +177,8 @@ pub async fn handle(
         }
         ApiKey::Fetch => {
             let req = decode(frame, version)?;
-            respond!(FetchResponse, fetch::fetch(b, req, version).await)
+            let answer = fetch::fetch(b, req).await;
+            return Ok(Some(fetch::encode(answer, cid, version)));
         }
         ApiKey::ListOffsets => {
             let req = decode(frame, version)?;
@@ -269,5 +272,6 @@ pub async fn handle(
             respond!(DescribeClusterResponse, admin::describe_cluster(b, req))
         }
         other => Err(Close::Protocol(format!("api {other:?} not supported"))),
-    }
+    };
+    encoded.map(|_| None)
 }

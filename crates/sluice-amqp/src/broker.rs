@@ -26,6 +26,10 @@ use crate::definitions::{Definitions, QueueRecord};
 /// messages and resumes when the connection has written some.
 pub const FLOW_BUFFERED_MAX: u32 = 1024;
 
+/// Message bodies a durable queue keeps in memory: stored messages that arrive while more
+/// than this is ready stay on disk only and are read back when delivered.
+pub const RESIDENT_BYTES_PER_QUEUE: u64 = 8 << 20;
+
 pub type ConnectionId = u64;
 
 /// Work for a connection task that comes from outside it.
@@ -271,11 +275,19 @@ impl QueueCell {
         if state.dead.is_empty() {
             return;
         }
-        let dead = std::mem::take(&mut state.dead);
-        state.settle(dead.iter().map(|d| d.entry.stored));
+        let mut dead = std::mem::take(&mut state.dead);
         if self.def.settings.dead_letter_exchange.is_none() {
+            state.settle(dead.iter().map(|d| d.entry.stored));
             return;
         }
+        // Bodies are read back before settling lets the log drop them.
+        let readable: Vec<bool> = dead
+            .iter_mut()
+            .map(|d| self.load(state, &mut d.entry))
+            .collect();
+        state.settle(dead.iter().map(|d| d.entry.stored));
+        let mut readable = readable.into_iter();
+        dead.retain(|_| readable.next().unwrap_or(false));
         let mut items = self
             .dead_letters
             .items
@@ -313,7 +325,48 @@ impl QueueCell {
         }
     }
 
-    fn send(self: &Arc<Self>, state: &mut QueueState, delivery: Delivery) {
+    /// Reads a paged-out message back from the store; `false` if it cannot be read (the
+    /// error is logged).
+    fn load(&self, state: &mut QueueState, entry: &mut Entry) -> bool {
+        if !entry.paged {
+            return true;
+        }
+        let (Some(store), Some(offset)) = (state.store.as_mut(), entry.stored) else {
+            return false;
+        };
+        match store.read(offset) {
+            Ok(message) => {
+                entry.message = Arc::new(message);
+                entry.paged = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(queue = %self.name, offset, error = %e, "stored message unreadable; dropped");
+                false
+            }
+        }
+    }
+
+    /// Drops a delivered message that could not be read back: out of the unacked set and
+    /// settled on disk, so it cannot block the consumer or come back.
+    fn drop_unreadable(state: &mut QueueState, entry: &Entry) {
+        state
+            .queue
+            .settle_many(&[entry.id], &mut |_| false, &mut Vec::new());
+        state.settle([entry.stored]);
+    }
+
+    fn send(self: &Arc<Self>, state: &mut QueueState, mut delivery: Delivery) {
+        if !self.load(state, &mut delivery.entry) {
+            if let Some(link) = state.links.get(&delivery.consumer) {
+                link.flow.release();
+                if let Some(credit) = &link.credit {
+                    credit.release(1);
+                }
+            }
+            Self::drop_unreadable(state, &delivery.entry);
+            return;
+        }
         let Some(link) = state.links.get(&delivery.consumer) else {
             state.queue.restore(delivery.entry);
             return;
@@ -377,6 +430,8 @@ impl QueueCell {
                 state.dead.push(Dead {
                     entry: Entry {
                         id: 0,
+                        size: u32::try_from(message.body_len()).unwrap_or(u32::MAX),
+                        paged: false,
                         message,
                         redelivered: false,
                         stored: None,
@@ -582,7 +637,15 @@ impl QueueCell {
         let mut state = self.lock();
         Self::expire(&mut state);
         self.hand_over_dead(&mut state);
-        let entry = state.queue.get(no_ack)?;
+        let mut entry = state.queue.get(no_ack)?;
+        if !self.load(&mut state, &mut entry) {
+            if no_ack {
+                state.settle([entry.stored]);
+            } else {
+                Self::drop_unreadable(&mut state, &entry);
+            }
+            return None;
+        }
         if no_ack {
             state.settle([entry.stored]);
         }
@@ -890,19 +953,22 @@ impl VHost {
             return Ok(());
         };
         let dir = storage.dir.join("queues").join(record.id.to_string());
-        let (store, recovered) =
-            QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
-                .map_err(|e| OpenError::Store(dir.clone(), e))?;
         let name: Arc<str> = record.name.as_str().into();
         let settings =
             queue_settings(&record.arguments, true, false, record.auto_delete).unwrap_or_default();
         let mut queue = Queue::with_limits(Arc::clone(&name), settings.limits.clone());
-        let count = recovered.len();
-        for r in recovered {
-            // Whether it was delivered before the restart is not recorded: flag it as
-            // possibly seen, as the AMQP `redelivered` bit allows.
-            queue.push(Arc::new(r.message), Some(r.offset), true, r.expires_at);
-        }
+        // Messages beyond the resident share are paged out as they are read back, so a
+        // long queue comes back without its bodies in memory.
+        queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
+        let mut count = 0usize;
+        let store =
+            QueueStore::open_each(&dir, storage.log.clone(), Arc::clone(&storage.clock), |r| {
+                count += 1;
+                // Whether it was delivered before the restart is not recorded: flag it as
+                // possibly seen, as the AMQP `redelivered` bit allows.
+                queue.push(Arc::new(r.message), Some(r.offset), true, r.expires_at);
+            })
+            .map_err(|e| OpenError::Store(dir.clone(), e))?;
         tracing::info!(queue = %name, messages = count, "durable queue restored");
         let def = QueueDef {
             durable: true,
@@ -920,9 +986,12 @@ impl VHost {
         name: Arc<str>,
         def: QueueDef,
         store_id: Option<u64>,
-        queue: Queue,
+        mut queue: Queue,
         store: Option<QueueStore<Confirm>>,
     ) -> Arc<QueueCell> {
+        if store.is_some() {
+            queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
+        }
         let cell = Arc::new(QueueCell {
             name: Arc::clone(&name),
             def,

@@ -29,6 +29,32 @@ pub struct Entry {
     pub expires_at: Option<i64>,
     /// Times it came back unacknowledged (for `x-delivery-limit`).
     pub returns: u32,
+    /// Body length, kept when the body itself is paged out.
+    pub size: u32,
+    /// Body and properties were dropped from memory: they are read back from the store
+    /// (at `stored`) before the message leaves the queue.
+    pub paged: bool,
+}
+
+impl Entry {
+    /// Drops the body and properties of a stored message, keeping what the queue needs
+    /// (routing fields, priority, expiry).
+    pub fn page_out(&mut self) {
+        if self.paged || self.stored.is_none() {
+            return;
+        }
+        let m = &self.message;
+        self.message = Arc::new(Message {
+            exchange: Arc::clone(&m.exchange),
+            routing_key: Arc::clone(&m.routing_key),
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::new(),
+            persistent: m.persistent,
+            priority: m.priority,
+            expiration_ms: m.expiration_ms,
+        });
+        self.paged = true;
+    }
 }
 
 /// Asked once for a chosen consumer: may its connection take one more delivery now?
@@ -136,6 +162,8 @@ pub struct Queue {
     pub name: Arc<str>,
     limits: Limits,
     next_id: MessageId,
+    /// See [`Queue::set_paging`].
+    page_above: Option<u64>,
     ready: Ready,
     unacked: HashMap<MessageId, (Entry, Option<ConsumerId>)>,
     /// Ordered by priority (highest first), then by arrival.
@@ -156,6 +184,7 @@ impl Queue {
             ready: Ready::new(limits.max_priority),
             limits,
             next_id: 0,
+            page_above: None,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             cursor: 0,
@@ -165,6 +194,12 @@ impl Queue {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Stored messages pushed while more than `bytes` of bodies are ready are paged out
+    /// (their bodies stay on disk only).
+    pub fn set_paging(&mut self, bytes: Option<u64>) {
+        self.page_above = bytes;
     }
 
     pub fn message_count(&self) -> u32 {
@@ -278,14 +313,20 @@ impl Queue {
     ) -> MessageId {
         let id = self.next_id;
         self.next_id += 1;
-        self.ready.push_back(Entry {
+        let mut entry = Entry {
             id,
+            size: u32::try_from(message.body_len()).unwrap_or(u32::MAX),
             message,
             redelivered,
             stored,
             expires_at,
             returns: 0,
-        });
+            paged: false,
+        };
+        if self.page_above.is_some_and(|max| self.ready.bytes() >= max) {
+            entry.page_out();
+        }
+        self.ready.push_back(entry);
         id
     }
 
@@ -538,6 +579,33 @@ mod tests {
         out.iter()
             .map(|d| (d.consumer, &d.entry.message.body[..]))
             .collect()
+    }
+
+    #[test]
+    fn stored_messages_beyond_the_resident_share_are_paged_out() {
+        let mut q = Queue::new("q".into());
+        q.set_paging(Some(4));
+        q.push(msg("abc"), Some(0), false, None);
+        q.push(msg("defg"), Some(1), false, None);
+        // Ready bytes reached the share: the next stored message is paged, an unstored
+        // one cannot be.
+        q.push(msg("hij"), Some(2), false, None);
+        q.push(msg("kl"), None, false, None);
+        assert_eq!(
+            q.ready_bytes(),
+            12,
+            "paged bodies still count toward length limits"
+        );
+        let got: Vec<(bool, u32, usize)> = (0..4)
+            .map(|_| {
+                let e = q.get(true).unwrap();
+                (e.paged, e.size, e.message.body.len())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(false, 3, 3), (false, 4, 4), (true, 3, 0), (false, 2, 2)]
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Ready {
 
     fn added(&mut self, entry: &Entry, level: u8) {
         self.len += 1;
-        self.bytes += entry.message.body_len() as u64;
+        self.bytes += u64::from(entry.size);
         if let Some(at) = entry.expires_at {
             self.expiry.insert((at, entry.id, level));
         }
@@ -53,7 +53,7 @@ impl Ready {
 
     fn removed(&mut self, entry: &Entry, level: u8) {
         self.len -= 1;
-        self.bytes -= entry.message.body_len() as u64;
+        self.bytes -= u64::from(entry.size);
         if let Some(at) = entry.expires_at {
             self.expiry.remove(&(at, entry.id, level));
         }
@@ -110,7 +110,7 @@ impl Ready {
                 && let Some(entry) = q.remove(i)
             {
                 self.len -= 1;
-                self.bytes -= entry.message.body_len() as u64;
+                self.bytes -= u64::from(entry.size);
                 out.push(entry);
             }
         }

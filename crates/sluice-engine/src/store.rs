@@ -122,6 +122,19 @@ impl<W> QueueStore<W> {
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, Vec<Recovered>), StoreError> {
+        let mut recovered = Vec::new();
+        let store = Self::open_each(dir, config, clock, |r| recovered.push(r))?;
+        Ok((store, recovered))
+    }
+
+    /// Like [`QueueStore::open`], handing each unsettled message to `each` as it is read,
+    /// so a long queue need not be held in memory whole.
+    pub fn open_each(
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        mut each: impl FnMut(Recovered),
+    ) -> Result<Self, StoreError> {
         let messages = Log::open(dir.join("messages"), config.clone(), Arc::clone(&clock))?;
         let mut settled = Log::open(dir.join("settled"), config, clock)?;
         let start = messages.start_offset();
@@ -151,7 +164,6 @@ impl<W> QueueStore<W> {
             settled_above_head: BTreeSet::new(),
             scratch: Vec::new(),
         };
-        let mut recovered = Vec::new();
         let mut offset = start;
         loop {
             let batches = store.messages.read(offset, 1 << 20)?;
@@ -166,7 +178,7 @@ impl<W> QueueStore<W> {
                         path: store.dir.clone(),
                         offset: batch.base_offset,
                     })?;
-                recovered.push(Recovered {
+                each(Recovered {
                     offset: batch.base_offset,
                     message,
                     expires_at,
@@ -176,7 +188,25 @@ impl<W> QueueStore<W> {
         store.settled_above_head = done;
         store.advance_head();
         store.compact_settled()?;
-        Ok((store, recovered))
+        Ok(store)
+    }
+
+    /// Reads back the message stored at `offset` (for a paged-out entry). Its bytes are
+    /// copied out, so the message does not pin the read buffer.
+    pub fn read(&mut self, offset: u64) -> Result<Message, StoreError> {
+        let undecodable = || StoreError::Undecodable {
+            path: self.dir.clone(),
+            offset,
+        };
+        let batches = self.messages.read(offset, 1)?;
+        let batch = batches
+            .into_iter()
+            .find(|b| b.base_offset == offset)
+            .ok_or_else(undecodable)?;
+        let (mut message, _) = decode(batch.payload).ok_or_else(undecodable)?;
+        message.body = bytes::Bytes::copy_from_slice(&message.body);
+        message.properties = bytes::Bytes::copy_from_slice(&message.properties);
+        Ok(message)
     }
 
     pub fn dir(&self) -> &Path {
@@ -322,6 +352,17 @@ mod tests {
         encode(&m, Some(1234), &mut buf);
         assert_eq!(decode(Bytes::from(buf)), Some((m, Some(1234))));
         assert_eq!(decode(Bytes::from_static(&[9, 0])), None);
+    }
+
+    #[test]
+    fn a_stored_message_reads_back_by_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let a = store.append(&message("first"), None).unwrap();
+        let b = store.append(&message("second"), Some(7)).unwrap();
+        assert_eq!(store.read(b).unwrap(), message("second"));
+        assert_eq!(store.read(a).unwrap(), message("first"));
+        assert!(store.read(b + 1).is_err());
     }
 
     #[test]

@@ -142,6 +142,14 @@ impl Broker {
         self.lines.try_iter().collect()
     }
 
+    /// Resident memory of the server process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
     /// Whether the process is still running (it must survive bad input).
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

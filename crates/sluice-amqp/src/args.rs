@@ -20,6 +20,8 @@ pub struct QueueSettings {
     /// The hidden queue of a delayed exchange: messages leave it when due and are routed
     /// through `dead_letter_exchange` unchanged.
     pub delay: bool,
+    /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
+    pub quorum: bool,
 }
 
 /// Internal argument marking the hidden queue of an `x-delayed-message` exchange.
@@ -86,6 +88,7 @@ pub fn queue_settings(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("x-single-active-consumer", "must be a boolean")),
     };
+    let quorum = text(args, "x-queue-type")? == Some("quorum");
     match text(args, "x-queue-type")? {
         None | Some("classic") => {}
         Some("quorum") => {
@@ -112,6 +115,7 @@ pub fn queue_settings(
         dead_letter_routing_key: text(args, "x-dead-letter-routing-key")?.map(Arc::from),
         expires_ms,
         delay: args.get(DELAY_ARGUMENT).is_some(),
+        quorum,
     })
 }
 

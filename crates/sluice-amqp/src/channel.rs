@@ -558,10 +558,16 @@ impl Channel {
                                 message_count: remaining,
                             })),
                         );
+                        let properties = crate::props::delivered_properties(
+                            &entry.message.properties,
+                            queue.def.settings.quorum,
+                            entry.returns,
+                            true,
+                        );
                         frame::write_content(
                             ctx.out,
                             id,
-                            &entry.message.properties,
+                            &properties,
                             &entry.message.body,
                             ctx.frame_max,
                         );
@@ -812,10 +818,16 @@ impl Channel {
             &entry.message.exchange,
             &entry.message.routing_key,
         );
+        let properties = crate::props::delivered_properties(
+            &entry.message.properties,
+            queue.def.settings.quorum,
+            entry.returns,
+            false,
+        );
         frame::write_content(
             ctx_out,
             self.id,
-            &entry.message.properties,
+            &properties,
             &entry.message.body,
             frame_max,
         );

@@ -126,6 +126,35 @@ pub fn read_known(raw: &[u8], want_headers: bool) -> Result<Known, AmqpError> {
     })
 }
 
+/// The same properties with header `x-delivery-count` set to `count` (quorum queues
+/// count earlier returns of a message this way).
+pub fn with_delivery_count(raw: &[u8], count: u32) -> Option<Bytes> {
+    let (_, props) = parse_properties(raw).ok()?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from("x-delivery-count"),
+        AMQPValue::LongLongInt(i64::from(count)),
+    );
+    let props = props.with_headers(headers);
+    let encoded = amq_protocol::protocol::basic::gen_properties(&props)(
+        amq_protocol::frame::WriteContext::from(Vec::new()),
+    )
+    .ok()?
+    .write;
+    Some(Bytes::from(encoded))
+}
+
+/// The properties a delivery from `queue` carries: a quorum queue adds
+/// `x-delivery-count`, as RabbitMQ does (on `basic.get` always, starting at 0; on
+/// `basic.deliver` from the first return on).
+pub fn delivered_properties(raw: &Bytes, quorum: bool, returns: u32, get: bool) -> Bytes {
+    if quorum && (get || returns > 0) {
+        with_delivery_count(raw, returns).unwrap_or_else(|| raw.clone())
+    } else {
+        raw.clone()
+    }
+}
+
 /// The same properties with `reply_to` replaced (direct reply-to rewrites it).
 pub fn with_reply_to(raw: &[u8], reply_to: &str) -> Option<Bytes> {
     let (_, props) = parse_properties(raw).ok()?;

@@ -1272,6 +1272,8 @@ impl Alarms {
 #[derive(Debug)]
 pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
+    /// Who may log in and what each may do (`guest`/`guest` by default).
+    pub users: crate::auth::Users,
     next_id: AtomicU64,
     pub message_bytes_max: usize,
     pub alarms: Alarms,
@@ -1297,6 +1299,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
+            users: crate::auth::Users::default(),
         }
     }
 
@@ -1320,6 +1323,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
+            users: crate::auth::Users::default(),
         })
     }
 

@@ -15,6 +15,7 @@ use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
 
 use crate::args;
+use crate::auth::Access;
 use crate::broker::{
     Broker, ChannelCredit, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost,
 };
@@ -28,10 +29,23 @@ pub struct Ctx<'a> {
     /// The authenticated user.
     pub user: &'a str,
     pub vhost: &'a Arc<VHost>,
+    /// The user's permissions in this virtual host; `None`: unrestricted.
+    pub perms: Option<&'a crate::auth::Permissions>,
     pub connection: ConnectionId,
     pub outbox: &'a Outbox,
     pub out: &'a mut BytesMut,
     pub frame_max: u32,
+}
+
+impl Ctx<'_> {
+    /// RabbitMQ's permission check: 403 ACCESS_REFUSED unless `name` matches the user's
+    /// pattern for `access` in this virtual host.
+    fn allow(&self, access: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
+        match self.perms {
+            Some(p) => p.check(access, kind, name),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A `basic.publish` waiting for its content.
@@ -215,6 +229,7 @@ impl Channel {
                         return Err(AmqpError::not_found("exchange", name, &ctx.vhost.name));
                     }
                 } else {
+                    ctx.allow(Access::Configure, "exchange", name)?;
                     let arguments = props::table_from_amqp(&d.arguments);
                     let delayed = d.kind.as_str() == DELAYED_TYPE;
                     let kind_name = if delayed {
@@ -255,6 +270,7 @@ impl Channel {
                 )
             }
             exchange::AMQPMethod::Delete(d) => {
+                ctx.allow(Access::Configure, "exchange", d.exchange.as_str())?;
                 let when = if d.if_unused {
                     DeleteWhen::Unused
                 } else {
@@ -273,6 +289,8 @@ impl Channel {
                 )
             }
             exchange::AMQPMethod::Bind(b) => {
+                ctx.allow(Access::Write, "exchange", b.destination.as_str())?;
+                ctx.allow(Access::Read, "exchange", b.source.as_str())?;
                 let binding = binding(
                     &b.source,
                     Destination::Exchange(b.destination.as_str().into()),
@@ -288,6 +306,8 @@ impl Channel {
                 )
             }
             exchange::AMQPMethod::Unbind(b) => {
+                ctx.allow(Access::Write, "exchange", b.destination.as_str())?;
+                ctx.allow(Access::Read, "exchange", b.source.as_str())?;
                 let binding = binding(
                     &b.source,
                     Destination::Exchange(b.destination.as_str().into()),
@@ -340,6 +360,7 @@ impl Channel {
                     } else {
                         requested.into()
                     };
+                    ctx.allow(Access::Configure, "queue", &name)?;
                     let arguments = props::table_from_amqp(&d.arguments);
                     let settings =
                         args::queue_settings(&arguments, d.durable, d.exclusive, d.auto_delete)?;
@@ -384,6 +405,8 @@ impl Channel {
                 )
             }
             queue::AMQPMethod::Bind(b) => {
+                ctx.allow(Access::Write, "queue", b.queue.as_str())?;
+                ctx.allow(Access::Read, "exchange", b.exchange.as_str())?;
                 self.find_queue(ctx, b.queue.as_str())?;
                 let binding = binding(
                     &b.exchange,
@@ -400,6 +423,8 @@ impl Channel {
                 )
             }
             queue::AMQPMethod::Unbind(b) => {
+                ctx.allow(Access::Write, "queue", b.queue.as_str())?;
+                ctx.allow(Access::Read, "exchange", b.exchange.as_str())?;
                 self.find_queue(ctx, b.queue.as_str())?;
                 let binding = binding(
                     &b.exchange,
@@ -415,6 +440,7 @@ impl Channel {
                 )
             }
             queue::AMQPMethod::Purge(p) => {
+                ctx.allow(Access::Read, "queue", p.queue.as_str())?;
                 let queue = self.find_queue(ctx, p.queue.as_str())?;
                 let count = queue.purge();
                 ok_unless(
@@ -428,6 +454,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let name = d.queue.as_str();
+                ctx.allow(Access::Configure, "queue", name)?;
                 let count = match ctx.vhost.client_queue(name) {
                     None => 0,
                     Some(queue) => {
@@ -469,6 +496,7 @@ impl Channel {
         match method {
             basic::AMQPMethod::Publish(p) => {
                 let exchange = p.exchange.as_str();
+                ctx.allow(Access::Write, "exchange", exchange)?;
                 {
                     let router = ctx.vhost.router();
                     match router.exchange(exchange) {
@@ -537,6 +565,7 @@ impl Channel {
                 )
             }
             basic::AMQPMethod::Get(g) => {
+                ctx.allow(Access::Read, "queue", g.queue.as_str())?;
                 let queue = self.find_queue(ctx, g.queue.as_str())?;
                 queue.touch();
                 match queue.get(g.no_ack) {
@@ -675,6 +704,7 @@ impl Channel {
         if c.queue.as_str() == REPLY_TO {
             return self.consume_replies(ctx, c);
         }
+        ctx.allow(Access::Read, "queue", c.queue.as_str())?;
         let queue = self.find_queue(ctx, c.queue.as_str())?;
         queue.touch();
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {

@@ -73,6 +73,7 @@ struct Conn {
     config: ConnectionConfig,
     phase: Phase,
     vhost: Option<Arc<VHost>>,
+    perms: Option<Arc<crate::auth::Permissions>>,
     frame_max: u32,
     channel_max: u16,
     heartbeat_s: u16,
@@ -125,6 +126,7 @@ async fn run(
         broker,
         phase: Phase::AwaitStartOk,
         vhost: None,
+        perms: None,
         frame_max: FRAME_MAX_BEFORE_TUNE,
         channel_max: config.channel_max,
         heartbeat_s: 0,
@@ -397,8 +399,8 @@ impl Conn {
                         if matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)))
                 );
                 let login = credentials(s.mechanism.as_str(), s.response.as_bytes());
-                let allowed = matches!(&login, Some((user, pass)) if user == "guest" && pass == "guest")
-                    && self.peer.ip().is_loopback();
+                let allowed = matches!(&login, Some((user, pass))
+                    if self.broker.users.login(user, pass, self.peer.ip().is_loopback()));
                 if !allowed {
                     tracing::info!(peer = %self.peer, mechanism = s.mechanism.as_str(), "login refused");
                     return Err(AmqpError::connection(
@@ -456,6 +458,17 @@ impl Conn {
                         format!("NOT_ALLOWED - vhost {name} not found"),
                     ));
                 };
+                let Ok(perms) = self.broker.users.vhost_access(&self.user, name) else {
+                    tracing::info!(peer = %self.peer, user = %self.user, vhost = name, "vhost access refused");
+                    return Err(AmqpError::connection(
+                        codes::NOT_ALLOWED,
+                        format!(
+                            "NOT_ALLOWED - access to vhost '{name}' refused for user '{}'",
+                            self.user
+                        ),
+                    ));
+                };
+                self.perms = perms;
                 self.vhost = Some(vhost);
                 frame::write_method(
                     &mut self.out,
@@ -573,6 +586,7 @@ impl Conn {
             broker: &self.broker,
             user: &self.user,
             vhost: &vhost,
+            perms: self.perms.as_deref(),
             connection: self.id,
             outbox: &self.outbox,
             out: &mut self.out,

@@ -7,6 +7,7 @@
 //! queues and routing, durable storage), `definitions` (the durable definitions file), `props` (message properties), `error` (reply codes).
 
 mod args;
+pub mod auth;
 pub mod broker;
 mod channel;
 pub mod connection;

@@ -26,6 +26,11 @@ pub struct Config {
     pub amqp_listen: SocketAddr,
     /// Virtual hosts AMQP clients may open.
     pub amqp_vhosts: Vec<String>,
+    /// AMQP users, `name:password` separated by commas.
+    pub amqp_users: String,
+    /// AMQP permissions, `user@vhost configure write read` separated by semicolons; empty:
+    /// every user may do everything in every virtual host.
+    pub amqp_permissions: String,
     /// Where Kafka clients connect.
     pub kafka_listen: SocketAddr,
     /// Host given to Kafka clients in Metadata; empty means the listen address's IP.
@@ -54,6 +59,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./sluice-data"),
             amqp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5672)),
             amqp_vhosts: vec!["/".to_owned()],
+            amqp_users: "guest:guest".to_owned(),
+            amqp_permissions: String::new(),
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             kafka_advertised_host: String::new(),
             kafka_auto_create_topics: true,
@@ -299,6 +306,25 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "amqp.users",
+        env: "SLUICE_AMQP_USERS",
+        flag: None,
+        set: |d, v| {
+            sluice_amqp::auth::Users::parse(v, "")?;
+            d.config.amqp_users = v.to_owned();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.permissions",
+        env: "SLUICE_AMQP_PERMISSIONS",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_permissions = v.to_owned();
+            Ok(())
+        },
+    },
+    Setting {
         key: "limits.memory_high_watermark",
         env: "SLUICE_LIMITS_MEMORY_HIGH_WATERMARK",
         flag: None,
@@ -442,6 +468,17 @@ impl Draft {
                 bytes: self.flush_bytes,
             },
         };
+        if let Err(reason) =
+            sluice_amqp::auth::Users::parse(&self.config.amqp_users, &self.config.amqp_permissions)
+        {
+            let key = "amqp.permissions".to_owned();
+            let origin = self
+                .origins
+                .get(key.as_str())
+                .cloned()
+                .unwrap_or(Origin::Default { key });
+            return Err(ConfigError::Value { origin, reason });
+        }
         if let Err(error) = self.config.storage.validate() {
             let key = format!("storage.{}", error.key);
             let origin = self
@@ -637,6 +674,34 @@ mod tests {
         assert_eq!(config.amqp_listen.to_string(), "127.0.0.1:5672");
         assert_eq!(config.kafka_listen.to_string(), "127.0.0.1:9092");
         assert_eq!(config.log_level, "info");
+    }
+
+    #[test]
+    fn amqp_permissions_are_checked_against_the_users() {
+        let line = error_line(load_with(
+            None,
+            &[("SLUICE_AMQP_PERMISSIONS", "nobody@/ .* .* .*")],
+            &[],
+        ));
+        assert_eq!(
+            line,
+            "SLUICE_AMQP_PERMISSIONS: permission \"nobody@/ .* .* .*\": unknown user \"nobody\""
+        );
+        let line = error_line(load_with(None, &[("SLUICE_AMQP_USERS", "alice")], &[]));
+        assert_eq!(
+            line,
+            "SLUICE_AMQP_USERS: user \"alice\": expected name:password"
+        );
+        let config = load_with(
+            None,
+            &[
+                ("SLUICE_AMQP_USERS", "guest:guest,alice:pw"),
+                ("SLUICE_AMQP_PERMISSIONS", "alice@/ ^a ^a .*"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.amqp_permissions, "alice@/ ^a ^a .*");
     }
 
     #[test]

@@ -55,7 +55,14 @@ class SluiceProcess:
                 "or set AMQP_URL to test another broker",
                 pytrace=False,
             )
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env = dict(
+            os.environ,
+            NO_COLOR="1",
+            RUST_LOG=os.environ.get("RUST_LOG", "info"),
+            # The users test_permissions.py expects (see its docstring for RabbitMQ).
+            SLUICE_AMQP_USERS="guest:guest,alice:alice-pw,carol:carol-pw",
+            SLUICE_AMQP_PERMISSIONS="guest@/ .* .* .*; alice@/ ^alice- ^alice- .*",
+        )
         self.proc = subprocess.Popen(
             [
                 self.binary,

@@ -1,0 +1,228 @@
+//! Users and their permissions, as RabbitMQ has them: a user logs in with a password
+//! (`guest` only from loopback); per virtual host it has three regular expressions that
+//! resource names must match to be configured (declared, deleted), written (published to,
+//! bound to) or read (consumed from, bound from, purged). A refusal is 403 ACCESS_REFUSED
+//! with RabbitMQ's text.
+//!
+//! Configuration strings (from `amqp.users` and `amqp.permissions`):
+//! - users: `name:password` entries separated by commas;
+//! - permissions: `user@vhost configure write read` entries separated by semicolons,
+//!   each field separated by spaces. With no permissions configured, every user may use
+//!   every virtual host fully.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use regex::Regex;
+
+use crate::error::{AmqpError, codes};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Configure,
+    Write,
+    Read,
+}
+
+/// A user's permissions in one virtual host.
+#[derive(Debug)]
+pub struct Permissions {
+    user: String,
+    vhost: String,
+    configure: Regex,
+    write: Regex,
+    read: Regex,
+}
+
+impl Permissions {
+    fn new(user: &str, vhost: &str, patterns: [&str; 3]) -> Result<Permissions, String> {
+        let compile = |p: &str| {
+            // RabbitMQ treats an empty pattern as "nothing".
+            let p = if p.is_empty() { "^$" } else { p };
+            Regex::new(p).map_err(|e| format!("invalid permission pattern {p:?}: {e}"))
+        };
+        Ok(Permissions {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            configure: compile(patterns[0])?,
+            write: compile(patterns[1])?,
+            read: compile(patterns[2])?,
+        })
+    }
+
+    /// `kind` is "queue" or "exchange"; the default exchange is checked as `amq.default`.
+    pub fn check(&self, access: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let pattern = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        if pattern.is_match(name) {
+            return Ok(());
+        }
+        Err(AmqpError::channel(
+            codes::ACCESS_REFUSED,
+            format!(
+                "ACCESS_REFUSED - access to {kind} '{name}' in vhost '{}' refused for user '{}'",
+                self.vhost, self.user
+            ),
+        ))
+    }
+}
+
+/// The user has no permissions in the virtual host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoAccess;
+
+#[derive(Debug)]
+struct User {
+    password: String,
+    /// Per virtual host; empty when permissions are not configured at all.
+    vhosts: HashMap<String, Arc<Permissions>>,
+}
+
+#[derive(Debug)]
+pub struct Users {
+    users: HashMap<String, User>,
+    /// Whether `amqp.permissions` was given; if not, everyone may do everything.
+    restricted: bool,
+}
+
+impl Default for Users {
+    /// `guest`/`guest` with full access, as a fresh RabbitMQ.
+    fn default() -> Self {
+        Users::parse("guest:guest", "").unwrap_or(Users {
+            users: HashMap::new(),
+            restricted: false,
+        })
+    }
+}
+
+impl Users {
+    pub fn parse(users: &str, permissions: &str) -> Result<Users, String> {
+        let mut out = HashMap::new();
+        for entry in users.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, password) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("user {entry:?}: expected name:password"))?;
+            if name.is_empty() {
+                return Err(format!("user {entry:?}: empty name"));
+            }
+            out.insert(
+                name.to_string(),
+                User {
+                    password: password.to_string(),
+                    vhosts: HashMap::new(),
+                },
+            );
+        }
+        let mut restricted = false;
+        for entry in permissions
+            .split(';')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            restricted = true;
+            let fields: Vec<&str> = entry.split_whitespace().collect();
+            let [who, configure, write, read] = fields[..] else {
+                return Err(format!(
+                    "permission {entry:?}: expected \"user@vhost configure write read\""
+                ));
+            };
+            let (user, vhost) = who
+                .split_once('@')
+                .ok_or_else(|| format!("permission {entry:?}: expected user@vhost"))?;
+            let record = out
+                .get_mut(user)
+                .ok_or_else(|| format!("permission {entry:?}: unknown user {user:?}"))?;
+            record.vhosts.insert(
+                vhost.to_string(),
+                Arc::new(Permissions::new(user, vhost, [configure, write, read])?),
+            );
+        }
+        Ok(Users {
+            users: out,
+            restricted,
+        })
+    }
+
+    /// Whether `user` may log in with `password` from a peer that is (or is not) on
+    /// loopback. `guest` may only log in from loopback, as RabbitMQ's `loopback_users`.
+    pub fn login(&self, user: &str, password: &str, loopback: bool) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
+        // Compare every byte, so the time taken does not tell how much of it matched.
+        let same = u.password.len() == password.len()
+            && u.password
+                .bytes()
+                .zip(password.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same && (loopback || user != "guest")
+    }
+
+    /// The user's permissions in `vhost`: `Ok(None)` means unrestricted.
+    pub fn vhost_access(
+        &self,
+        user: &str,
+        vhost: &str,
+    ) -> Result<Option<Arc<Permissions>>, NoAccess> {
+        if !self.restricted {
+            return Ok(None);
+        }
+        self.users
+            .get(user)
+            .and_then(|u| u.vhosts.get(vhost))
+            .cloned()
+            .map(Some)
+            .ok_or(NoAccess)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_and_the_loopback_rule() {
+        let users = Users::parse("guest:guest, alice:s3cr:t", "").unwrap();
+        assert!(users.login("guest", "guest", true));
+        assert!(!users.login("guest", "guest", false));
+        assert!(users.login("alice", "s3cr:t", false));
+        assert!(!users.login("alice", "s3cr", true));
+        assert!(!users.login("bob", "", true));
+        assert!(users.vhost_access("alice", "/").unwrap().is_none());
+    }
+
+    #[test]
+    fn permissions_match_names_like_rabbitmq() {
+        let users = Users::parse(
+            "guest:guest,alice:pw",
+            "alice@/ ^alice-.* ^(alice-.*|amq\\.default)$ .*; guest@/ .* .* .*",
+        )
+        .unwrap();
+        let p = users.vhost_access("alice", "/").unwrap().unwrap();
+        assert!(p.check(Access::Configure, "queue", "alice-q").is_ok());
+        let Err(AmqpError::Channel { code, text, .. }) =
+            p.check(Access::Configure, "queue", "bob-q")
+        else {
+            panic!("expected a channel error");
+        };
+        assert_eq!(code, codes::ACCESS_REFUSED);
+        assert_eq!(
+            text,
+            "ACCESS_REFUSED - access to queue 'bob-q' in vhost '/' refused for user 'alice'"
+        );
+        assert!(p.check(Access::Write, "exchange", "").is_ok());
+        assert!(users.vhost_access("alice", "other").is_err());
+        assert!(Users::parse("a:b", "a@/ .* .*").is_err());
+        assert!(Users::parse("a:b", "nobody@/ .* .* .*").is_err());
+        assert!(Users::parse("a:b", "a@/ ( .* .*").is_err());
+    }
+}

@@ -116,6 +116,44 @@ impl ProducerState {
     }
 }
 
+/// How far back (in offsets) a reopened partition looks to rebuild idempotent producers'
+/// recent batches, so a retry that crosses a restart is still recognised.
+const REBUILD_OFFSETS: u64 = 20_000;
+
+/// The last batches of every idempotent producer in the log's tail.
+fn recent_producers(log: &mut Log) -> Result<HashMap<i64, ProducerState>, LogError> {
+    let mut producers: HashMap<i64, ProducerState> = HashMap::new();
+    let mut at = log
+        .next_offset()
+        .saturating_sub(REBUILD_OFFSETS)
+        .max(log.start_offset());
+    let mut infos = Vec::new();
+    loop {
+        let batches = log.read(at, 1 << 20)?;
+        let Some(last) = batches.last() else { break };
+        at = last.next_offset();
+        for b in &batches {
+            if crate::batch::split(&b.payload, &mut infos).is_err() {
+                continue;
+            }
+            for info in infos.iter().filter(|i| i.producer_id >= 0) {
+                if producers.len() >= PRODUCERS_MAX && !producers.contains_key(&info.producer_id) {
+                    continue;
+                }
+                producers
+                    .entry(info.producer_id)
+                    .or_insert_with(|| ProducerState {
+                        epoch: info.producer_epoch,
+                        batches: VecDeque::new(),
+                        last_used: 0,
+                    })
+                    .record(info, b.base_offset);
+            }
+        }
+    }
+    Ok(producers)
+}
+
 impl Partition {
     pub fn open(
         index: i32,
@@ -123,13 +161,14 @@ impl Partition {
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Partition, LogError> {
-        let log = Log::open(dir, config, clock)?;
+        let mut log = Log::open(dir, config, clock)?;
         let durable = log.durable_offset();
+        let producers = recent_producers(&mut log)?;
         Ok(Partition {
             index,
             state: Mutex::new(PartitionState {
                 log,
-                producers: HashMap::new(),
+                producers,
                 uses: 0,
                 waiters: Vec::new(),
                 syncing: false,
@@ -416,6 +455,25 @@ mod tests {
         assert_eq!(&out[8..], &batch(2, -1, -1)[8..]);
         let (code, ..) = p.read_slices(6, 1 << 20, true);
         assert_eq!(code, codes::OFFSET_OUT_OF_RANGE);
+    }
+
+    #[test]
+    fn a_retry_after_a_restart_is_still_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let p = open(dir.path());
+            produce(&p, batch(2, 9, 0)).unwrap();
+            produce(&p, batch(3, 9, 2)).unwrap();
+            p.lock().log.sync().unwrap();
+        }
+        let p = open(dir.path());
+        assert_eq!(produce(&p, batch(3, 9, 2)).unwrap().base_offset, 2);
+        assert_eq!(p.offsets().1, 5, "the retry was not stored again");
+        assert_eq!(
+            produce(&p, batch(1, 9, 9)),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(produce(&p, batch(1, 9, 5)).unwrap().base_offset, 5);
     }
 
     #[test]

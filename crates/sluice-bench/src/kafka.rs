@@ -72,6 +72,11 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub partitions: i32,
 
+    /// Throughput mode: consuming threads, each with its own consumer reading every
+    /// N-th partition (at most --partitions)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub consumers: u32,
+
     /// Producer compression codec
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
@@ -326,6 +331,17 @@ fn producer(
 }
 
 fn consumer(o: &Options, topic: &str, from: Offset) -> Result<BaseConsumer, RunError> {
+    consumer_of(o, topic, from, 0, 1)
+}
+
+/// A consumer assigned the partitions `p` with `p % of == index`.
+fn consumer_of(
+    o: &Options,
+    topic: &str,
+    from: Offset,
+    index: i32,
+    of: i32,
+) -> Result<BaseConsumer, RunError> {
     let mut c = base_config(o);
     c.set("group.id", format!("{topic}-reader"))
         .set("enable.auto.commit", "false")
@@ -335,7 +351,7 @@ fn consumer(o: &Options, topic: &str, from: Offset) -> Result<BaseConsumer, RunE
         .set("queued.max.messages.kbytes", "1048576");
     let consumer: BaseConsumer = c.create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..o.partitions {
+    for p in (0..o.partitions).filter(|p| p % of == index) {
         tpl.add_partition_offset(topic, p, from)?;
     }
     consumer.assign(&tpl)?;
@@ -440,23 +456,50 @@ fn throughput(o: &Options, topic: &str) -> Result<Report, RunError> {
     }
     drop(p);
 
-    let c = consumer(o, topic, Offset::Beginning)?;
+    let threads = o.consumers.clamp(1, o.partitions as u32) as i32;
+    let consumers = (0..threads)
+        .map(|i| consumer_of(o, topic, Offset::Beginning, i, threads))
+        .collect::<Result<Vec<_>, _>>()?;
     let window = CpuWindow::start(o.broker_pid);
     let start = Instant::now();
-    let mut read = 0u64;
-    let mut bytes = 0u64;
-    let mut last = Instant::now();
-    while read < acked && last.elapsed() < Duration::from_secs(30) {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                read += 1;
-                bytes += m.payload().map_or(0, |b| b.len() as u64);
-                last = Instant::now();
-            }
-            Some(Err(e)) if errors.len() < 5 => errors.push(e.to_string()),
-            _ => {}
+    let read = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = consumers
+        .into_iter()
+        .map(|c| {
+            let (read, bytes, stalled) =
+                (Arc::clone(&read), Arc::clone(&bytes), Arc::clone(&stalled));
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut last = Instant::now();
+                while read.load(Ordering::Relaxed) < acked && !stalled.load(Ordering::Relaxed) {
+                    if last.elapsed() > Duration::from_secs(30) {
+                        stalled.store(true, Ordering::Relaxed);
+                    }
+                    match c.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            read.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(
+                                m.payload().map_or(0, |b| b.len() as u64),
+                                Ordering::Relaxed,
+                            );
+                            last = Instant::now();
+                        }
+                        Some(Err(e)) if errors.len() < 5 => errors.push(e.to_string()),
+                        _ => {}
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    for r in readers {
+        if let Ok(e) = r.join() {
+            errors.extend(e);
         }
     }
+    let (read, bytes) = (read.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let consume = window.phase(read, bytes, start.elapsed().as_secs_f64());
     Ok(Report {
         tool: "sluice bench kafka",

@@ -38,12 +38,24 @@ pub struct Entry {
 
 impl Entry {
     /// Drops the body and properties of a stored message, keeping what the queue needs
-    /// (routing fields, priority, expiry).
-    pub fn page_out(&mut self) {
+    /// (routing fields, priority, expiry). `like` is a stub to share when it says the
+    /// same, as consecutive messages of one stream mostly do.
+    pub fn page_out(&mut self, like: Option<&Arc<Message>>) {
         if self.paged || self.stored.is_none() {
             return;
         }
         let m = &self.message;
+        if let Some(stub) = like
+            && stub.exchange == m.exchange
+            && stub.routing_key == m.routing_key
+            && stub.persistent == m.persistent
+            && stub.priority == m.priority
+            && stub.expiration_ms == m.expiration_ms
+        {
+            self.message = Arc::clone(stub);
+            self.paged = true;
+            return;
+        }
         self.message = Arc::new(Message {
             exchange: Arc::clone(&m.exchange),
             routing_key: Arc::clone(&m.routing_key),
@@ -164,6 +176,8 @@ pub struct Queue {
     next_id: MessageId,
     /// See [`Queue::set_paging`].
     page_above: Option<u64>,
+    /// The last paged-out stub, shared by the next ones that say the same.
+    last_stub: Option<Arc<Message>>,
     ready: Ready,
     unacked: HashMap<MessageId, (Entry, Option<ConsumerId>)>,
     /// Ordered by priority (highest first), then by arrival.
@@ -185,6 +199,7 @@ impl Queue {
             limits,
             next_id: 0,
             page_above: None,
+            last_stub: None,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             cursor: 0,
@@ -324,7 +339,10 @@ impl Queue {
             paged: false,
         };
         if self.page_above.is_some_and(|max| self.ready.bytes() >= max) {
-            entry.page_out();
+            entry.page_out(self.last_stub.as_ref());
+            if entry.paged {
+                self.last_stub = Some(Arc::clone(&entry.message));
+            }
         }
         self.ready.push_back(entry);
         id
@@ -606,6 +624,25 @@ mod tests {
             got,
             [(false, 3, 3), (false, 4, 4), (true, 3, 0), (false, 2, 2)]
         );
+    }
+
+    #[test]
+    fn paged_messages_that_say_the_same_share_one_stub() {
+        let mut q = Queue::new("q".into());
+        q.set_paging(Some(1));
+        for i in 0..4 {
+            q.push(msg("abc"), Some(i), false, None);
+        }
+        q.push(msg_with("abc", 3, None), Some(9), false, None);
+        let e: Vec<Entry> = (0..5).map(|_| q.get(true).unwrap()).collect();
+        assert!(!e[0].paged);
+        assert!(e[1..].iter().all(|e| e.paged));
+        assert!(Arc::ptr_eq(&e[1].message, &e[3].message));
+        assert!(
+            !Arc::ptr_eq(&e[3].message, &e[4].message),
+            "another priority: its own stub"
+        );
+        assert_eq!(e[4].message.priority, 3);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use sluice_core::limits::BATCH_BYTES_MAX;
 use crate::error::LogError;
 use crate::format::{BATCH_HEADER_BYTES, BatchHeader};
 
-/// Bytes read per chunk while scanning.
+/// Bytes read by a scan's first chunk: a lookup from a sparse index entry finds its batch
+/// within about one index interval, so it should not pay for more.
+const SCAN_CHUNK_FIRST: usize = 8 * 1024;
+/// Largest chunk: chunks double up to this as a scan goes on (recovery, long reads).
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// A batch found by a scan: its position, header and payload.
@@ -33,6 +36,8 @@ pub struct Scanner<'a> {
     buf_start: u64,
     pub position: u64,
     end: u64,
+    /// Size of the next chunk read.
+    chunk: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -44,6 +49,7 @@ impl<'a> Scanner<'a> {
             buf_start: start,
             position: start,
             end,
+            chunk: SCAN_CHUNK_FIRST,
         }
     }
 
@@ -54,8 +60,10 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         let want = len
-            .max(SCAN_CHUNK_BYTES)
+            .max(self.chunk)
             .min((self.end - self.position) as usize);
+        self.chunk = (self.chunk * 2).min(SCAN_CHUNK_BYTES);
+        // Only growth is zero-filled; the read overwrites all of it.
         self.buf.resize(want, 0);
         self.file
             .read_exact_at(&mut self.buf, self.position)

@@ -59,9 +59,7 @@ impl<'a> Scanner<'a> {
         if self.position >= self.buf_start && have_from + len <= self.buf.len() {
             return Ok(());
         }
-        let want = len
-            .max(self.chunk)
-            .min((self.end - self.position) as usize);
+        let want = len.max(self.chunk).min((self.end - self.position) as usize);
         self.chunk = (self.chunk * 2).min(SCAN_CHUNK_BYTES);
         // Only growth is zero-filled; the read overwrites all of it.
         self.buf.resize(want, 0);

@@ -252,3 +252,31 @@ def test_new_group_latest_reads_only_new_records_confluent(clients, create_topic
     first = int(markers[0].split(b"-")[1])
     assert markers == [f"marker-{i}".encode() for i in range(first, marker)]
     assert [v for v in seen if v.startswith(b"new-")] == [r["value"] for r in new]
+
+
+class CooperativeMember(Member):
+    """A member under an incremental (cooperative) assignor: callbacks carry only the
+    partitions that change hands."""
+
+    def _on_assign(self, consumer, partitions):
+        self.assigned |= {p.partition for p in partitions}
+        self.assigns += 1
+
+
+def test_cooperative_sticky_members_split_incrementally(clients, create_topic, name):
+    topic, group = create_topic(4), name("group")
+    conf = {"partition.assignment.strategy": "cooperative-sticky"}
+    a = CooperativeMember(clients.consumer(group, **conf), topic, "a")
+    pump([a], lambda: a.assigned == set(PARTS), what="a to own every partition")
+    b = CooperativeMember(clients.consumer(group, **conf), topic, "b")
+    pump([a, b], lambda: split_evenly([a, b], PARTS) and len(a.assigned) == 2,
+         what="an incremental 2 + 2 split")
+    # Incremental: a gave up only what b took; it was never left with nothing.
+    assert a.revokes >= 1 and len(a.assigned) == 2, a
+
+    fill(clients, topic, 10)
+    pump([a, b], lambda: len(a.records) + len(b.records) >= 40, what="40 records")
+    drain([a, b])
+    seen = a.positions() | b.positions()
+    assert len(a.records) + len(b.records) == 40, (a, b)
+    assert seen == {(p, o) for p in PARTS for o in range(10)}

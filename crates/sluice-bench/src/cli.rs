@@ -80,16 +80,21 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn kafka_main(args: &KafkaArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The load generators' runtime; a failure is reported and becomes the exit code.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
+        .map_err(|error| {
             eprintln!("sluice: bench: starting the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+            ExitCode::from(EXIT_FAILED)
+        })
+}
+
+fn kafka_main(args: &KafkaArgs) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let report = match runtime.block_on(crate::kafka::run(&args.options)) {
         Ok(report) => report,
@@ -116,15 +121,9 @@ fn kafka_main(args: &KafkaArgs) -> ExitCode {
 }
 
 fn amqp_main(args: &AmqpArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("sluice: bench: starting the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(code) => return code,
     };
     let interrupt = async {
         // Without a signal handler, stop only when the run ends by itself.

@@ -100,7 +100,8 @@ pub fn parse(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpEr
 }
 
 /// A method frame that did not decode: an unknown class or method id is NOT_IMPLEMENTED
-/// (540), bad arguments are a SYNTAX_ERROR (502), as RabbitMQ answers them.
+/// (540), bad arguments (including field tables nested too deep) are a FRAME_ERROR (501)
+/// naming the method, as RabbitMQ answers them.
 fn unknown_or_malformed(payload: &[u8]) -> AmqpError {
     let class = payload
         .first()
@@ -147,10 +148,21 @@ fn unknown_or_malformed(payload: &[u8]) -> AmqpError {
             | (Some(90), Some(10 | 11 | 20 | 21 | 30 | 31))
     );
     if known {
-        AmqpError::connection(
-            codes::SYNTAX_ERROR,
-            "SYNTAX_ERROR - malformed method arguments",
-        )
+        // RabbitMQ's text: the undecodable argument bytes as an Erlang binary.
+        let args = payload.get(4..).unwrap_or_default();
+        let mut text = String::from("FRAME_ERROR - cannot decode <<");
+        for (i, byte) in args.iter().enumerate() {
+            if text.len() > 255 {
+                break;
+            }
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&byte.to_string());
+        }
+        text.push_str(">>");
+        AmqpError::connection(codes::FRAME_ERROR, text)
+            .during(class.unwrap_or(0), method.unwrap_or(0))
     } else {
         AmqpError::connection(
             codes::NOT_IMPLEMENTED,

@@ -93,16 +93,16 @@ pub struct Known {
     pub reply_to: Option<String>,
 }
 
-/// Decodes the property bytes of a content header; malformed ones are a SYNTAX_ERROR,
-/// an `expiration` that is not a non-negative integer is PRECONDITION_FAILED as in
-/// RabbitMQ.
+/// Decodes the property bytes of a content header. Malformed ones close the connection
+/// with 541 INTERNAL_ERROR, as RabbitMQ 3.10 does (its channel crashes decoding them);
+/// an `expiration` that is not a non-negative integer is PRECONDITION_FAILED.
 pub fn read_known(raw: &[u8], want_headers: bool) -> Result<Known, AmqpError> {
     let props: AMQPProperties = match parse_properties(raw) {
         Ok((&[], p)) => p,
         _ => {
             return Err(AmqpError::connection(
-                codes::SYNTAX_ERROR,
-                "SYNTAX_ERROR - malformed content header properties",
+                codes::INTERNAL_ERROR,
+                "INTERNAL_ERROR",
             ));
         }
     };

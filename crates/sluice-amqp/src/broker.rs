@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sluice_core::{Clock, Message, SystemClock, Table};
@@ -15,7 +15,7 @@ use sluice_engine::queue::{
     Accepted, Consumer, ConsumerId, Dead, DeathReason, Delivery, Entry, MessageId, Overflow, Queue,
     QueueError,
 };
-use sluice_engine::routing::{Destination, Router};
+use sluice_engine::routing::{Destination, Router, RouterLimits};
 use sluice_engine::store::{LogConfig, QueueStore, StoreError, Synced};
 use tokio::sync::mpsc;
 
@@ -743,6 +743,8 @@ pub struct VHost {
     dead_letters: Arc<DeadLetters>,
     /// Direct reply-to consumers by their reply address.
     replies: Mutex<HashMap<Arc<str>, ReplyConsumer>>,
+    /// Queues a declare may bring the vhost to (RabbitMQ's vhost `max-queues`).
+    queues_max: AtomicUsize,
 }
 
 impl VHost {
@@ -754,7 +756,21 @@ impl VHost {
             storage: None,
             dead_letters: Arc::new(DeadLetters::default()),
             replies: Mutex::new(HashMap::new()),
+            queues_max: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Applies the broker's limits to what clients create from now on.
+    pub fn set_limits(&self, limits: &AmqpLimits) {
+        self.queues_max.store(limits.queues_max, Ordering::Relaxed);
+        self.router_mut().set_limits(RouterLimits {
+            exchanges_max: limits.exchanges_max,
+            bindings_max: limits.bindings_max,
+        });
     }
 
     /// Registers a direct reply-to consumer under its reply address.
@@ -1136,6 +1152,13 @@ impl VHost {
         if let Some(existing) = self.queue(&name) {
             return Ok((existing, false));
         }
+        let max = self.queues_max.load(Ordering::Relaxed);
+        if self.queue_count() >= max {
+            return Err(OpenError::Limit(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.name
+            )));
+        }
         let mut store = None;
         let mut store_id = None;
         if def.durable
@@ -1207,6 +1230,9 @@ pub enum OpenError {
     Io(PathBuf, std::io::Error),
     #[error("queue storage {path}: {source}", path = .0.display(), source = .1)]
     Store(PathBuf, StoreError),
+    /// The vhost holds `queues_max` queues already (406, RabbitMQ's `max-queues` text).
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Resource alarms: while one is raised, connections that publish are blocked
@@ -1268,10 +1294,32 @@ impl Alarms {
     }
 }
 
+/// What clients of one broker may create: per virtual host, queues, exchanges and
+/// bindings; per channel, consumers. Recovery restores what was stored whatever these say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmqpLimits {
+    pub queues_max: usize,
+    pub exchanges_max: usize,
+    pub bindings_max: usize,
+    pub consumers_per_channel_max: usize,
+}
+
+impl Default for AmqpLimits {
+    fn default() -> Self {
+        AmqpLimits {
+            queues_max: 100_000,
+            exchanges_max: 10_000,
+            bindings_max: 1_000_000,
+            consumers_per_channel_max: 10_000,
+        }
+    }
+}
+
 /// The broker as the AMQP face sees it.
 #[derive(Debug)]
 pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
+    pub limits: AmqpLimits,
     /// Who may log in and what each may do (`guest`/`guest` by default).
     pub users: crate::auth::Users,
     next_id: AtomicU64,
@@ -1294,12 +1342,23 @@ impl Broker {
     pub fn in_memory(message_bytes_max: usize) -> Self {
         let mut vhosts = HashMap::new();
         vhosts.insert("/".to_string(), Arc::new(VHost::new("/")));
-        Broker {
+        let mut broker = Broker {
             vhosts,
+            limits: AmqpLimits::default(),
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
             users: crate::auth::Users::default(),
+        };
+        broker.set_limits(AmqpLimits::default());
+        broker
+    }
+
+    /// Sets what clients may create from now on; what exists stays.
+    pub fn set_limits(&mut self, limits: AmqpLimits) {
+        self.limits = limits;
+        for vhost in self.vhosts.values() {
+            vhost.set_limits(&limits);
         }
     }
 
@@ -1318,13 +1377,17 @@ impl Broker {
             let vhost = VHost::open(name, &vhost_dir, log.clone(), Arc::new(SystemClock))?;
             vhosts.insert(name.clone(), Arc::new(vhost));
         }
-        Ok(Broker {
+        // Recovery above restored everything stored; limits apply to what comes next.
+        let mut broker = Broker {
             vhosts,
+            limits: AmqpLimits::default(),
             next_id: AtomicU64::new(1),
             message_bytes_max,
             alarms: Alarms::default(),
             users: crate::auth::Users::default(),
-        })
+        };
+        broker.set_limits(AmqpLimits::default());
+        Ok(broker)
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -17,7 +17,8 @@ use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, Exch
 use crate::args;
 use crate::auth::Access;
 use crate::broker::{
-    Broker, ChannelCredit, Confirm, ConnectionId, Flow, Outbox, QueueCell, QueueDef, VHost,
+    Broker, ChannelCredit, Confirm, ConnectionId, Flow, OpenError, Outbox, QueueCell, QueueDef,
+    VHost,
 };
 use crate::error::{AmqpError, codes};
 use crate::frame;
@@ -372,13 +373,20 @@ impl Channel {
                         settings,
                     };
                     let (queue, created) =
-                        ctx.vhost.declare_queue(name, def.clone()).map_err(|e| {
-                            tracing::error!(error = %e, "cannot create queue storage");
-                            AmqpError::connection(
-                                codes::INTERNAL_ERROR,
-                                "INTERNAL_ERROR - cannot create queue storage",
-                            )
-                        })?;
+                        ctx.vhost
+                            .declare_queue(name, def.clone())
+                            .map_err(|e| match e {
+                                OpenError::Limit(text) => {
+                                    AmqpError::precondition(text).during(50, 10)
+                                }
+                                e => {
+                                    tracing::error!(error = %e, "cannot create queue storage");
+                                    AmqpError::connection(
+                                        codes::INTERNAL_ERROR,
+                                        "INTERNAL_ERROR - cannot create queue storage",
+                                    )
+                                }
+                            })?;
                     if created {
                         ctx.vhost.definitions_changed();
                     }
@@ -718,6 +726,15 @@ impl Channel {
                 format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let max = ctx.broker.limits.consumers_per_channel_max;
+        if self.consumers.len() >= max {
+            // RabbitMQ 3.12's `consumer_max_per_channel` refusal.
+            return Err(AmqpError::connection(
+                codes::NOT_ALLOWED,
+                format!("NOT_ALLOWED - reached maximum ({max}) of consumers per channel"),
+            )
+            .during(60, 20));
+        }
         let arguments = props::table_from_amqp(&c.arguments);
         let priority = arguments
             .get("x-priority")
@@ -1043,7 +1060,8 @@ impl Channel {
             p.first_body = Some(body);
         } else {
             if let Some(first) = p.first_body.take() {
-                p.body.reserve(p.body_size as usize);
+                // Grows with what arrives, not with the size the header announced.
+                p.body.reserve(first.len() * 2);
                 p.body.extend_from_slice(&first);
             }
             p.body.extend_from_slice(&body);
@@ -1332,12 +1350,15 @@ fn declare_delay_queue(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Resu
     };
     ctx.vhost
         .declare_queue(delay_queue_name(exchange).into(), def)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot create delayed exchange storage");
-            AmqpError::connection(
-                codes::INTERNAL_ERROR,
-                "INTERNAL_ERROR - cannot create delayed exchange storage",
-            )
+        .map_err(|e| match e {
+            OpenError::Limit(text) => AmqpError::precondition(text),
+            e => {
+                tracing::error!(error = %e, "cannot create delayed exchange storage");
+                AmqpError::connection(
+                    codes::INTERNAL_ERROR,
+                    "INTERNAL_ERROR - cannot create delayed exchange storage",
+                )
+            }
         })?;
     Ok(())
 }

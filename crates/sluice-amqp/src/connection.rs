@@ -20,6 +20,7 @@ use crate::broker::{Broker, ConnectionId, Outbound, VHost};
 use crate::channel::{Channel, Ctx};
 use crate::error::{AmqpError, codes};
 use crate::frame::{self, Frame, PROTOCOL_HEADER};
+use sluice_core::admission::Ticket;
 
 /// Settings the server offers in `connection.tune`, and bounds of one connection.
 #[derive(Debug, Clone)]
@@ -45,8 +46,13 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// Largest frame accepted before `tune-ok` settles the real limit.
-const FRAME_MAX_BEFORE_TUNE: u32 = 131_072;
+/// Largest frame accepted before `tune-ok` settles the real limit: RabbitMQ's
+/// `FRAME_MIN_SIZE`, so an unauthenticated client cannot make the broker buffer more.
+const FRAME_MAX_BEFORE_TUNE: u32 = 4096;
+/// RabbitMQ's `SILENT_CLOSE_DELAY`: after an error before the connection is open, wait
+/// this long and close the socket without a `connection.close`, so a client cannot
+/// retry failed logins or malformed handshakes at full speed.
+const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 /// Outbox slots per connection: deliveries are bounded by consumer flow limits first.
 const OUTBOX_CAPACITY: usize = 1 << 16;
 /// Initial size of a connection's read and write buffers: small, so idle connections
@@ -88,6 +94,11 @@ struct Conn {
     blocked: Option<&'static str>,
     /// Channels with publisher confirms to send before the next write.
     confirm_dirty: Vec<u16>,
+    /// The client handles a `connection.close` for a refused login (its capabilities
+    /// include `authentication_failure_close`); others are closed silently.
+    wants_auth_close: bool,
+    /// An error before the connection opened: close silently after `SILENT_CLOSE_DELAY`.
+    silent_close: bool,
     out: BytesMut,
     outbox: mpsc::Sender<Outbound>,
 }
@@ -98,8 +109,9 @@ pub async fn serve_connection(
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: ConnectionConfig,
+    ticket: Ticket,
 ) {
-    if let Err(e) = run(stream, peer, broker, config).await {
+    if let Err(e) = run(stream, peer, broker, config, ticket).await {
         tracing::debug!(%peer, error = %e, "amqp connection ended");
     }
 }
@@ -109,11 +121,15 @@ async fn run(
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: ConnectionConfig,
+    ticket: Ticket,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let mut header = [0u8; 8];
-    let read = tokio::time::timeout(config.handshake_timeout, rd.read_exact(&mut header)).await;
+    let read = tokio::select! {
+        read = tokio::time::timeout(config.handshake_timeout, rd.read_exact(&mut header)) => read,
+        _ = ticket.evicted() => return Ok(()),
+    };
     if !matches!(read, Ok(Ok(_))) || &header != PROTOCOL_HEADER {
         // RabbitMQ answers a wrong header with the one it speaks, then closes.
         wr.write_all(PROTOCOL_HEADER).await?;
@@ -137,6 +153,8 @@ async fn run(
         publisher: false,
         blocked: None,
         confirm_dirty: Vec::new(),
+        wants_auth_close: false,
+        silent_close: false,
         out: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
         outbox,
     };
@@ -147,12 +165,17 @@ async fn run(
     let mut inbuf = BytesMut::with_capacity(BUFFER_BYTES_INITIAL);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut closing_since: Option<Instant> = None;
+    let mut authenticated = false;
     let result = loop {
         if let Err(e) = conn.write_pending(&mut wr, &mut last_write).await {
             break Err(e);
         }
         if conn.phase == Phase::Done {
             break Ok(());
+        }
+        if conn.phase == Phase::Open && !authenticated {
+            ticket.authenticated();
+            authenticated = true;
         }
         conn.sync_blocked();
         // While an alarm blocks this publisher, its socket is not read: TCP pushes back.
@@ -177,6 +200,10 @@ async fn run(
                         Err(_) => break,
                     }
                 }
+            }
+            _ = ticket.evicted(), if !authenticated => {
+                tracing::debug!(peer = %conn.peer, "unauthenticated connection evicted for a newer one");
+                break Ok(());
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
@@ -209,6 +236,13 @@ async fn run(
         }
     };
     conn.release_all();
+    if conn.silent_close {
+        // Evicting this connection for a newer one cuts the delay short.
+        tokio::select! {
+            _ = tokio::time::sleep(SILENT_CLOSE_DELAY) => {}
+            _ = ticket.evicted() => {}
+        }
+    }
     let _ = wr.shutdown().await;
     result
 }
@@ -320,6 +354,18 @@ impl Conn {
             return;
         }
         tracing::debug!(peer = %self.peer, code, text, "closing connection");
+        // As RabbitMQ: before the connection is open, only a refused login (to a client
+        // that handles it) and a refused vhost get a `connection.close`.
+        let told = match self.phase {
+            Phase::AwaitStartOk => code == codes::ACCESS_REFUSED && self.wants_auth_close,
+            Phase::AwaitOpen => code == codes::NOT_ALLOWED,
+            _ => true,
+        };
+        if !told {
+            self.silent_close = true;
+            self.phase = Phase::Done;
+            return;
+        }
         frame::write_method(
             &mut self.out,
             0,
@@ -393,11 +439,15 @@ impl Conn {
         };
         match (self.phase, m) {
             (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(s)) => {
-                self.wants_blocked = matches!(
-                    s.client_properties.inner().get("capabilities"),
-                    Some(AMQPValue::FieldTable(caps))
-                        if matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)))
-                );
+                let capability = |name: &str| {
+                    matches!(
+                        s.client_properties.inner().get("capabilities"),
+                        Some(AMQPValue::FieldTable(caps))
+                            if matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+                    )
+                };
+                self.wants_blocked = capability("connection.blocked");
+                self.wants_auth_close = capability("authentication_failure_close");
                 let login = credentials(s.mechanism.as_str(), s.response.as_bytes());
                 let allowed = matches!(&login, Some((user, pass))
                     if self.broker.users.login(user, pass, self.peer.ip().is_loopback()));

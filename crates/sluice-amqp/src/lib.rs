@@ -17,5 +17,5 @@ pub mod error;
 pub mod frame;
 pub mod props;
 
-pub use broker::Broker;
+pub use broker::{AmqpLimits, Broker};
 pub use connection::{ConnectionConfig, serve_connection};

@@ -4,6 +4,7 @@
 //!
 //! This crate sits at the bottom of the dependency graph; it depends on nothing of ours.
 
+pub mod admission;
 pub mod clock;
 pub mod limits;
 pub mod message;

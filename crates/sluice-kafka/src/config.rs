@@ -29,8 +29,12 @@ pub struct KafkaConfig {
     pub topic_defaults: TopicConfig,
     /// Log settings under every partition (segment size, flush interval, open files).
     pub log: LogConfig,
+    /// Partitions of all topics together.
     pub partitions_max: i32,
     pub topics_max: usize,
+    /// A connection that sends nothing for this long is closed
+    /// (`connections.max.idle.ms`).
+    pub connections_max_idle: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -48,8 +52,9 @@ impl Default for KafkaConfig {
             group_max_session_timeout_ms: 1_800_000,
             topic_defaults: TopicConfig::default(),
             log: LogConfig::default(),
-            partitions_max: 10_000,
-            topics_max: 100_000,
+            partitions_max: 100_000,
+            topics_max: 10_000,
+            connections_max_idle: Duration::from_millis(600_000),
         }
     }
 }

@@ -7,17 +7,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
 use sluice_log::{FileSlice, send_file_slice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Duration, timeout};
 use tracing::debug;
 
 use crate::api;
 use crate::api::fetch::Chunk;
 use crate::broker::KafkaBroker;
+use sluice_core::admission::Ticket;
 use std::os::fd::AsRawFd;
 
 /// Per-connection facts the handlers need.
@@ -40,16 +42,33 @@ impl From<std::io::Error> for Close {
     }
 }
 
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<KafkaBroker>) {
+/// Serves one client connection until it closes. `ticket` holds its place among the
+/// broker's connections; until its first whole request it may be evicted to make room.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<KafkaBroker>,
+    ticket: Ticket,
+) {
     let _ = stream.set_nodelay(true);
-    match run(stream, peer, &broker).await {
+    let served = tokio::select! {
+        served = run(stream, peer, &broker, &ticket) => served,
+        _ = ticket.evicted() => Err(Close::Protocol("evicted before its first request".into())),
+    };
+    match served {
         Ok(()) => debug!(%peer, "kafka connection closed by client"),
         Err(Close::Io(e)) => debug!(%peer, error = %e, "kafka connection ended"),
         Err(Close::Protocol(why)) => debug!(%peer, %why, "kafka connection closed"),
     }
 }
 
-async fn run(stream: TcpStream, peer: SocketAddr, broker: &Arc<KafkaBroker>) -> Result<(), Close> {
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Arc<KafkaBroker>,
+    ticket: &Ticket,
+) -> Result<(), Close> {
+    let idle = broker.config.connections_max_idle;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let mut out = BytesMut::with_capacity(64 * 1024);
@@ -57,20 +76,24 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: &Arc<KafkaBroker>) -> 
         peer,
         client_id: String::new(),
     };
+    let mut first = true;
     loop {
-        let size = match read.read_i32().await {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let size = match timeout(idle, read.read_i32()).await {
+            Err(_) => return Err(Close::Protocol("idle past connections.max.idle.ms".into())),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
         };
         if size < 8 || size as usize > broker.config.max_request_bytes {
             return Err(Close::Protocol(format!(
                 "request size {size} out of bounds"
             )));
         }
-        let mut frame = BytesMut::zeroed(size as usize);
-        read.read_exact(&mut frame).await?;
-        let mut frame: Bytes = frame.freeze();
+        let mut frame = read_request(&mut read, size as usize, idle).await?.freeze();
+        if first {
+            ticket.authenticated();
+            first = false;
+        }
         let api_key = peek_i16(&frame, 0);
         let version = peek_i16(&frame, 2);
         let key = ApiKey::try_from(api_key)
@@ -126,6 +149,34 @@ async fn send_slice(stream: &TcpStream, slice: &FileSlice) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// First allocation for a request's bytes; the buffer then doubles as bytes arrive.
+const REQUEST_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads a request of `size` bytes, growing the buffer with what has arrived rather than
+/// allocating what the size prefix claims: a client that announces 100 MiB and stalls
+/// holds only what it sent. Each read must come within `idle`.
+async fn read_request(
+    read: &mut BufReader<OwnedReadHalf>,
+    size: usize,
+    idle: Duration,
+) -> Result<BytesMut, Close> {
+    let mut frame = BytesMut::with_capacity(size.min(REQUEST_CHUNK_BYTES));
+    while frame.len() < size {
+        if frame.len() == frame.capacity() {
+            frame.reserve(frame.len().min(size - frame.len()));
+        }
+        let room = (frame.capacity() - frame.len()).min(size - frame.len());
+        let mut part = (&mut *read).take(room as u64);
+        match timeout(idle, part.read_buf(&mut frame)).await {
+            Err(_) => return Err(Close::Protocol("request stalled".into())),
+            Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(frame)
 }
 
 /// Pending answers are written once they reach this, even with requests still buffered.

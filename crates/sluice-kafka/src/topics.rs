@@ -253,6 +253,30 @@ impl Topics {
         all
     }
 
+    /// Partitions of all topics together.
+    pub fn partition_count(&self) -> usize {
+        self.maps()
+            .by_name
+            .values()
+            .map(|t| t.read().partitions.len())
+            .sum()
+    }
+
+    /// POLICY_VIOLATION unless `more` partitions fit under the broker's limit.
+    fn check_partition_room(&self, more: usize) -> Result<(), Refusal> {
+        let held = self.partition_count();
+        let max = self.partitions_max.max(0) as usize;
+        if held.saturating_add(more) > max {
+            return Err((
+                codes::POLICY_VIOLATION,
+                format!(
+                    "cannot add {more} partitions: partition limit of this broker ({max}) would be exceeded, {held} exist"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every partition of every topic.
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
         self.all()
@@ -280,10 +304,20 @@ impl Topics {
                 format!("Topic '{name}' already exists."),
             ));
         }
-        if partitions < 1 || partitions > self.partitions_max {
+        if partitions < 1 {
             return Err((
                 codes::INVALID_PARTITIONS,
-                format!("partitions must be 1 to {}", self.partitions_max),
+                "Number of partitions must be larger than 0.".to_string(),
+            ));
+        }
+        self.check_partition_room(partitions as usize)?;
+        if self.maps().by_name.len() >= self.topics_max {
+            return Err((
+                codes::POLICY_VIOLATION,
+                format!(
+                    "cannot create topic '{name}': topic limit of this broker ({}) is reached",
+                    self.topics_max
+                ),
             ));
         }
         TopicConfig::with_overrides(&self.defaults, overrides)
@@ -299,12 +333,6 @@ impl Topics {
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, Refusal> {
         self.validate(name, partitions, &overrides)?;
-        if self.maps().by_name.len() >= self.topics_max {
-            return Err((
-                codes::INVALID_REQUEST,
-                format!("topic limit {} reached", self.topics_max),
-            ));
-        }
         let config = TopicConfig::with_overrides(&self.defaults, &overrides)
             .map_err(|e| (codes::INVALID_CONFIG, e))?;
         let dir = self.dir.join(name);
@@ -365,6 +393,9 @@ impl Topics {
 
     /// Grows a topic to `count` partitions.
     pub fn add_partitions(&self, topic: &Topic, count: i32) -> Result<(), Refusal> {
+        // Checked before the topic's write lock: counting reads every topic.
+        let before = topic.read().partitions.len() as i32;
+        self.check_partition_room(count.saturating_sub(before).max(0) as usize)?;
         let mut st = topic.write();
         let current = st.partitions.len() as i32;
         if count <= current {
@@ -373,12 +404,6 @@ impl Topics {
                 format!(
                     "Topic currently has {current} partitions, which is higher than the requested {count}."
                 ),
-            ));
-        }
-        if count > self.partitions_max {
-            return Err((
-                codes::INVALID_PARTITIONS,
-                format!("partitions must be at most {}", self.partitions_max),
             ));
         }
         let storage = |e: std::io::Error| (codes::KAFKA_STORAGE_ERROR, e.to_string());

@@ -14,6 +14,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use sluice_amqp::AmqpLimits;
+use sluice_core::admission::AdmissionLimits;
 use sluice_log::config::{FlushPolicy, LogConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +53,19 @@ pub struct Config {
     /// Block publishers while the data directory's disk has less free space than this
     /// (RabbitMQ's `disk_free_limit.absolute` default, 50 MB).
     pub disk_free_limit_bytes: u64,
+    /// Open connections of every protocol, and those not logged in yet.
+    pub admission: AdmissionLimits,
+    /// Queues, exchanges and bindings per vhost; consumers per channel.
+    pub amqp_limits: AmqpLimits,
+    /// Highest channel number offered in `connection.tune` (RabbitMQ: 2047).
+    pub amqp_channel_max: u16,
+    /// Time a client has to open its connection (RabbitMQ's `handshake_timeout`, 10 s).
+    pub amqp_handshake_timeout_ms: u64,
+    /// Kafka topics, and partitions of all topics together.
+    pub kafka_topics_max: usize,
+    pub kafka_partitions_max: u32,
+    /// Kafka's `connections.max.idle.ms`.
+    pub kafka_connections_max_idle_ms: u64,
 }
 
 impl Default for Config {
@@ -70,6 +85,13 @@ impl Default for Config {
             storage: LogConfig::default(),
             memory_high_watermark_ppm: 400_000,
             disk_free_limit_bytes: 50_000_000,
+            admission: AdmissionLimits::default(),
+            amqp_limits: AmqpLimits::default(),
+            amqp_channel_max: 2047,
+            amqp_handshake_timeout_ms: 10_000,
+            kafka_topics_max: 10_000,
+            kafka_partitions_max: 100_000,
+            kafka_connections_max_idle_ms: 600_000,
         }
     }
 }
@@ -193,6 +215,37 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.kafka_group_initial_rebalance_delay_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.topics_max",
+        env: "SLUICE_KAFKA_TOPICS_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_topics_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.partitions_max",
+        env: "SLUICE_KAFKA_PARTITIONS_MAX",
+        flag: None,
+        set: |d, v| {
+            let n = parse_u32(v)?;
+            if !(1..=i32::MAX as u32).contains(&n) {
+                return Err(format!("expected 1 to {}, got {n}", i32::MAX));
+            }
+            d.config.kafka_partitions_max = n;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.connections_max_idle_ms",
+        env: "SLUICE_KAFKA_CONNECTIONS_MAX_IDLE_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_connections_max_idle_ms = parse_positive(v)?;
             Ok(())
         },
     },
@@ -325,6 +378,64 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "amqp.channel_max",
+        env: "SLUICE_AMQP_CHANNEL_MAX",
+        flag: None,
+        set: |d, v| {
+            let n = parse_u32(v)?;
+            d.config.amqp_channel_max = u16::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("expected 1 to 65535, got {n}"))?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.handshake_timeout_ms",
+        env: "SLUICE_AMQP_HANDSHAKE_TIMEOUT_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_handshake_timeout_ms = parse_positive(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.consumers_per_channel_max",
+        env: "SLUICE_AMQP_CONSUMERS_PER_CHANNEL_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_limits.consumers_per_channel_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.queues_max",
+        env: "SLUICE_AMQP_QUEUES_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_limits.queues_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.exchanges_max",
+        env: "SLUICE_AMQP_EXCHANGES_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_limits.exchanges_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.bindings_max",
+        env: "SLUICE_AMQP_BINDINGS_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_limits.bindings_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
         key: "limits.memory_high_watermark",
         env: "SLUICE_LIMITS_MEMORY_HIGH_WATERMARK",
         flag: None,
@@ -339,6 +450,24 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.disk_free_limit_bytes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "limits.connections_max",
+        env: "SLUICE_LIMITS_CONNECTIONS_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.admission.connections_max = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "limits.unauthenticated_connections_max",
+        env: "SLUICE_LIMITS_UNAUTHENTICATED_CONNECTIONS_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.admission.unauthenticated_max = parse_positive(v)? as usize;
             Ok(())
         },
     },
@@ -556,6 +685,15 @@ fn parse_u64(value: &str) -> Result<u64, String> {
     value
         .parse()
         .map_err(|_| format!("expected a non-negative integer, got {value:?}"))
+}
+
+/// A count or duration of at least 1.
+fn parse_positive(value: &str) -> Result<u64, String> {
+    let n = parse_u64(value)?;
+    if n == 0 {
+        return Err("expected at least 1, got 0".to_owned());
+    }
+    Ok(n)
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_amqp::{Broker, ConnectionConfig, serve_connection};
+use sluice_core::admission::{Admission, Ticket};
 use sluice_kafka::{KafkaBroker, KafkaConfig, TopicConfig};
 use sluice_log::FlushPolicy;
 use tokio::net::TcpListener;
@@ -53,6 +54,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     broker
         .alarms
         .set_limits(memory_limit, config.disk_free_limit_bytes);
+    broker.set_limits(config.amqp_limits);
     info!(
         memory_limit_bytes = memory_limit,
         disk_free_limit_bytes = config.disk_free_limit_bytes,
@@ -104,6 +106,9 @@ fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
         log: config.storage.clone(),
         topic_defaults,
         max_request_bytes: (config.storage.batch_bytes_max as usize).saturating_add(1 << 20),
+        topics_max: config.kafka_topics_max,
+        partitions_max: i32::try_from(config.kafka_partitions_max).unwrap_or(i32::MAX),
+        connections_max_idle: Duration::from_millis(config.kafka_connections_max_idle_ms),
         ..KafkaConfig::default()
     }
 }
@@ -124,6 +129,7 @@ async fn listen_until_signal(
         .with_context(|| format!("cannot open Kafka data in {}", kafka_dir.display()))?;
     let kafka_broker = Arc::new(kafka_broker);
     *kafka_out = Some(Arc::clone(&kafka_broker));
+    let admission = Admission::new(config.admission);
     info!(amqp = %amqp.local_addr, "listening");
     info!(kafka = %kafka.local_addr, "listening");
     // The accept loops own the listeners: when a signal wins the select, both loops are
@@ -135,8 +141,8 @@ async fn listen_until_signal(
         never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
         never = kafka_retention_loop(Arc::clone(&kafka_broker)) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
-        never = amqp_accept_loop(amqp.listener, broker) => match never {},
-        never = kafka_accept_loop(kafka.listener, kafka_broker) => match never {},
+        never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
+        never = kafka_accept_loop(kafka.listener, kafka_broker, admission) => match never {},
     };
     info!(signal, "shutting down");
     Ok(())
@@ -232,18 +238,46 @@ async fn expiry_loop(broker: Arc<Broker>) -> Infallible {
     }
 }
 
+/// The AMQP connection settings from the config.
+fn amqp_config(config: &Config) -> ConnectionConfig {
+    ConnectionConfig {
+        channel_max: config.amqp_channel_max,
+        handshake_timeout: Duration::from_millis(config.amqp_handshake_timeout_ms),
+        ..ConnectionConfig::default()
+    }
+}
+
+/// Admits a connection, or logs and drops it when `connections_max` are open.
+fn admit(admission: &Arc<Admission>, face: &str, peer: SocketAddr) -> Option<Ticket> {
+    let ticket = admission.admit();
+    if ticket.is_none() {
+        let limits = admission.limits();
+        warn!(face, %peer, connections_max = limits.connections_max, "connection refused: limit reached");
+    }
+    ticket
+}
+
 /// Accepts AMQP connections, one task each.
-async fn amqp_accept_loop(listener: TcpListener, broker: Arc<Broker>) -> Infallible {
-    let config = ConnectionConfig::default();
+async fn amqp_accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    admission: Arc<Admission>,
+) -> Infallible {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(%peer, "amqp connection accepted");
+                let Some(ticket) = admit(&admission, "amqp", peer) else {
+                    drop(stream);
+                    continue;
+                };
                 tokio::spawn(serve_connection(
                     stream,
                     peer,
                     Arc::clone(&broker),
                     config.clone(),
+                    ticket,
                 ));
             }
             Err(error) => {
@@ -255,15 +289,24 @@ async fn amqp_accept_loop(listener: TcpListener, broker: Arc<Broker>) -> Infalli
 }
 
 /// Accepts Kafka connections, one task each.
-async fn kafka_accept_loop(listener: TcpListener, kafka: Arc<KafkaBroker>) -> Infallible {
+async fn kafka_accept_loop(
+    listener: TcpListener,
+    kafka: Arc<KafkaBroker>,
+    admission: Arc<Admission>,
+) -> Infallible {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(%peer, "kafka connection accepted");
+                let Some(ticket) = admit(&admission, "kafka", peer) else {
+                    drop(stream);
+                    continue;
+                };
                 tokio::spawn(sluice_kafka::serve_connection(
                     stream,
                     peer,
                     Arc::clone(&kafka),
+                    ticket,
                 ));
             }
             Err(error) => {

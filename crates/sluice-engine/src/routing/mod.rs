@@ -23,7 +23,7 @@ mod topic;
 pub use binding::{Binding, Destination};
 pub use error::RoutingError;
 pub use exchange::{ALTERNATE_EXCHANGE, ExchangeDef, ExchangeKind};
-pub use router::{DeleteWhen, Removed, Router};
+pub use router::{DeleteWhen, Removed, Router, RouterLimits};
 pub use scratch::RouteScratch;
 
 /// Longest routing key, binding key or exchange name, in bytes. AMQP 0-9-1 carries them as

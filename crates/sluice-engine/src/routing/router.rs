@@ -94,6 +94,14 @@ impl Exchange {
         (true, first)
     }
 
+    fn has_binding(&self, binding: &Binding) -> bool {
+        let pair = (binding.destination.clone(), binding.routing_key.clone());
+        self.outbound.get(&pair).is_some_and(|v| {
+            v.iter()
+                .any(|b| same_table(&b.arguments, &binding.arguments))
+        })
+    }
+
     /// Removes the binding equal to `binding`. Returns it and whether it was the last of
     /// its pair.
     fn remove_binding(&mut self, binding: &Binding) -> Option<(Binding, bool)> {
@@ -138,10 +146,29 @@ const PREDECLARED: [(&str, ExchangeKind, bool); 7] = [
     ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
 ];
 
+/// How many exchanges and bindings one routing table may hold. A declare or bind past a
+/// limit is refused with 406, as RabbitMQ refuses a queue past its vhost's `max-queues`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// Exchanges a client declared; the pre-declared ones do not count.
+    pub exchanges_max: usize,
+    pub bindings_max: usize,
+}
+
+impl RouterLimits {
+    pub const UNLIMITED: RouterLimits = RouterLimits {
+        exchanges_max: usize::MAX,
+        bindings_max: usize::MAX,
+    };
+}
+
 /// The routing table of one virtual host. Pure state: no I/O, no clock.
 #[derive(Debug)]
 pub struct Router {
     vhost: Arc<str>,
+    limits: RouterLimits,
+    /// Bindings held, the default exchange's implicit ones not counted.
+    binding_count: usize,
     by_name: BTreeMap<Arc<str>, usize>,
     /// Exchanges by dense id, so that routing can mark visited ones in a flat array.
     slots: Vec<Option<Exchange>>,
@@ -166,6 +193,8 @@ impl Router {
     pub fn with_vhost(vhost: impl Into<Arc<str>>) -> Self {
         let mut router = Router {
             vhost: vhost.into(),
+            limits: RouterLimits::UNLIMITED,
+            binding_count: 0,
             by_name: BTreeMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -182,6 +211,21 @@ impl Router {
 
     pub fn vhost(&self) -> &str {
         &self.vhost
+    }
+
+    /// Sets the limits new exchanges and bindings are checked against; what the table
+    /// already holds stays, even past them.
+    pub fn set_limits(&mut self, limits: RouterLimits) {
+        self.limits = limits;
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.binding_count
+    }
+
+    /// Exchanges declared by clients: all but the pre-declared ones.
+    pub fn declared_exchange_count(&self) -> usize {
+        self.by_name.len().saturating_sub(PREDECLARED.len())
     }
 
     /// `exchange.declare`: creates the exchange (`Ok(true)`) or checks that the existing
@@ -201,6 +245,12 @@ impl Router {
             return Err(RoutingError::AccessRefused(format!(
                 "exchange name '{}' contains reserved prefix 'amq.*'",
                 def.name
+            )));
+        }
+        if self.declared_exchange_count() >= self.limits.exchanges_max {
+            return Err(RoutingError::PreconditionFailed(format!(
+                "cannot declare exchange '{}': exchange limit in vhost '{}' ({}) is reached",
+                def.name, self.vhost, self.limits.exchanges_max
             )));
         }
         let alternate = parse_alternate(&def, &self.vhost)?;
@@ -250,6 +300,7 @@ impl Router {
         let mut candidates = Vec::new();
         self.remove_exchange(id, &mut removed, &mut candidates);
         self.auto_delete(candidates, &mut removed);
+        self.binding_count = self.binding_count.saturating_sub(removed.bindings.len());
         Ok(removed)
     }
 
@@ -283,6 +334,7 @@ impl Router {
             candidates.push(source);
         }
         self.auto_delete(candidates, &mut removed);
+        self.binding_count = self.binding_count.saturating_sub(removed.bindings.len());
         removed
     }
 
@@ -313,10 +365,23 @@ impl Router {
             routing_key: binding.routing_key.clone(),
         };
         let destination = binding.destination.clone();
+        let (limit, vhost) = (self.limits.bindings_max, self.vhost.clone());
+        let full = self.binding_count >= limit;
         let Some(source) = self.lookup_mut(&inbound.source) else {
             return Ok(false);
         };
+        if full && !source.has_binding(&binding) {
+            return Err(RoutingError::PreconditionFailed(format!(
+                "cannot bind '{}' to {} '{}': binding limit in vhost '{vhost}' ({limit}) is reached",
+                binding.source,
+                binding.destination.kind(),
+                binding.destination.name()
+            )));
+        }
         let (added, first_of_pair) = source.add_binding(binding);
+        if added {
+            self.binding_count += 1;
+        }
         if first_of_pair && let Some(set) = self.inbound_mut(&destination) {
             set.insert(inbound);
         }
@@ -352,6 +417,7 @@ impl Router {
         let source = gone.source.clone();
         removed.bindings.push(gone);
         self.auto_delete(vec![source], &mut removed);
+        self.binding_count = self.binding_count.saturating_sub(removed.bindings.len());
         Ok(removed)
     }
 

@@ -904,3 +904,87 @@ fn routing_allocates_nothing_once_buffers_have_grown() {
         ["q1", "q2", "q3", "q4"]
     );
 }
+
+#[test]
+fn exchanges_and_bindings_past_their_limits_are_precondition_failed() {
+    let mut router = router_with_queues(&["q"]);
+    router.set_limits(RouterLimits {
+        exchanges_max: 2,
+        bindings_max: 2,
+    });
+    declare(&mut router, "a", ExchangeKind::Direct);
+    declare(&mut router, "b", ExchangeKind::Direct);
+    let refused = router.declare_exchange(ExchangeDef::new("c", ExchangeKind::Direct));
+    assert_eq!(
+        refused,
+        Err(RoutingError::PreconditionFailed(
+            "cannot declare exchange 'c': exchange limit in vhost '/' (2) is reached".into()
+        ))
+    );
+    // Redeclaring an existing exchange is not a new one.
+    assert_eq!(
+        router.declare_exchange(ExchangeDef::new("a", ExchangeKind::Direct)),
+        Ok(false)
+    );
+    bind(&mut router, "a", q("q"), "k1");
+    bind(&mut router, "a", q("q"), "k2");
+    let refused = router.bind(Binding::new("a", q("q"), "k3"));
+    assert_eq!(refused.map_err(|e| e.reply_code()), Err(406));
+    // Binding again what exists is still fine at the limit.
+    assert_eq!(router.bind(Binding::new("a", q("q"), "k1")), Ok(false));
+    router
+        .unbind(&Binding::new("a", q("q"), "k1"))
+        .expect("unbind");
+    assert_eq!(router.bind(Binding::new("a", q("q"), "k3")), Ok(true));
+    router
+        .delete_exchange("b", DeleteWhen::Always)
+        .expect("delete");
+    declare(&mut router, "c", ExchangeKind::Direct);
+}
+
+/// The binding count the limit is checked against follows every way bindings go:
+/// unbind, exchange deletion both ways, queue removal and auto-delete cascades.
+#[test]
+fn the_binding_count_matches_the_bindings_after_any_sequence_of_changes() {
+    let mut router = router_with_queues(&[]);
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let names = ["e0", "e1", "e2", "e3"];
+    let queues = ["q0", "q1", "q2"];
+    for _ in 0..5000 {
+        let e = names[next(4) as usize];
+        let qn = queues[next(3) as usize];
+        let key = ["k0", "k1"][next(2) as usize];
+        match next(7) {
+            0 => {
+                let mut def = ExchangeDef::new(e, ExchangeKind::Direct);
+                def.auto_delete = next(2) == 0;
+                let _ = router.declare_exchange(def);
+            }
+            1 => {
+                let _ = router.delete_exchange(e, DeleteWhen::Always);
+            }
+            2 => {
+                router.add_queue(Arc::from(qn));
+            }
+            3 => {
+                router.remove_queue(qn);
+            }
+            4 | 5 => {
+                let destination = if next(2) == 0 {
+                    q(qn)
+                } else {
+                    x(names[next(4) as usize])
+                };
+                let _ = router.bind(Binding::new(e, destination, key));
+            }
+            _ => {
+                let _ = router.unbind(&Binding::new(e, q(qn), key));
+            }
+        }
+        assert_eq!(router.binding_count(), router.bindings().count());
+    }
+}

@@ -57,34 +57,50 @@ pub enum Outbound {
         tag: Arc<str>,
         message: Arc<Message>,
     },
-    /// A persistent message of publish `seq` reached the disk in one of its queues.
-    Stored { channel: u16, seq: u64 },
-    /// Storing it failed: the publish is nacked.
-    StoreFailed { channel: u16, seq: u64 },
+}
+
+/// Storage outcomes of one connection's confirm-mode publishes, on their way to it.
+/// Unlike the bounded outbox, a push never fails, so no confirm is ever lost; what it
+/// holds is bounded by the connection's unconfirmed publishes, which the connection
+/// stops reading past `UNCONFIRMED_MAX` (backpressure).
+#[derive(Debug, Default)]
+pub struct Confirms {
+    done: Mutex<Vec<(u16, u64, bool)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Confirms {
+    fn push(&self, channel: u16, seq: u64, ok: bool) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((channel, seq, ok));
+        // A stored permit wakes the connection even if it is not waiting yet.
+        self.ready.notify_one();
+    }
+
+    /// Every outcome pushed so far: (channel, publish seq, stored).
+    pub fn take(&self) -> Vec<(u16, u64, bool)> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves once something was pushed since the last wake-up.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
 }
 
 /// A publisher waiting for its message to be on disk.
 #[derive(Debug)]
 pub struct Confirm {
-    pub outbox: Outbox,
+    pub confirms: Arc<Confirms>,
     pub channel: u16,
     pub seq: u64,
 }
 
 impl Confirm {
     fn done(self, ok: bool) {
-        let item = if ok {
-            Outbound::Stored {
-                channel: self.channel,
-                seq: self.seq,
-            }
-        } else {
-            Outbound::StoreFailed {
-                channel: self.channel,
-                seq: self.seq,
-            }
-        };
-        let _ = self.outbox.try_send(item);
+        self.confirms.push(self.channel, self.seq, ok);
     }
 }
 
@@ -542,9 +558,10 @@ impl QueueCell {
         self.start_sync(&mut state);
     }
 
-    /// Runs the background fsyncs that are due (async flush policy, settlements).
-    /// Blocking: called from a blocking thread.
-    pub fn flush_due(&self) {
+    /// Runs the background fsyncs that are due (async flush policy, settlements) and
+    /// records them, releasing the confirms they cover. Blocking: called from a blocking
+    /// thread.
+    pub fn flush_due(self: &Arc<Self>) {
         let jobs = {
             let mut state = self.lock();
             match state.store.as_mut().map(|s| s.flush_jobs()) {
@@ -556,11 +573,26 @@ impl QueueCell {
                 None => return,
             }
         };
-        for job in jobs {
-            if let Err(e) = job.run() {
-                tracing::error!(queue = %self.name, error = %e, "background fsync failed");
-            }
+        if jobs.is_empty() {
+            return;
         }
+        let results: Vec<_> = jobs
+            .into_iter()
+            .map(|(which, job)| (which, job.run()))
+            .collect();
+        let mut state = self.lock();
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        let mut waiters = Vec::new();
+        for (which, result) in results {
+            waiters.extend(store.flushed(which, result));
+        }
+        for (c, ok) in waiters {
+            c.done(ok);
+        }
+        // Writers that came after the flush job started wait for a job of their own.
+        self.start_sync(&mut state);
     }
 
     /// Makes the queue's storage durable (clean shutdown). Blocking.

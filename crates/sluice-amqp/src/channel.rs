@@ -17,8 +17,8 @@ use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, Exch
 use crate::args;
 use crate::auth::Access;
 use crate::broker::{
-    Broker, ChannelCredit, Confirm, ConnectionId, Flow, OpenError, Outbox, QueueCell, QueueDef,
-    VHost,
+    Broker, ChannelCredit, Confirm, Confirms, ConnectionId, Flow, OpenError, Outbox, QueueCell,
+    QueueDef, VHost,
 };
 use crate::error::{AmqpError, codes};
 use crate::frame;
@@ -34,6 +34,7 @@ pub struct Ctx<'a> {
     pub perms: Option<&'a crate::auth::Permissions>,
     pub connection: ConnectionId,
     pub outbox: &'a Outbox,
+    pub confirms: &'a Arc<Confirms>,
     pub out: &'a mut BytesMut,
     pub frame_max: u32,
 }
@@ -1151,7 +1152,7 @@ impl Channel {
             };
             let confirm =
                 (self.confirm && message.persistent && hold.store_id.is_some()).then(|| Confirm {
-                    outbox: ctx.outbox.clone(),
+                    confirms: Arc::clone(ctx.confirms),
                     channel: self.id,
                     seq,
                 });
@@ -1182,7 +1183,7 @@ impl Channel {
             if let Some(queue) = ctx.vhost.queue(name) {
                 let confirm = (self.confirm && message.persistent && queue.store_id.is_some())
                     .then(|| Confirm {
-                        outbox: ctx.outbox.clone(),
+                        confirms: Arc::clone(ctx.confirms),
                         channel: self.id,
                         seq,
                     });
@@ -1238,6 +1239,11 @@ impl Channel {
     }
 
     /// A queue reports a persistent message of publish `seq` on disk (or not).
+    /// Publishes waiting for the disk before they are confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.unconfirmed.len()
+    }
+
     pub fn stored(&mut self, out: &mut BytesMut, seq: u64, ok: bool) {
         let Some(left) = self.unconfirmed.get_mut(&seq) else {
             return;

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::broker::{Broker, ConnectionId, Outbound, VHost};
+use crate::broker::{Broker, Confirms, ConnectionId, Outbound, VHost};
 use crate::channel::{Channel, Ctx};
 use crate::error::{AmqpError, codes};
 use crate::frame::{self, Frame, PROTOCOL_HEADER};
@@ -58,6 +58,9 @@ const OUTBOX_CAPACITY: usize = 1 << 16;
 /// Initial size of a connection's read and write buffers: small, so idle connections
 /// are cheap (10,000 of them must fit well under 1 GiB); they grow with traffic.
 const BUFFER_BYTES_INITIAL: usize = 4096;
+/// Confirm-mode publishes of one connection that may wait for the disk at once; past it
+/// the connection is not read until confirms catch up.
+const UNCONFIRMED_MAX: usize = 1 << 16;
 /// How long to wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -101,6 +104,7 @@ struct Conn {
     silent_close: bool,
     out: BytesMut,
     outbox: mpsc::Sender<Outbound>,
+    confirms: Arc<Confirms>,
 }
 
 /// Serves one client connection until it closes.
@@ -157,6 +161,7 @@ async fn run(
         silent_close: false,
         out: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
         outbox,
+        confirms: Arc::new(Confirms::default()),
     };
     conn.send_start();
     let started = Instant::now();
@@ -178,8 +183,10 @@ async fn run(
             authenticated = true;
         }
         conn.sync_blocked();
-        // While an alarm blocks this publisher, its socket is not read: TCP pushes back.
-        let paused = conn.blocked.is_some();
+        // While an alarm blocks this publisher, or too many of its publishes wait for the
+        // disk, its socket is not read: TCP pushes back.
+        let paused = conn.blocked.is_some() || conn.unconfirmed() >= UNCONFIRMED_MAX;
+        let confirms = Arc::clone(&conn.confirms);
         tokio::select! {
             read = rd.read_buf(&mut inbuf), if !paused => {
                 match read {
@@ -189,6 +196,11 @@ async fn run(
                         conn.process_input(&mut inbuf);
                     }
                     Err(e) => break Err(e),
+                }
+            }
+            _ = confirms.ready() => {
+                for (channel, seq, ok) in conn.confirms.take() {
+                    conn.stored(channel, seq, ok);
                 }
             }
             Some(item) = inbox.recv() => {
@@ -218,8 +230,8 @@ async fn run(
                         break Ok(());
                     }
                 }
-                                if conn.blocked.is_some() {
-                    // Not reading a blocked connection is our choice, not a dead peer.
+                if paused {
+                    // Not reading a paused connection is our choice, not a dead peer.
                     last_read = now;
                 }
                 if conn.heartbeat_s > 0 {
@@ -639,6 +651,7 @@ impl Conn {
             perms: self.perms.as_deref(),
             connection: self.id,
             outbox: &self.outbox,
+            confirms: &self.confirms,
             out: &mut self.out,
             frame_max: self.frame_max,
         };
@@ -725,8 +738,6 @@ impl Conn {
                     ch.deliver_direct(&mut self.out, self.frame_max, &tag, &message);
                 }
             }
-            Outbound::Stored { channel, seq } => self.stored(channel, seq, true),
-            Outbound::StoreFailed { channel, seq } => self.stored(channel, seq, false),
         }
     }
 
@@ -767,6 +778,10 @@ impl Conn {
             }
             _ => {}
         }
+    }
+
+    fn unconfirmed(&self) -> usize {
+        self.channels.values().map(Channel::unconfirmed).sum()
     }
 
     fn stored(&mut self, channel: u16, seq: u64, ok: bool) {

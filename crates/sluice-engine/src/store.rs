@@ -41,6 +41,13 @@ pub struct Recovered {
     pub expires_at: Option<i64>,
 }
 
+/// Which log a background flush job belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    Messages,
+    Settlements,
+}
+
 #[derive(Debug)]
 pub struct QueueStore<W> {
     dir: PathBuf,
@@ -51,6 +58,8 @@ pub struct QueueStore<W> {
     head: u64,
     /// Settled offsets above `head`.
     settled_above_head: BTreeSet<u64>,
+    /// A flush job of the settlement log is out.
+    settled_syncing: bool,
     scratch: Vec<u8>,
 }
 
@@ -162,6 +171,7 @@ impl<W> QueueStore<W> {
             group: GroupCommit::new(WAITERS_MAX),
             head: start,
             settled_above_head: BTreeSet::new(),
+            settled_syncing: false,
             scratch: Vec::new(),
         };
         let mut offset = start;
@@ -247,17 +257,48 @@ impl<W> QueueStore<W> {
         self.group.fail_all().collect()
     }
 
-    /// Background flush for the `async` policy and for settlements: fsyncs both logs
-    /// when due. Blocking; for a flusher thread.
-    pub fn flush_jobs(&mut self) -> Result<Vec<SyncJob>, StoreError> {
+    /// The background fsyncs due for the `async` policy and for settlements, at most one
+    /// per log and none while another job of that log runs. Each must come back through
+    /// [`QueueStore::flushed`].
+    pub fn flush_jobs(&mut self) -> Result<Vec<(Flushed, SyncJob)>, StoreError> {
         let mut jobs = Vec::new();
-        if !self.group.in_flight() && self.messages.flush_due() {
-            jobs.extend(self.messages.sync_job()?);
+        if self.messages.flush_due()
+            && let Some(job) = self.group.start_flush(&mut self.messages)?
+        {
+            jobs.push((Flushed::Messages, job));
         }
-        if self.settled.flush_due() {
-            jobs.extend(self.settled.sync_job()?);
+        if !self.settled_syncing
+            && self.settled.flush_due()
+            && let Some(job) = self.settled.sync_job()?
+        {
+            self.settled_syncing = true;
+            jobs.push((Flushed::Settlements, job));
         }
         Ok(jobs)
+    }
+
+    /// Records a finished job from [`QueueStore::flush_jobs`]; returns the waiters it
+    /// settles, each with whether its message is durable.
+    pub fn flushed(&mut self, which: Flushed, result: Result<Synced, LogError>) -> Vec<(W, bool)> {
+        match (which, result) {
+            (Flushed::Messages, Ok(synced)) => {
+                self.synced(synced).into_iter().map(|w| (w, true)).collect()
+            }
+            (Flushed::Messages, Err(e)) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "message log fsync failed");
+                self.sync_failed().into_iter().map(|w| (w, false)).collect()
+            }
+            (Flushed::Settlements, result) => {
+                self.settled_syncing = false;
+                match result {
+                    Ok(synced) => self.settled.synced(synced),
+                    Err(e) => {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "settlement log fsync failed");
+                    }
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// Records settled (acknowledged or dropped) messages by offset.
@@ -387,6 +428,57 @@ mod tests {
         let (_, recovered) = open(dir.path());
         assert_eq!(recovered.len(), 1);
         assert_eq!(&recovered[0].message.body[..], b"d");
+    }
+
+    /// The background flusher's jobs are recorded: once one ran, no other is due until
+    /// the interval passes again (it used to be due on every tick), a waiters' job cannot
+    /// run beside it, and the waiters it covers are released by it.
+    #[test]
+    fn a_background_flush_is_recorded_and_is_the_only_job_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(0));
+        let config = LogConfig {
+            flush: sluice_log::FlushPolicy::Async {
+                interval_ms: 1000,
+                bytes: u64::MAX,
+            },
+            ..LogConfig::default()
+        };
+        let (mut store, _) =
+            QueueStore::<u32>::open(dir.path(), config, Arc::clone(&clock) as _).unwrap();
+        let a = store.append(&message("a"), None).unwrap();
+        clock.advance_ms(1000);
+        let jobs = store.flush_jobs().unwrap();
+        assert_eq!(jobs.len(), 1);
+        store.wait(a, 7).unwrap();
+        assert!(
+            store.sync_job().unwrap().is_none(),
+            "the flush job holds the log"
+        );
+        let b = store.append(&message("b"), None).unwrap();
+        store.wait(b, 8).unwrap();
+        let mut released = Vec::new();
+        for (which, job) in jobs {
+            released.extend(store.flushed(which, job.run()));
+        }
+        assert_eq!(released, vec![(7, true)], "the flush covered a, not b");
+        let job = store
+            .sync_job()
+            .unwrap()
+            .expect("b waits for its own fsync");
+        assert_eq!(store.synced(job.run().unwrap()), vec![8]);
+        clock.advance_ms(999);
+        assert!(
+            store.flush_jobs().unwrap().is_empty(),
+            "nothing due before the interval"
+        );
+        store.append(&message("c"), None).unwrap();
+        assert!(
+            store.flush_jobs().unwrap().is_empty(),
+            "still inside the interval"
+        );
+        clock.advance_ms(1);
+        assert_eq!(store.flush_jobs().unwrap().len(), 1);
     }
 
     #[test]

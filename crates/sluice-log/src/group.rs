@@ -139,6 +139,18 @@ impl<W> GroupCommit<W> {
         Ok(job)
     }
 
+    /// The fsync the `async` flush policy wants, unless one is running: it takes the same
+    /// slot as a waiters' job, so a log never has two jobs out, and it releases whatever
+    /// waiters it covers when it finishes.
+    pub fn start_flush(&mut self, log: &mut Log) -> Result<Option<SyncJob>, LogError> {
+        if self.in_flight {
+            return Ok(None);
+        }
+        let job = log.sync_job()?;
+        self.in_flight = job.is_some();
+        Ok(job)
+    }
+
     /// Records a finished job and returns the waiters it made durable, in append order.
     pub fn finish(&mut self, log: &mut Log, synced: Synced) -> impl Iterator<Item = W> + '_ {
         self.in_flight = false;

@@ -69,11 +69,11 @@ impl KafkaBroker {
             config.partitions_max,
             config.topics_max,
         )?;
-        let (store, offsets) = OffsetStore::open(dir, &config.log, Arc::clone(&clock))
+        let (store, stored) = OffsetStore::open(dir, &config.log, Arc::clone(&clock))
             .map_err(std::io::Error::other)?;
         let groups = Coordinator::new(
             store,
-            offsets,
+            stored,
             config.group_initial_rebalance_delay,
             config.group_min_session_timeout_ms,
             config.group_max_session_timeout_ms,

@@ -8,7 +8,7 @@
 //! held across an await. A periodic [`Coordinator::tick`] expires sessions and finishes
 //! rebalances whose timeouts ran out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::codes;
-use crate::offsets::{Change, Committed, GroupOffsets, OffsetStore, apply};
+use crate::group_record::{GroupRecord, MemberRecord};
+use crate::offsets::{Change, Committed, GroupOffsets, OffsetStore, Stored, apply};
 
 /// How long an empty group without committed offsets is kept (Kafka drops such groups
 /// at its next offsets cleanup, every 10 minutes by default).
@@ -161,6 +162,67 @@ impl Group {
             delay_until: None,
             empty_since: None,
         }
+    }
+
+    /// The membership to store; `None` while a rebalance is under way (Kafka stores a
+    /// group when its rebalance completes or it empties).
+    fn record(&self) -> Option<GroupRecord> {
+        if !matches!(self.state, GroupState::Stable | GroupState::Empty) {
+            return None;
+        }
+        Some(GroupRecord {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberRecord {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis().min(u32::MAX as u128) as u32,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis().min(u32::MAX as u128)
+                        as u32,
+                    assignment: m.assignment.clone(),
+                    protocols: m.protocols.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    fn restore(record: GroupRecord, now: Instant) -> Group {
+        let mut group = Group::new();
+        group.generation = record.generation;
+        group.protocol_type = record.protocol_type;
+        group.protocol = record.protocol;
+        group.leader = record.leader;
+        group.members = record
+            .members
+            .into_iter()
+            .take(MEMBERS_MAX)
+            .map(|m| Member {
+                id: m.id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: Duration::from_millis(u64::from(m.session_timeout_ms)),
+                rebalance_timeout: Duration::from_millis(u64::from(m.rebalance_timeout_ms)),
+                protocols: m.protocols,
+                assignment: m.assignment,
+                last_seen: now,
+                join: None,
+                sync: None,
+            })
+            .collect();
+        group.state = if group.members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        group
     }
 
     fn member(&mut self, id: &str) -> Option<&mut Member> {
@@ -330,6 +392,8 @@ struct Inner {
     groups: HashMap<String, Group>,
     offsets: HashMap<String, GroupOffsets>,
     next_member: u64,
+    /// Groups whose membership changed since it was last stored.
+    dirty: HashSet<String>,
 }
 
 /// Committed offsets by topic: `(partition, offset if any)`.
@@ -349,25 +413,42 @@ pub struct GroupDescription {
 pub struct Coordinator {
     inner: Mutex<Inner>,
     store: OffsetStore,
+    /// Orders membership writes: each writes the state current when it takes this.
+    persisting: tokio::sync::Mutex<()>,
     initial_delay: Duration,
     min_session_ms: i32,
     max_session_ms: i32,
 }
 
 impl Coordinator {
+    /// A coordinator over what `store` held: committed offsets, and the groups as last
+    /// stored, each member's session starting now (as Kafka's coordinator does when it
+    /// loads its groups), so members carry on without a rebalance.
     pub fn new(
         store: OffsetStore,
-        offsets: HashMap<String, GroupOffsets>,
+        stored: Stored,
         initial_delay: Duration,
         min_session_ms: i32,
         max_session_ms: i32,
     ) -> Self {
+        let now = Instant::now();
+        let mut groups = HashMap::new();
+        for (name, bytes) in stored.groups {
+            match GroupRecord::decode(&bytes) {
+                Some(record) => {
+                    groups.insert(name, Group::restore(record, now));
+                }
+                None => tracing::error!(group = %name, "unreadable group record skipped"),
+            }
+        }
         Coordinator {
             inner: Mutex::new(Inner {
-                offsets,
+                offsets: stored.offsets,
+                groups,
                 ..Default::default()
             }),
             store,
+            persisting: tokio::sync::Mutex::new(()),
             initial_delay,
             min_session_ms,
             max_session_ms,
@@ -519,7 +600,8 @@ impl Coordinator {
                 if let Some(m) = group.member(&member_id) {
                     m.join = None;
                 }
-                return Ok(JoinOutcome {
+                let replaced = static_leader.is_some() || a.instance_id.is_some();
+                let outcome = JoinOutcome {
                     error: codes::NONE,
                     generation: group.generation,
                     protocol_type: group.protocol_type.clone(),
@@ -529,7 +611,12 @@ impl Coordinator {
                         .unwrap_or_default(),
                     member_id,
                     members: Vec::new(),
-                });
+                };
+                if replaced {
+                    // A static member's new id is part of the stored membership.
+                    inner.dirty.insert(a.group.clone());
+                }
+                return Ok(outcome);
             }
             GroupState::PreparingRebalance => {
                 if let Some(d) = group.delay_until {
@@ -603,7 +690,8 @@ impl Coordinator {
             if let Some(m) = group.member(member_id) {
                 m.sync = Some(tx);
             }
-            if group.leader.as_deref() == Some(member_id) {
+            let leader = group.leader.as_deref() == Some(member_id);
+            if leader {
                 let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
                 group.state = GroupState::Stable;
                 let reply = done(group, Bytes::new());
@@ -616,9 +704,15 @@ impl Coordinator {
                         });
                     }
                 }
+                inner.dirty.insert(group_id.to_string());
             }
-            rx
+            (rx, leader)
         };
+        let (rx, leader) = rx;
+        if leader {
+            // As Kafka, the new generation is stored before the leader hears back.
+            self.persist_groups().await;
+        }
         rx.await
             .unwrap_or_else(|_| err(codes::UNKNOWN_SERVER_ERROR))
     }
@@ -690,8 +784,42 @@ impl Coordinator {
             .collect();
         if removed {
             group.on_members_removed(now, initial_delay);
+            inner.dirty.insert(group_id.to_string());
         }
         codes
+    }
+
+    /// Stores the membership of every group changed since the last call that is Stable or
+    /// Empty now (a group mid-rebalance waits for the next call), and forgets the groups
+    /// that are gone. Called after rebalances and periodically.
+    pub async fn persist_groups(&self) {
+        let _order = self.persisting.lock().await;
+        let (changes, names): (Vec<Change>, Vec<String>) = {
+            let mut inner = self.lock();
+            let Inner { groups, dirty, .. } = &mut *inner;
+            let mut changes = Vec::new();
+            let mut names = Vec::new();
+            dirty.retain(|name| {
+                let value = match groups.get(name) {
+                    None => None,
+                    Some(g) => match g.record() {
+                        Some(r) => Some(r.encode()),
+                        None => return true,
+                    },
+                };
+                changes.push(Change::GroupMetadata {
+                    group: name.clone(),
+                    value,
+                });
+                names.push(name.clone());
+                false
+            });
+            (changes, names)
+        };
+        if let Err(e) = self.store.persist(&changes).await {
+            tracing::error!(error = %e, "group membership not stored");
+            self.lock().dirty.extend(names);
+        }
     }
 
     /// Expires sessions and pending member ids, and finishes rebalances whose delay or
@@ -701,7 +829,10 @@ impl Coordinator {
         let initial_delay = self.initial_delay;
         let mut inner = self.lock();
         let Inner {
-            groups, offsets, ..
+            groups,
+            offsets,
+            dirty,
+            ..
         } = &mut *inner;
         for (name, group) in groups.iter_mut() {
             group.pending.retain(|_, until| *until > now);
@@ -717,8 +848,13 @@ impl Coordinator {
             }
             if !expired.is_empty() {
                 group.on_members_removed(now, initial_delay);
+                dirty.insert(name.clone());
             }
+            let before = group.state;
             group.try_complete_join(now);
+            if before != group.state && group.state == GroupState::Empty {
+                dirty.insert(name.clone());
+            }
         }
         groups.retain(|name, g| {
             if g.state != GroupState::Empty {
@@ -726,9 +862,13 @@ impl Coordinator {
                 return true;
             }
             let since = *g.empty_since.get_or_insert(now);
-            !g.pending.is_empty()
+            let keep = !g.pending.is_empty()
                 || offsets.contains_key(name)
-                || now.duration_since(since) < EMPTY_GROUP_KEEP
+                || now.duration_since(since) < EMPTY_GROUP_KEEP;
+            if !keep {
+                dirty.insert(name.clone());
+            }
+            keep
         });
     }
 
@@ -974,9 +1114,9 @@ mod tests {
     use std::sync::Arc;
 
     fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
-        let (store, offsets) =
+        let (store, stored) =
             OffsetStore::open(dir, &LogConfig::default(), Arc::new(SystemClock)).unwrap();
-        Arc::new(Coordinator::new(store, offsets, Duration::ZERO, 0, 600_000))
+        Arc::new(Coordinator::new(store, stored, Duration::ZERO, 0, 600_000))
     }
 
     fn args(member: &str, session_ms: i32) -> JoinArgs {
@@ -1073,6 +1213,96 @@ mod tests {
         );
         let a3 = c.join(args(&a.member_id, 60_000)).await;
         assert_eq!((a3.error, a3.generation, a3.members.len()), (0, 3, 1));
+    }
+
+    /// A coordinator opened on the store of a stopped one (a restart, or a kill -9 after
+    /// the leader's SyncGroup was answered) knows the group's generation, leader, members
+    /// and assignments: heartbeats and commits go on without a rebalance.
+    #[tokio::test]
+    async fn a_stable_group_survives_a_new_coordinator_on_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let c = coordinator(dir.path());
+            let a = c.join(args("", 10_000)).await;
+            sync(
+                &c,
+                &a,
+                vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
+            )
+            .await;
+            let b_join = tokio::spawn({
+                let c = Arc::clone(&c);
+                async move { c.join(args("", 10_000)).await }
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.heartbeat("g", 1, &a.member_id, None) != codes::REBALANCE_IN_PROGRESS {
+                assert!(Instant::now() < deadline);
+                tokio::task::yield_now().await;
+            }
+            let a2 = c.join(args(&a.member_id, 10_000)).await;
+            let b = b_join.await.unwrap();
+            let b_sync = tokio::spawn({
+                let c = Arc::clone(&c);
+                let b = b.clone();
+                async move { sync(&c, &b, Vec::new()).await }
+            });
+            sync(
+                &c,
+                &a2,
+                vec![
+                    (a2.member_id.clone(), Bytes::from_static(b"p0")),
+                    (b.member_id.clone(), Bytes::from_static(b"p1")),
+                ],
+            )
+            .await;
+            b_sync.await.unwrap();
+            (a2, b)
+        };
+        // No shutdown sync: the store's own fsyncs are all the new coordinator gets.
+        let c = coordinator(dir.path());
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), codes::NONE);
+        assert_eq!(c.heartbeat("g", 2, &b.member_id, None), codes::NONE);
+        let described = c.describe("g").unwrap();
+        assert_eq!(described.state, "Stable");
+        let mut assignments: Vec<(String, Bytes)> = described
+            .members
+            .iter()
+            .map(|m| (m.0.clone(), m.5.clone()))
+            .collect();
+        assignments.sort();
+        let mut expected = vec![
+            (a.member_id.clone(), Bytes::from_static(b"p0")),
+            (b.member_id.clone(), Bytes::from_static(b"p1")),
+        ];
+        expected.sort();
+        assert_eq!(assignments, expected);
+        let committed = Committed {
+            offset: 3,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        let code = c
+            .commit("g", 2, &b.member_id, None, vec![("t".into(), 1, committed)])
+            .await;
+        assert_eq!(code, codes::NONE);
+        // A member that rejoins unchanged keeps its assignment and the generation.
+        let again = sync(&c, &b, Vec::new()).await;
+        assert_eq!(
+            (again.error, &again.assignment[..]),
+            (codes::NONE, &b"p1"[..])
+        );
+        // The group leaves: the stored membership empties, and a third coordinator
+        // knows nobody.
+        c.leave(
+            "g",
+            &[(a.member_id.clone(), None), (b.member_id.clone(), None)],
+        );
+        c.persist_groups().await;
+        let c = coordinator(dir.path());
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
     }
 
     #[tokio::test]

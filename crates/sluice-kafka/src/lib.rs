@@ -15,6 +15,7 @@ pub mod broker;
 pub mod codes;
 pub mod config;
 pub mod connection;
+pub mod group_record;
 pub mod groups;
 pub mod offsets;
 pub mod partition;

@@ -4,18 +4,22 @@
 //! One log batch per OffsetCommit (or deletion); each entry is
 //! `kind u8 | group_len u16 | group | topic_len u16 | topic | partition i32 | offset i64 |
 //! leader_epoch i32 | metadata_len i32 (-1: null) | metadata`, big-endian. Kinds: 1 commit,
-//! 2 forget one partition (topic deleted), 3 forget a whole group.
+//! 2 forget one partition (topic deleted), 3 forget a whole group, 4 a group's membership
+//! (as Kafka's group metadata records: the metadata bytes are the coordinator's encoding
+//! of generation, leader and members; null is a tombstone).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sluice_core::clock::Clock;
 use sluice_log::{FlushPolicy, Log, LogConfig, LogError, SharedLog};
 
 const COMMIT: u8 = 1;
 const FORGET_PARTITION: u8 = 2;
 const FORGET_GROUP: u8 = 3;
+const GROUP_METADATA: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -41,6 +45,11 @@ pub enum Change {
     ForgetGroup {
         group: String,
     },
+    /// A group's membership as the coordinator encodes it; `None` forgets it.
+    GroupMetadata {
+        group: String,
+        value: Option<Bytes>,
+    },
 }
 
 pub type GroupOffsets = HashMap<(String, i32), Committed>;
@@ -55,6 +64,22 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn encode(change: &Change, out: &mut Vec<u8>) {
+    if let Change::GroupMetadata { group, value } = change {
+        out.push(GROUP_METADATA);
+        put_str(out, group);
+        put_str(out, "");
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.extend_from_slice(&(-1i64).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        match value {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        return;
+    }
     let (kind, group, topic, partition, committed) = match change {
         Change::Commit {
             group,
@@ -68,6 +93,7 @@ fn encode(change: &Change, out: &mut Vec<u8>) {
             partition,
         } => (FORGET_PARTITION, group, topic.as_str(), *partition, None),
         Change::ForgetGroup { group } => (FORGET_GROUP, group, "", -1, None),
+        Change::GroupMetadata { .. } => return,
     };
     out.push(kind);
     put_str(out, group);
@@ -122,9 +148,19 @@ fn decode_one(r: &mut Reader<'_>) -> Option<Change> {
     let partition = r.i32()?;
     let offset = r.i64()?;
     let leader_epoch = r.i32()?;
-    let metadata = match r.i32()? {
+    let raw = match r.i32()? {
         -1 => None,
-        n => Some(String::from_utf8(r.take(usize::try_from(n).ok()?)?.to_vec()).ok()?),
+        n => Some(r.take(usize::try_from(n).ok()?)?),
+    };
+    if kind == GROUP_METADATA {
+        return Some(Change::GroupMetadata {
+            group,
+            value: raw.map(Bytes::copy_from_slice),
+        });
+    }
+    let metadata = match raw {
+        None => None,
+        Some(b) => Some(String::from_utf8(b.to_vec()).ok()?),
     };
     Some(match kind {
         COMMIT => Change::Commit {
@@ -176,6 +212,34 @@ pub fn apply(offsets: &mut HashMap<String, GroupOffsets>, change: Change) {
         Change::ForgetGroup { group } => {
             offsets.remove(&group);
         }
+        Change::GroupMetadata { .. } => {}
+    }
+}
+
+/// What the store holds: committed offsets, and each group's last membership record.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub offsets: HashMap<String, GroupOffsets>,
+    pub groups: HashMap<String, Bytes>,
+}
+
+impl Stored {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::GroupMetadata { group, value } => match value {
+                Some(v) => {
+                    self.groups.insert(group, v);
+                }
+                None => {
+                    self.groups.remove(&group);
+                }
+            },
+            Change::ForgetGroup { group } => {
+                self.groups.remove(&group);
+                self.offsets.remove(&group);
+            }
+            other => apply(&mut self.offsets, other),
+        }
     }
 }
 
@@ -190,13 +254,13 @@ impl OffsetStore {
         dir: &Path,
         base: &LogConfig,
         clock: Arc<dyn Clock>,
-    ) -> Result<(OffsetStore, HashMap<String, GroupOffsets>), LogError> {
+    ) -> Result<(OffsetStore, Stored), LogError> {
         let mut config = base.clone();
         config.flush = FlushPolicy::Sync;
         config.retention_bytes = None;
         config.retention_ms = None;
         let mut log = Log::open(dir.join("consumer-offsets"), config, clock)?;
-        let mut offsets = HashMap::new();
+        let mut stored = Stored::default();
         let mut at = log.start_offset();
         loop {
             let batches = log.read(at, 4 << 20)?;
@@ -207,7 +271,7 @@ impl OffsetStore {
                 let mut r = Reader(&b.payload);
                 while !r.0.is_empty() {
                     match decode_one(&mut r) {
-                        Some(change) => apply(&mut offsets, change),
+                        Some(change) => stored.apply(change),
                         None => {
                             tracing::error!(offset = b.base_offset, "bad offsets entry skipped");
                             break;
@@ -221,7 +285,7 @@ impl OffsetStore {
             OffsetStore {
                 log: Arc::new(SharedLog::new(log)),
             },
-            offsets,
+            stored,
         ))
     }
 
@@ -272,9 +336,9 @@ mod tests {
             },
         };
         {
-            let (store, offsets) =
+            let (store, stored) =
                 OffsetStore::open(dir.path(), &LogConfig::default(), Arc::clone(&clock)).unwrap();
-            assert!(offsets.is_empty());
+            assert!(stored.offsets.is_empty());
             store
                 .persist(&[
                     commit("g", "t", 0, 5),
@@ -296,7 +360,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let (_, offsets) = OffsetStore::open(dir.path(), &LogConfig::default(), clock).unwrap();
+        let (_, stored) = OffsetStore::open(dir.path(), &LogConfig::default(), clock).unwrap();
+        let offsets = stored.offsets;
         assert_eq!(offsets.len(), 1);
         let g = &offsets["g"];
         assert_eq!(g.len(), 1);

@@ -195,6 +195,7 @@ async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
     loop {
         tick.tick().await;
         kafka.groups.tick();
+        kafka.groups.persist_groups().await;
     }
 }
 

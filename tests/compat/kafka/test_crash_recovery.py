@@ -140,3 +140,34 @@ def test_flush_sync_acks_all_batch_survives_kill9(clients, create_topic, broker,
     got = consume(clients, "kafka-python", topic, [0, 1], len(records), timeout=20)
     stored = {(r["partition"], r["offset"]): r["value"] for r in got}
     assert stored == {pos: rec["value"] for pos, rec in zip(positions, records)}
+
+
+@pytest.mark.timeout(120)
+def test_group_members_carry_on_across_kill9_without_a_rebalance(clients, create_topic, name, broker):
+    """Kafka stores group membership with the offsets, so a coordinator that restarts keeps
+    the generation and the assignment: members' heartbeats and commits go on, nothing is
+    revoked, and no record is read twice. Three kill -9s in a row."""
+    topic, group = create_topic(2, {"flush": "sync"}), name("group")
+    events = []
+    c = clients.consumer(group)
+    c.subscribe(
+        [topic],
+        on_assign=lambda _c, ps: events.append(("assign", sorted(p.partition for p in ps))),
+        on_revoke=lambda _c, ps: events.append(("revoke", sorted(p.partition for p in ps))),
+        on_lost=lambda _c, ps: events.append(("lost", sorted(p.partition for p in ps))),
+    )
+    seen = []
+    for round_ in range(4):
+        produce(clients, "confluent", topic,
+                [{"value": f"r{round_}-{i}".encode(), "partition": i % 2} for i in range(20)])
+        got = confluent_consume(c, 20, timeout=30)
+        seen.extend(m.value() for m in got)
+        nxt = {}
+        for m in got:
+            nxt[m.partition()] = max(nxt.get(m.partition(), 0), m.offset() + 1)
+        commit_sync(c, topic, nxt)
+        if round_ < 3:
+            broker.kill9_restart()
+    assert sorted(seen) == sorted(f"r{r}-{i}".encode() for r in range(4) for i in range(20)), \
+        "every record exactly once"
+    assert events == [("assign", [0, 1])], f"rebalance events across restarts: {events}"

@@ -90,17 +90,6 @@ impl Default for TopicConfig {
     }
 }
 
-/// Config names this broker knows, in DescribeConfigs order.
-pub const TOPIC_CONFIG_NAMES: [&str; 7] = [
-    "cleanup.policy",
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "flush",
-];
-
 fn parse_limit(value: &str) -> Result<Option<u64>, String> {
     match value.trim().parse::<i64>() {
         Ok(-1) => Ok(None),

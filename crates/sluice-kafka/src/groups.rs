@@ -460,12 +460,23 @@ impl Coordinator {
     }
 
     pub async fn join(&self, args: JoinArgs) -> JoinOutcome {
-        let rx = match self.start_join(args) {
-            Ok(outcome) => return outcome,
-            Err(rx) => rx,
+        let (group, member) = (args.group.clone(), args.member_id.clone());
+        let outcome = match self.start_join(args) {
+            Ok(outcome) => outcome,
+            Err(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinOutcome::error(codes::UNKNOWN_SERVER_ERROR, "")),
         };
-        rx.await
-            .unwrap_or_else(|_| JoinOutcome::error(codes::UNKNOWN_SERVER_ERROR, ""))
+        tracing::debug!(
+            %group,
+            %member,
+            error = outcome.error,
+            generation = outcome.generation,
+            assigned_id = %outcome.member_id,
+            leader = %outcome.leader,
+            "join answered"
+        );
+        outcome
     }
 
     /// Either answers at once (`Ok`) or parks the member and returns the receiver.
@@ -708,13 +719,16 @@ impl Coordinator {
             }
             (rx, leader)
         };
+        // The new generation is stored by the next `persist_groups` (within 100 ms), not
+        // before the leader hears back: a SyncGroup slower than a client's poll timeout
+        // trips kafka-python 3.0.12, which then never re-enables its heartbeat. A crash in
+        // between costs the group one rebalance, not a record.
         let (rx, leader) = rx;
-        if leader {
-            // As Kafka, the new generation is stored before the leader hears back.
-            self.persist_groups().await;
-        }
-        rx.await
-            .unwrap_or_else(|_| err(codes::UNKNOWN_SERVER_ERROR))
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| err(codes::UNKNOWN_SERVER_ERROR));
+        tracing::debug!(group = %group_id, member = %member_id, generation, leader, error = outcome.error, "sync answered");
+        outcome
     }
 
     pub fn heartbeat(
@@ -737,12 +751,16 @@ impl Coordinator {
             return codes::FENCED_INSTANCE_ID;
         }
         m.last_seen = Instant::now();
-        match state {
+        let code = match state {
             GroupState::Empty => codes::UNKNOWN_MEMBER_ID,
             GroupState::PreparingRebalance => codes::REBALANCE_IN_PROGRESS,
             _ if generation != current => codes::ILLEGAL_GENERATION,
             _ => codes::NONE,
+        };
+        if code != codes::NONE {
+            tracing::debug!(group = %group_id, member = %member_id, generation, current, code, "heartbeat refused");
         }
+        code
     }
 
     /// Removes members (`(member id, instance id)`; an empty member id means "by instance
@@ -786,6 +804,7 @@ impl Coordinator {
             group.on_members_removed(now, initial_delay);
             inner.dirty.insert(group_id.to_string());
         }
+        tracing::debug!(group = %group_id, ?members, ?codes, "leave");
         codes
     }
 
@@ -1256,6 +1275,8 @@ mod tests {
             )
             .await;
             b_sync.await.unwrap();
+            // What the broker's group loop does every 100 ms.
+            c.persist_groups().await;
             (a2, b)
         };
         // No shutdown sync: the store's own fsyncs are all the new coordinator gets.

@@ -19,6 +19,7 @@ pub mod group_record;
 pub mod groups;
 pub mod offsets;
 pub mod partition;
+pub mod topic_configs;
 pub mod topics;
 
 pub use api::SUPPORTED as SUPPORTED_APIS;

@@ -208,7 +208,11 @@ def kp_consume(consumer, n, timeout=15.0, allow_more=False):
     while len(out) < n:
         if deadline.passed():
             raise AssertionError(f"timed out after {timeout}s: {len(out)} of {n} records")
-        batches = consumer.poll(timeout_ms=int(min(200, deadline.left() * 1000)) or 1)
+        # poll returns as soon as records arrive; a long timeout matters while the member
+        # joins: kafka-python 3.0.12 never completes a join whose SyncGroup answer comes
+        # after a poll timed out (no heartbeats follow, and the session expires), which a
+        # loaded machine makes likely with short polls.
+        batches = consumer.poll(timeout_ms=int(min(2000, deadline.left() * 1000)) or 1)
         for recs in batches.values():
             out.extend(recs)
     if not allow_more:

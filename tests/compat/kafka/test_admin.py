@@ -93,6 +93,45 @@ def test_describe_configs_reports_defaults(admin, create_topic):
     assert configs["cleanup.policy"].value == "delete"  # Kafka's default
 
 
+# The topic configs an Apache Kafka 3.6 broker lists for every topic.
+KAFKA_TOPIC_CONFIGS = {
+    "cleanup.policy", "compression.type", "delete.retention.ms", "file.delete.delay.ms",
+    "flush.messages", "flush.ms", "follower.replication.throttled.replicas",
+    "index.interval.bytes", "leader.replication.throttled.replicas", "local.retention.bytes",
+    "local.retention.ms", "max.compaction.lag.ms", "max.message.bytes",
+    "message.downconversion.enable", "message.format.version",
+    "message.timestamp.after.max.ms", "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms", "message.timestamp.type",
+    "min.cleanable.dirty.ratio", "min.compaction.lag.ms", "min.insync.replicas",
+    "preallocate", "remote.storage.enable", "retention.bytes", "retention.ms",
+    "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
+    "unclean.leader.election.enable",
+}
+
+
+def test_describe_configs_lists_every_kafka_topic_config_with_sources_and_synonyms(admin, name):
+    topic = name("topic")
+    assert create(admin, topic, 1, config={"retention.ms": "3600000"}) is None
+    wait_topic_ready(admin, topic, 1)
+    # librdkafka always asks for synonyms.
+    configs = describe(admin, topic)
+    missing = KAFKA_TOPIC_CONFIGS - set(configs)
+    assert not missing, f"missing from DescribeConfigs: {sorted(missing)}"
+    retention = configs["retention.ms"]
+    assert retention.value == "3600000"
+    assert src(retention) == ConfigSource.DYNAMIC_TOPIC_CONFIG
+    assert not retention.is_default and not retention.is_read_only
+    synonyms = [(s.name, ConfigSource(s.source)) for s in retention.synonyms.values()]
+    assert synonyms[0] == ("retention.ms", ConfigSource.DYNAMIC_TOPIC_CONFIG), synonyms
+    assert any(n.startswith("log.retention") for n, _ in synonyms[1:]), synonyms
+    segment = configs["segment.bytes"]
+    assert src(segment) in (ConfigSource.DEFAULT_CONFIG, ConfigSource.STATIC_BROKER_CONFIG)
+    assert segment.is_default == (src(segment) == ConfigSource.DEFAULT_CONFIG)
+    assert configs["min.insync.replicas"].value == "1"
+    assert configs["compression.type"].value == "producer"
+    assert configs["cleanup.policy"].value == "delete"
+
+
 @sluice_only("flush is a Sluice topic config")
 def test_flush_topic_config(admin, name):
     for policy in ("sync", "async"):

@@ -7,7 +7,7 @@ from confluent_kafka.admin import OffsetSpec
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KTopicPartition
 
-from kafka_helpers import commit_sync, confluent_consume, kp_consume, produce
+from kafka_helpers import Deadline, commit_sync, confluent_consume, kp_consume, produce
 
 COMMITTED = {0: 4, 1: 7}
 
@@ -183,3 +183,41 @@ def test_out_of_range_position_is_reset(clients, create_topic, name, client):
     else:
         k = clients.kp_consumer(topic, group=group, auto_offset_reset="earliest")
         assert [r.offset for r in kp_consume(k, 5)] == list(range(5))
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_out_of_range_position_is_reset_to_latest(clients, create_topic, name, client):
+    """With auto.offset.reset=latest, a committed offset past the end moves the consumer to
+    the end of the log: it reads records produced afterwards and none of the 5 before."""
+    topic, group = create_topic(1), name("group")
+    produce(clients, "confluent", topic, [{"value": f"r{i}".encode()} for i in range(5)])
+    setter = clients.consumer(group)
+    commit_sync(setter, topic, {0: 1000})
+    setter.close()
+    clients.forget(setter)
+    if client == "confluent":
+        c = clients.consumer(group, **{"auto.offset.reset": "latest"})
+        c.subscribe([topic])
+
+        def poll():
+            m = c.poll(0.2)
+            return [] if m is None or m.error() else [m.offset()]
+    else:
+        k = clients.kp_consumer(topic, group=group, auto_offset_reset="latest")
+
+        def poll():
+            return [r.offset for recs in k.poll(timeout_ms=1000).values() for r in recs]
+
+    # The reset happens once the group is joined and the first fetch is refused; records
+    # produced before it lands are skipped too, so produce until one arrives.
+    got = []
+    deadline = Deadline(20)
+    sent = 0
+    while not got:
+        assert not deadline.passed(), "nothing read after the reset"
+        produce(clients, "confluent", topic, [{"value": f"s{sent}".encode()}])
+        sent += 1
+        for _ in range(3):
+            got.extend(poll())
+    assert min(got) >= 5, f"read {got}: the position went back to the start"
+    assert max(got) <= 4 + sent

@@ -12,7 +12,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::*;
@@ -20,31 +20,12 @@ use kafka_protocol::messages::*;
 use super::str;
 use crate::broker::KafkaBroker;
 use crate::codes;
-use crate::config::{TOPIC_CONFIG_NAMES, TopicConfig};
+use crate::config::TopicConfig;
+use crate::topic_configs::{self, SOURCE_STATIC_BROKER, TYPE_BOOLEAN, TYPE_INT};
 use crate::topics::Refusal;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-/// DescribeConfigs sources.
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
-/// DescribeConfigs types.
-const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
-const TYPE_BOOLEAN: i8 = 1;
-
-fn config_type(name: &str) -> i8 {
-    match name {
-        "retention.ms" | "retention.bytes" => TYPE_LONG,
-        "segment.bytes" | "max.message.bytes" => TYPE_INT,
-        "cleanup.policy" => TYPE_LIST,
-        _ => TYPE_STRING,
-    }
-}
-
 fn replication_ok(factor: i16) -> Result<(), Refusal> {
     if factor == -1 || factor == 1 {
         Ok(())
@@ -118,18 +99,22 @@ pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTo
                 out.replication_factor = 1;
                 let config = TopicConfig::with_overrides(b.topics.defaults(), &overrides)
                     .unwrap_or_else(|_| b.topics.defaults().clone());
+                let described = topic_configs::describe(
+                    &config,
+                    |n| overrides.contains_key(n),
+                    b.topics.defaults(),
+                    &b.config.log,
+                    false,
+                );
                 out.configs = Some(
-                    TOPIC_CONFIG_NAMES
-                        .iter()
-                        .map(|n| {
+                    described
+                        .into_iter()
+                        .map(|d| {
                             let mut c = CreatableTopicConfigs::default();
-                            c.name = str(*n);
-                            c.value = config.get(n).map(str);
-                            c.config_source = if overrides.contains_key(*n) {
-                                SOURCE_TOPIC
-                            } else {
-                                SOURCE_DEFAULT
-                            };
+                            c.name = str(d.name);
+                            c.value = Some(str(d.value));
+                            c.read_only = d.read_only;
+                            c.config_source = d.source;
                             c
                         })
                         .collect(),
@@ -277,16 +262,31 @@ pub fn describe_configs(
             RESOURCE_TOPIC => match b.topics.get(res.resource_name.as_str()) {
                 Some(topic) => {
                     let st = topic.read();
-                    for n in TOPIC_CONFIG_NAMES.iter().filter(|n| wanted(n)) {
+                    let described = topic_configs::describe(
+                        &st.config,
+                        |n| st.overrides.contains_key(n),
+                        b.topics.defaults(),
+                        &b.config.log,
+                        req.include_synonyms,
+                    );
+                    for d in described.into_iter().filter(|d| wanted(d.name)) {
                         let mut c = DescribeConfigsResourceResult::default();
-                        c.name = str(*n);
-                        c.value = st.config.get(n).map(str);
-                        c.config_source = if st.overrides.contains_key(*n) {
-                            SOURCE_TOPIC
-                        } else {
-                            SOURCE_DEFAULT
-                        };
-                        c.config_type = config_type(n);
+                        c.name = str(d.name);
+                        c.value = Some(str(d.value));
+                        c.config_source = d.source;
+                        c.read_only = d.read_only;
+                        c.config_type = d.config_type;
+                        c.synonyms = d
+                            .synonyms
+                            .into_iter()
+                            .map(|(name, value, source)| {
+                                let mut s = DescribeConfigsSynonym::default();
+                                s.name = str(name);
+                                s.value = Some(str(value));
+                                s.source = source;
+                                s
+                            })
+                            .collect();
                         out.configs.push(c);
                     }
                 }

@@ -564,6 +564,11 @@ impl QueueCell {
     pub fn flush_due(self: &Arc<Self>) {
         let jobs = {
             let mut state = self.lock();
+            if let Some(store) = state.store.as_mut()
+                && let Err(e) = store.write_settlements()
+            {
+                tracing::error!(queue = %self.name, error = %e, "cannot write settlements");
+            }
             match state.store.as_mut().map(|s| s.flush_jobs()) {
                 Some(Ok(jobs)) => jobs,
                 Some(Err(e)) => {

@@ -257,6 +257,12 @@ impl<W> QueueStore<W> {
         self.group.fail_all().collect()
     }
 
+    /// Writes buffered settlements to their file (no fsync): after this a crash of the
+    /// process, as opposed to the machine, redelivers none of the messages they settle.
+    pub fn write_settlements(&mut self) -> Result<(), StoreError> {
+        Ok(self.settled.write_buffered()?)
+    }
+
     /// The background fsyncs due for the `async` policy and for settlements, at most one
     /// per log and none while another job of that log runs. Each must come back through
     /// [`QueueStore::flushed`].

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
+use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue, tx};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use sluice_core::{Message, Table, Value};
@@ -50,6 +50,11 @@ impl Ctx<'_> {
     }
 }
 
+/// RabbitMQ's refusal of `basic.recover` / `recover-async` with requeue=false.
+fn requeue_false() -> AmqpError {
+    AmqpError::connection(codes::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - requeue=false")
+}
+
 /// A `basic.publish` waiting for its content.
 struct Publishing {
     exchange: Arc<str>,
@@ -58,8 +63,23 @@ struct Publishing {
     body_size: u64,
     properties: Bytes,
     known: props::Known,
+    /// What the content header's properties were refused with; RabbitMQ decodes them
+    /// only once the content is complete, so this waits for the last body frame.
+    header_error: Option<AmqpError>,
+    immediate: bool,
+    /// More body arrived than the header announced: as RabbitMQ, the content never
+    /// completes and the next method is out of place.
+    overflow: bool,
     body: BytesMut,
     first_body: Option<Bytes>,
+}
+
+/// RabbitMQ's 505 for a content frame where a method was expected.
+pub fn unexpected_non_method() -> AmqpError {
+    AmqpError::connection(
+        codes::UNEXPECTED_FRAME,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+    )
 }
 
 /// A transaction's pending publishes and settlements.
@@ -100,6 +120,8 @@ pub struct Channel {
     pub closing: bool,
     publishing: Option<Box<Publishing>>,
     header_expected: bool,
+    /// The queue this channel declared last, for an empty name in consume and get.
+    last_queue: Option<Arc<str>>,
     confirm: bool,
     publish_seq: u64,
     /// Publishes whose messages are not on disk yet in every durable queue they went to:
@@ -150,6 +172,7 @@ impl Channel {
             publishing: None,
             header_expected: false,
             confirm: false,
+            last_queue: None,
             publish_seq: 0,
             unconfirmed: BTreeMap::new(),
             nacked: BTreeSet::new(),
@@ -167,10 +190,12 @@ impl Channel {
 
     pub fn handle_method(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass) -> Result<(), AmqpError> {
         if self.publishing.is_some() {
-            return Err(AmqpError::connection(
-                codes::UNEXPECTED_FRAME,
-                "UNEXPECTED_FRAME - expected content header or body, got a method",
-            ));
+            let text = if self.header_expected {
+                "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+            } else {
+                "UNEXPECTED_FRAME - expected content body, got non content body frame instead"
+            };
+            return Err(AmqpError::connection(codes::UNEXPECTED_FRAME, text).during(60, 40));
         }
         let class = method.get_amqp_class_id();
         let method_id = method.get_amqp_method_id();
@@ -193,6 +218,14 @@ impl Channel {
                     )
                 }
             }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) if !f.active => Err(
+                AmqpError::connection(codes::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - active=false"),
+            ),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => ok(
+                ctx.out,
+                self.id,
+                AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+            ),
             AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => ok(
                 ctx.out,
                 self.id,
@@ -247,7 +280,7 @@ impl Channel {
                         } else {
                             AmqpError::connection(
                                 codes::COMMAND_INVALID,
-                                format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind.as_str()),
+                                format!("COMMAND_INVALID - invalid exchange type '{}'", d.kind.as_str()),
                             )
                         }
                     })?;
@@ -332,6 +365,17 @@ impl Channel {
     }
 
     /// The queue a method names; an exclusive queue of another connection is locked.
+    /// RabbitMQ's shortcut: an empty queue name in basic.consume and basic.get means the
+    /// queue this channel declared last.
+    fn last_queue_or<'a>(&'a self, name: &'a str) -> Result<&'a str, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue.as_deref().ok_or_else(|| {
+            AmqpError::channel(codes::NOT_FOUND, "NOT_FOUND - no previously declared queue")
+        })
+    }
+
     fn find_queue(&self, ctx: &Ctx<'_>, name: &str) -> Result<Arc<QueueCell>, AmqpError> {
         let queue = ctx
             .vhost
@@ -398,6 +442,7 @@ impl Channel {
                     (queue, created)
                 };
                 let _ = created;
+                self.last_queue = Some(Arc::clone(&queue.name));
                 if d.nowait {
                     return Ok(());
                 }
@@ -535,6 +580,9 @@ impl Channel {
                     body_size: 0,
                     properties: Bytes::new(),
                     known: props::Known::default(),
+                    header_error: None,
+                    immediate: p.immediate,
+                    overflow: false,
                     body: BytesMut::new(),
                     first_body: None,
                 }));
@@ -542,12 +590,18 @@ impl Channel {
                 Ok(())
             }
             basic::AMQPMethod::Qos(q) => {
-                // As RabbitMQ: global = false limits each new consumer, global = true
-                // the whole channel.
+                // As RabbitMQ: global = false limits each new consumer and lifts the
+                // channel's limit (rabbit_limiter:unlimit_prefetch); global = true limits
+                // the whole channel, existing consumers included.
                 if q.global {
                     self.credit.set_limit(u32::from(q.prefetch_count));
                 } else {
                     self.prefetch = q.prefetch_count;
+                    self.credit.set_limit(0);
+                }
+                // A raised or lifted limit lets deliveries through at once.
+                for c in self.consumers.values() {
+                    c.queue.dispatch();
                 }
                 ok(
                     ctx.out,
@@ -574,8 +628,9 @@ impl Channel {
                 )
             }
             basic::AMQPMethod::Get(g) => {
-                ctx.allow(Access::Read, "queue", g.queue.as_str())?;
-                let queue = self.find_queue(ctx, g.queue.as_str())?;
+                let name = self.last_queue_or(g.queue.as_str())?;
+                ctx.allow(Access::Read, "queue", name)?;
+                let queue = self.find_queue(ctx, name)?;
                 queue.touch();
                 match queue.get(g.no_ack) {
                     None => ok(
@@ -627,6 +682,8 @@ impl Channel {
                 multiple: false,
                 requeue: r.requeue,
             }),
+            basic::AMQPMethod::Recover(r) if !r.requeue => Err(requeue_false()),
+            basic::AMQPMethod::RecoverAsync(r) if !r.requeue => Err(requeue_false()),
             basic::AMQPMethod::Recover(r) => {
                 self.recover(r.requeue);
                 ok(
@@ -713,8 +770,9 @@ impl Channel {
         if c.queue.as_str() == REPLY_TO {
             return self.consume_replies(ctx, c);
         }
-        ctx.allow(Access::Read, "queue", c.queue.as_str())?;
-        let queue = self.find_queue(ctx, c.queue.as_str())?;
+        let name = self.last_queue_or(c.queue.as_str())?;
+        ctx.allow(Access::Read, "queue", name)?;
+        let queue = self.find_queue(ctx, name)?;
         queue.touch();
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             server_name("amq.ctag-", ctx.broker.next_id()).into()
@@ -999,20 +1057,26 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_>,
         class_id: u16,
+        weight: u16,
         body_size: u64,
         properties: Bytes,
     ) -> Result<(), AmqpError> {
         let Some(p) = self.publishing.as_mut().filter(|_| self.header_expected) else {
-            return Err(AmqpError::connection(
-                codes::UNEXPECTED_FRAME,
-                "UNEXPECTED_FRAME - content header without basic.publish",
-            ));
+            return Err(unexpected_non_method());
         };
         if class_id != 60 {
             return Err(AmqpError::connection(
-                codes::FRAME_ERROR,
-                "FRAME_ERROR - content header for a class other than basic",
-            ));
+                codes::UNEXPECTED_FRAME,
+                format!("UNEXPECTED_FRAME - expected content header for class 60, got one for class {class_id} instead"),
+            )
+            .during(60, 40));
+        }
+        if weight != 0 {
+            return Err(AmqpError::connection(
+                codes::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+            )
+            .during(60, 40));
         }
         if body_size > ctx.broker.message_bytes_max as u64 {
             self.publishing = None;
@@ -1022,7 +1086,10 @@ impl Channel {
             ))
             .during(60, 40));
         }
-        p.known = props::read_known(&properties, true)?;
+        match props::read_known(&properties, true) {
+            Ok(known) => p.known = known,
+            Err(e) => p.header_error = Some(e),
+        }
         if let Some(user) = &p.known.user_id
             && user.as_str() != ctx.user
         {
@@ -1045,17 +1112,12 @@ impl Channel {
 
     pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, body: Bytes) -> Result<(), AmqpError> {
         let Some(p) = self.publishing.as_mut().filter(|_| !self.header_expected) else {
-            return Err(AmqpError::connection(
-                codes::UNEXPECTED_FRAME,
-                "UNEXPECTED_FRAME - content body without header",
-            ));
+            return Err(unexpected_non_method());
         };
         let have = p.first_body.as_ref().map_or(0, |b| b.len()) + p.body.len();
-        if (have + body.len()) as u64 > p.body_size {
-            return Err(AmqpError::connection(
-                codes::FRAME_ERROR,
-                "FRAME_ERROR - content body larger than announced",
-            ));
+        if p.overflow || (have + body.len()) as u64 > p.body_size {
+            p.overflow = true;
+            return Ok(());
         }
         if p.first_body.is_none() && p.body.is_empty() {
             p.first_body = Some(body);
@@ -1081,6 +1143,21 @@ impl Channel {
             return Ok(());
         };
         let p = *p;
+        if let Some(e) = p.header_error {
+            // A channel error (a bad expiration) names basic.publish; the crash RabbitMQ
+            // has on undecodable properties names no method.
+            return Err(match e {
+                AmqpError::Channel { .. } => e.during(60, 40),
+                e => e,
+            });
+        }
+        if p.immediate {
+            return Err(AmqpError::connection(
+                codes::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - immediate=true",
+            )
+            .during(60, 40));
+        }
         let body = match p.first_body {
             Some(b) => b,
             None => p.body.freeze(),
@@ -1404,7 +1481,8 @@ fn check_equivalent(queue: &QueueCell, requested: &QueueDef, vhost: &str) -> Res
             queue.name
         )))
     };
-    if current.durable != requested.durable {
+    // RabbitMQ does not compare `durable` for an exclusive queue.
+    if current.durable != requested.durable && current.exclusive_owner.is_none() {
         return mismatch(
             "durable",
             requested.durable.to_string(),

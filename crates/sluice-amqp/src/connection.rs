@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::broker::{Broker, Confirms, ConnectionId, Outbound, VHost};
 use crate::channel::{Channel, Ctx};
 use crate::error::{AmqpError, codes};
-use crate::frame::{self, Frame, PROTOCOL_HEADER};
+use crate::frame::{self, Frame, FrameError, PROTOCOL_HEADER};
 use sluice_core::admission::Ticket;
 
 /// Settings the server offers in `connection.tune`, and bounds of one connection.
@@ -61,8 +61,9 @@ const BUFFER_BYTES_INITIAL: usize = 4096;
 /// Confirm-mode publishes of one connection that may wait for the disk at once; past it
 /// the connection is not read until confirms catch up.
 const UNCONFIRMED_MAX: usize = 1 << 16;
-/// How long to wait for `close-ok` after sending `connection.close`.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for `close-ok` after sending `connection.close` (RabbitMQ closes a
+/// refused login's socket after 3 s without one).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -100,8 +101,11 @@ struct Conn {
     /// The client handles a `connection.close` for a refused login (its capabilities
     /// include `authentication_failure_close`); others are closed silently.
     wants_auth_close: bool,
-    /// An error before the connection opened: close silently after `SILENT_CLOSE_DELAY`.
+    /// Close the socket only after `SILENT_CLOSE_DELAY`: an error before the connection
+    /// opened, or a frame whose boundary was lost.
     silent_close: bool,
+    /// When our `connection.close` went out, while its `close-ok` is awaited.
+    closing_since: Option<Instant>,
     out: BytesMut,
     outbox: mpsc::Sender<Outbound>,
     confirms: Arc<Confirms>,
@@ -159,6 +163,7 @@ async fn run(
         confirm_dirty: Vec::new(),
         wants_auth_close: false,
         silent_close: false,
+        closing_since: None,
         out: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
         outbox,
         confirms: Arc::new(Confirms::default()),
@@ -169,7 +174,6 @@ async fn run(
     let mut last_write = Instant::now();
     let mut inbuf = BytesMut::with_capacity(BUFFER_BYTES_INITIAL);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let mut closing_since: Option<Instant> = None;
     let mut authenticated = false;
     let result = loop {
         if let Err(e) = conn.write_pending(&mut wr, &mut last_write).await {
@@ -187,13 +191,22 @@ async fn run(
         // disk, its socket is not read: TCP pushes back.
         let paused = conn.blocked.is_some() || conn.unconfirmed() >= UNCONFIRMED_MAX;
         let confirms = Arc::clone(&conn.confirms);
+        // RabbitMQ sends a heartbeat once half the interval passed without a write.
+        let beat_at = (conn.heartbeat_s > 0 && conn.phase == Phase::Open)
+            .then(|| last_write + Duration::from_millis(u64::from(conn.heartbeat_s) * 500));
         tokio::select! {
+            _ = tokio::time::sleep_until(beat_at.unwrap_or(last_write).into()), if beat_at.is_some() => {
+                frame::write_heartbeat(&mut conn.out);
+            }
             read = rd.read_buf(&mut inbuf), if !paused => {
                 match read {
                     Ok(0) => break Ok(()),
                     Ok(_) => {
                         last_read = Instant::now();
-                        conn.process_input(&mut inbuf);
+                        if conn.process_input(&mut inbuf).is_break() {
+                            // An unknown class or method id: dropped at once, no close.
+                            break Ok(());
+                        }
                     }
                     Err(e) => break Err(e),
                 }
@@ -224,11 +237,10 @@ async fn run(
                 {
                     break Ok(());
                 }
-                if conn.phase == Phase::Closing {
-                    let since = *closing_since.get_or_insert(now);
-                    if now.duration_since(since) > CLOSE_TIMEOUT {
-                        break Ok(());
-                    }
+                if conn.phase == Phase::Closing
+                    && conn.closing_since.is_some_and(|since| now.duration_since(since) >= CLOSE_TIMEOUT)
+                {
+                    break Ok(());
                 }
                 if paused {
                     // Not reading a paused connection is our choice, not a dead peer.
@@ -239,9 +251,6 @@ async fn run(
                     if now.duration_since(last_read) > interval * 2 {
                         tracing::info!(peer = %conn.peer, "missed heartbeats from client, closing");
                         break Ok(());
-                    }
-                    if now.duration_since(last_write) >= interval / 2 {
-                        frame::write_heartbeat(&mut conn.out);
                     }
                 }
             }
@@ -318,7 +327,10 @@ impl Conn {
         );
     }
 
-    fn process_input(&mut self, inbuf: &mut BytesMut) {
+    /// Handles every whole frame in `inbuf`; `Break` when the socket must be dropped at
+    /// once.
+    fn process_input(&mut self, inbuf: &mut BytesMut) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow;
         while self.phase != Phase::Done {
             match frame::parse(inbuf, self.frame_max) {
                 Ok(Some(f)) => {
@@ -326,15 +338,24 @@ impl Conn {
                         self.fail(e);
                     }
                 }
-                Ok(None) => return,
-                Err(e) => {
+                Ok(None) => return ControlFlow::Continue(()),
+                Err(FrameError::Abort) => {
+                    tracing::debug!(peer = %self.peer, "unknown class or method id, dropping the connection");
+                    return ControlFlow::Break(());
+                }
+                Err(FrameError::Bad(e)) => self.fail(e),
+                Err(FrameError::Lost(e)) => {
+                    // The stream cannot be re-synchronised: RabbitMQ closes, then drops
+                    // the socket after its silent-close delay, close-ok or not.
                     self.fail(e);
-                    // The stream cannot be re-synchronised after a framing error.
+                    self.silent_close = true;
+                    self.phase = Phase::Done;
                     inbuf.clear();
-                    return;
+                    return ControlFlow::Continue(());
                 }
             }
         }
+        ControlFlow::Continue(())
     }
 
     /// Sends the close for an error: the channel's, or the whole connection's.
@@ -366,11 +387,11 @@ impl Conn {
             return;
         }
         tracing::debug!(peer = %self.peer, code, text, "closing connection");
-        // As RabbitMQ: before the connection is open, only a refused login (to a client
-        // that handles it) and a refused vhost get a `connection.close`.
+        // As RabbitMQ: before the connection is opening, only a refused login (to a client
+        // that handles it) gets a `connection.close`; other errors close silently.
         let told = match self.phase {
             Phase::AwaitStartOk => code == codes::ACCESS_REFUSED && self.wants_auth_close,
-            Phase::AwaitOpen => code == codes::NOT_ALLOWED,
+            Phase::AwaitTuneOk => false,
             _ => true,
         };
         if !told {
@@ -389,11 +410,8 @@ impl Conn {
             })),
         );
         self.release_all();
-        self.phase = if matches!(self.phase, Phase::Open) {
-            Phase::Closing
-        } else {
-            Phase::Done
-        };
+        self.phase = Phase::Closing;
+        self.closing_since = Some(Instant::now());
     }
 
     fn handle_frame(&mut self, f: Frame) -> Result<(), AmqpError> {
@@ -415,39 +433,50 @@ impl Conn {
         }
         match f {
             Frame::Heartbeat(0) => Ok(()),
-            Frame::Heartbeat(_) => Err(AmqpError::connection(
-                codes::FRAME_ERROR,
-                "FRAME_ERROR - heartbeat frame on a channel other than 0",
-            )),
             Frame::Method(0, m) => self.connection_method(*m),
-            _ if self.phase != Phase::Open => Err(AmqpError::connection(
-                codes::CHANNEL_ERROR,
-                "CHANNEL_ERROR - expected a connection method during the handshake",
-            )),
+            // RabbitMQ's reader quotes a frame it did not expect: any frame but a method on
+            // channel 0 before the connection is open, content on channel 0, heartbeats on
+            // other channels.
+            f @ (Frame::Heartbeat(_) | Frame::Header { channel: 0, .. } | Frame::Body(0, _)) => {
+                Err(unexpected_frame(&f))
+            }
+            f if self.phase != Phase::Open => Err(unexpected_frame(&f)),
             Frame::Method(ch, m) => self.channel_method(ch, *m),
             Frame::Header {
                 channel,
                 class_id,
+                weight,
                 body_size,
                 properties,
-            } => self.with_channel(channel, |ch, ctx| {
-                ch.handle_header(ctx, class_id, body_size, properties)
+            } => self.with_content_channel(channel, |ch, ctx| {
+                ch.handle_header(ctx, class_id, weight, body_size, properties)
             }),
             Frame::Body(channel, body) => {
-                self.with_channel(channel, |ch, ctx| ch.handle_body(ctx, body))
+                self.with_content_channel(channel, |ch, ctx| ch.handle_body(ctx, body))
             }
         }
+    }
+
+    /// Content frames go to an open channel; on any other the frame is out of place.
+    fn with_content_channel(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Channel, &mut Ctx<'_>) -> Result<(), AmqpError>,
+    ) -> Result<(), AmqpError> {
+        if !self.channels.contains_key(&id) {
+            return Err(crate::channel::unexpected_non_method());
+        }
+        self.with_channel(id, f)
     }
 
     fn connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
         let class = m.get_amqp_class_id();
         let method = m.get_amqp_method_id();
         let AMQPClass::Connection(m) = m else {
-            return Err(AmqpError::connection(
-                codes::COMMAND_INVALID,
-                "COMMAND_INVALID - only connection methods are allowed on channel 0",
-            )
-            .during(class, method));
+            return Err(
+                AmqpError::connection(codes::CHANNEL_ERROR, UNEXPECTED_IN_RUNNING)
+                    .during(class, method),
+            );
         };
         match (self.phase, m) {
             (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(s)) => {
@@ -460,10 +489,21 @@ impl Conn {
                 };
                 self.wants_blocked = capability("connection.blocked");
                 self.wants_auth_close = capability("authentication_failure_close");
-                let login = credentials(s.mechanism.as_str(), s.response.as_bytes());
-                let allowed = matches!(&login, Some((user, pass))
-                    if self.broker.users.login(user, pass, self.peer.ip().is_loopback()));
-                if !allowed {
+                let Some(login) = credentials(s.mechanism.as_str(), s.response.as_bytes()) else {
+                    // An unknown mechanism or a response it cannot read: RabbitMQ closes
+                    // silently, whatever the client's capabilities.
+                    tracing::info!(peer = %self.peer, mechanism = s.mechanism.as_str(), "bad authentication mechanism or response");
+                    return Err(AmqpError::connection(
+                        codes::SYNTAX_ERROR,
+                        "unknown authentication mechanism or invalid response",
+                    ));
+                };
+                let (user, pass) = &login;
+                if !self
+                    .broker
+                    .users
+                    .login(user, pass, self.peer.ip().is_loopback())
+                {
                     tracing::info!(peer = %self.peer, mechanism = s.mechanism.as_str(), "login refused");
                     return Err(AmqpError::connection(
                         codes::ACCESS_REFUSED,
@@ -473,9 +513,7 @@ impl Conn {
                         ),
                     ));
                 }
-                if let Some((user, _)) = login {
-                    self.user = user;
-                }
+                self.user = login.0;
                 frame::write_method(
                     &mut self.out,
                     0,
@@ -489,25 +527,18 @@ impl Conn {
                 Ok(())
             }
             (Phase::AwaitTuneOk, connection::AMQPMethod::TuneOk(t)) => {
-                let frame_max = if t.frame_max == 0 {
-                    self.config.frame_max
-                } else {
-                    t.frame_max
-                };
-                if frame_max < 4096 || frame_max > self.config.frame_max {
+                // 0 means "no limit", which is above what was offered: RabbitMQ refuses it.
+                if !(4096..=self.config.frame_max).contains(&t.frame_max)
+                    || !(1..=self.config.channel_max).contains(&t.channel_max)
+                {
+                    tracing::info!(peer = %self.peer, frame_max = t.frame_max, channel_max = t.channel_max, "failed to negotiate connection parameters");
                     return Err(AmqpError::connection(
                         codes::NOT_ALLOWED,
-                        format!(
-                            "NOT_ALLOWED - frame_max {} outside 4096..={}",
-                            t.frame_max, self.config.frame_max
-                        ),
+                        "failed to negotiate connection parameters",
                     ));
                 }
-                self.frame_max = frame_max;
-                self.channel_max = match t.channel_max {
-                    0 => self.config.channel_max,
-                    n => n.min(self.config.channel_max),
-                };
+                self.frame_max = t.frame_max;
+                self.channel_max = t.channel_max;
                 self.heartbeat_s = t.heartbeat;
                 self.phase = Phase::AwaitOpen;
                 Ok(())
@@ -518,7 +549,8 @@ impl Conn {
                     return Err(AmqpError::connection(
                         codes::NOT_ALLOWED,
                         format!("NOT_ALLOWED - vhost {name} not found"),
-                    ));
+                    )
+                    .during(10, 40));
                 };
                 let Ok(perms) = self.broker.users.vhost_access(&self.user, name) else {
                     tracing::info!(peer = %self.peer, user = %self.user, vhost = name, "vhost access refused");
@@ -528,7 +560,8 @@ impl Conn {
                             "NOT_ALLOWED - access to vhost '{name}' refused for user '{}'",
                             self.user
                         ),
-                    ));
+                    )
+                    .during(10, 40));
                 };
                 self.perms = perms;
                 self.vhost = Some(vhost);
@@ -553,6 +586,11 @@ impl Conn {
             (_, connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => {
                 Ok(())
             }
+            (Phase::Open, _) => Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                UNEXPECTED_IN_RUNNING,
+            )
+            .during(class, method)),
             _ => Err(AmqpError::connection(
                 codes::COMMAND_INVALID,
                 "COMMAND_INVALID - connection method out of order",
@@ -570,33 +608,50 @@ impl Conn {
     }
 
     fn channel_method(&mut self, id: u16, m: AMQPClass) -> Result<(), AmqpError> {
-        match m {
-            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
-                if id > self.channel_max {
-                    return Err(AmqpError::connection(
-                        codes::CHANNEL_ERROR,
-                        format!(
-                            "CHANNEL_ERROR - channel {id} above channel_max {}",
-                            self.channel_max
-                        ),
-                    ));
-                }
-                if self.channels.contains_key(&id) {
-                    return Err(AmqpError::connection(
-                        codes::CHANNEL_ERROR,
-                        "CHANNEL_ERROR - second 'channel.open' seen",
-                    ));
-                }
-                self.channels.insert(id, Channel::new(id));
-                frame::write_method(
-                    &mut self.out,
-                    id,
-                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
-                );
-                Ok(())
+        let (class, method) = (m.get_amqp_class_id(), m.get_amqp_method_id());
+        if matches!(m, AMQPClass::Connection(_)) {
+            return Err(unimplemented_method(class, method));
+        }
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = m {
+            if self.channels.contains_key(&id) {
+                return Err(AmqpError::connection(
+                    codes::CHANNEL_ERROR,
+                    "CHANNEL_ERROR - second 'channel.open' seen",
+                )
+                .during(class, method));
             }
+            // channel_max caps how many channels are open, not their numbers.
+            if self.channels.len() >= usize::from(self.channel_max) {
+                return Err(AmqpError::connection(
+                    codes::NOT_ALLOWED,
+                    format!(
+                        "NOT_ALLOWED - number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
+                        self.channel_max
+                    ),
+                ));
+            }
+            self.channels.insert(id, Channel::new(id));
+            frame::write_method(
+                &mut self.out,
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let Some(closing) = self.channels.get(&id).map(|c| c.closing) else {
+            return Err(AmqpError::connection(
+                codes::CHANNEL_ERROR,
+                "CHANNEL_ERROR - expected 'channel.open'",
+            )
+            .during(class, method));
+        };
+        match m {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
-                if let Some(mut ch) = self.channels.remove(&id)
+                // A close crossing ours is answered, but the channel stays ours to close
+                // until the client's close-ok.
+                if !closing
+                    && let Some(mut ch) = self.channels.remove(&id)
                     && let Some(vhost) = &self.vhost
                 {
                     ch.release(vhost);
@@ -609,11 +664,17 @@ impl Conn {
                 Ok(())
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
-                if self.channels.get(&id).is_some_and(|c| c.closing) {
+                if closing {
                     self.channels.remove(&id);
                 }
                 Ok(())
             }
+            m if closing => {
+                // Dropped until the client's close-ok, as RabbitMQ does.
+                drop(m);
+                Ok(())
+            }
+            m if server_only(&m) => Err(unimplemented_method(class, method)),
             m => {
                 if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Publish(_))) {
                     self.publisher = true;
@@ -638,7 +699,7 @@ impl Conn {
         let Some(ch) = self.channels.get_mut(&id) else {
             return Err(AmqpError::connection(
                 codes::CHANNEL_ERROR,
-                format!("CHANNEL_ERROR - expected 'channel.open' on channel {id}"),
+                "CHANNEL_ERROR - expected 'channel.open'",
             ));
         };
         if ch.closing {
@@ -802,6 +863,87 @@ impl Conn {
         for name in vhost.queues_owned_by(self.id) {
             vhost.delete_queue(&name);
         }
+    }
+}
+
+/// RabbitMQ's answer to a handshake or channel method on channel 0 once the connection
+/// is open.
+const UNEXPECTED_IN_RUNNING: &str = "CHANNEL_ERROR - unexpected method in connection state running";
+
+/// RabbitMQ's answer to a method it never takes from a client (on a channel).
+fn unimplemented_method(class: u16, method: u16) -> AmqpError {
+    AmqpError::connection(
+        codes::COMMAND_INVALID,
+        "COMMAND_INVALID - unimplemented method",
+    )
+    .during(class, method)
+}
+
+/// Methods only a server sends: replies (`*-ok`), deliveries, returns.
+fn server_only(m: &AMQPClass) -> bool {
+    use amq_protocol::protocol::{access, confirm, exchange, queue, tx};
+    matches!(
+        m,
+        AMQPClass::Channel(channel::AMQPMethod::OpenOk(_) | channel::AMQPMethod::FlowOk(_))
+            | AMQPClass::Access(access::AMQPMethod::RequestOk(_))
+            | AMQPClass::Exchange(
+                exchange::AMQPMethod::DeclareOk(_)
+                    | exchange::AMQPMethod::DeleteOk(_)
+                    | exchange::AMQPMethod::BindOk(_)
+                    | exchange::AMQPMethod::UnbindOk(_)
+            )
+            | AMQPClass::Queue(
+                queue::AMQPMethod::DeclareOk(_)
+                    | queue::AMQPMethod::BindOk(_)
+                    | queue::AMQPMethod::PurgeOk(_)
+                    | queue::AMQPMethod::DeleteOk(_)
+                    | queue::AMQPMethod::UnbindOk(_)
+            )
+            | AMQPClass::Basic(
+                basic::AMQPMethod::QosOk(_)
+                    | basic::AMQPMethod::ConsumeOk(_)
+                    | basic::AMQPMethod::CancelOk(_)
+                    | basic::AMQPMethod::Return(_)
+                    | basic::AMQPMethod::Deliver(_)
+                    | basic::AMQPMethod::GetOk(_)
+                    | basic::AMQPMethod::GetEmpty(_)
+                    | basic::AMQPMethod::RecoverOk(_)
+            )
+            | AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))
+            | AMQPClass::Tx(
+                tx::AMQPMethod::SelectOk(_)
+                    | tx::AMQPMethod::CommitOk(_)
+                    | tx::AMQPMethod::RollbackOk(_)
+            )
+    )
+}
+
+/// RabbitMQ's 505 quoting a frame that came where none of its kind may: its type and
+/// payload as received.
+fn unexpected_frame(f: &Frame) -> AmqpError {
+    match f {
+        Frame::Method(channel, m) => {
+            let mut out = BytesMut::new();
+            frame::write_method(&mut out, *channel, (**m).clone());
+            let payload = out.get(7..out.len().saturating_sub(1)).unwrap_or_default();
+            frame::unexpected(frame::FRAME_METHOD, payload)
+        }
+        Frame::Header {
+            class_id,
+            weight,
+            body_size,
+            properties,
+            ..
+        } => {
+            let mut payload = Vec::with_capacity(12 + properties.len());
+            payload.extend_from_slice(&class_id.to_be_bytes());
+            payload.extend_from_slice(&weight.to_be_bytes());
+            payload.extend_from_slice(&body_size.to_be_bytes());
+            payload.extend_from_slice(properties);
+            frame::unexpected(frame::FRAME_HEADER, &payload)
+        }
+        Frame::Body(_, body) => frame::unexpected(frame::FRAME_BODY, body),
+        Frame::Heartbeat(_) => frame::unexpected(frame::FRAME_HEARTBEAT, &[]),
     }
 }
 

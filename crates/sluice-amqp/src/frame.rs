@@ -25,6 +25,7 @@ pub enum Frame {
     Header {
         channel: u16,
         class_id: u16,
+        weight: u16,
         body_size: u64,
         properties: Bytes,
     },
@@ -32,77 +33,199 @@ pub enum Frame {
     Heartbeat(u16),
 }
 
+/// Why a frame could not be taken, and what that leaves of the stream.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The frame boundary is lost (a size over frame_max, no frame-end octet): RabbitMQ
+    /// sends its connection.close, then drops the socket after the silent-close delay.
+    Lost(AmqpError),
+    /// A bad frame in a stream still in step: a connection error.
+    Bad(AmqpError),
+    /// An unknown class or method id: RabbitMQ's reader crashes on it and the socket is
+    /// closed at once, with no close method.
+    Abort,
+}
+
+impl FrameError {
+    /// The error a close would carry; `None` for an abort.
+    pub fn error(&self) -> Option<&AmqpError> {
+        match self {
+            FrameError::Lost(e) | FrameError::Bad(e) => Some(e),
+            FrameError::Abort => None,
+        }
+    }
+}
+
+/// Writes `bytes` as Erlang prints a binary, since RabbitMQ's reply texts quote frames
+/// that way: `<<"abc">>` when every octet is printable, else `<<0,60,1>>`.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let printable = |b: u8| (32..=126).contains(&b) || b"\n\r\t\x0b\x08\x0c\x1b".contains(&b);
+    let mut out = String::from("<<");
+    if !bytes.is_empty() && bytes.iter().all(|&b| printable(b)) {
+        out.push('"');
+        for &b in bytes {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                b'\r' => out.push_str("\\r"),
+                b'\t' => out.push_str("\\t"),
+                0x0b => out.push_str("\\v"),
+                0x08 => out.push_str("\\b"),
+                0x0c => out.push_str("\\f"),
+                0x1b => out.push_str("\\e"),
+                b => out.push(char::from(b)),
+            }
+            if out.len() > 300 {
+                break;
+            }
+        }
+        out.push('"');
+    } else {
+        for (i, b) in bytes.iter().enumerate() {
+            if out.len() > 300 {
+                break;
+            }
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&b.to_string());
+        }
+    }
+    out.push_str(">>");
+    out
+}
+
+/// RabbitMQ's 501 for a frame it cannot take apart, quoting its type and payload.
+fn frame_error(kind: u8, payload: &[u8], reason: &str) -> AmqpError {
+    AmqpError::connection(
+        codes::FRAME_ERROR,
+        format!(
+            "FRAME_ERROR - type {kind}, all octets = {}: {reason}",
+            erlang_binary(payload)
+        ),
+    )
+}
+
 /// Takes one whole frame off the front of `buf`, or `None` when more bytes are needed.
-/// A frame longer than `frame_max` is a FRAME_ERROR before its payload is read.
-pub fn parse(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+/// A payload over `frame_max` is refused before it is read (RabbitMQ compares the payload
+/// alone with frame_max).
+pub fn parse(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
     let Some(&[kind, c0, c1, s0, s1, s2, s3]) = buf.get(..7) else {
         return Ok(None);
     };
     let channel = u16::from_be_bytes([c0, c1]);
     let size = u32::from_be_bytes([s0, s1, s2, s3]);
-    if size as usize + FRAME_OVERHEAD > frame_max as usize {
-        return Err(AmqpError::connection(
-            codes::FRAME_ERROR,
-            format!("FRAME_ERROR - frame size {size} exceeds the negotiated frame_max {frame_max}"),
-        ));
+    if size > frame_max {
+        return Err(FrameError::Lost(frame_error(
+            kind,
+            &[],
+            &format!(
+                "{{frame_too_large,{size},{}}}",
+                frame_max.saturating_sub(FRAME_OVERHEAD as u32)
+            ),
+        )));
     }
     let total = size as usize + FRAME_OVERHEAD;
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    if buf.get(total - 1) != Some(&FRAME_END) {
-        return Err(AmqpError::connection(
-            codes::FRAME_ERROR,
-            "FRAME_ERROR - missing frame end octet",
-        ));
-    }
     let mut frame = buf.split_to(total);
+    let end = frame.get(total - 1).copied().unwrap_or_default();
     frame.advance(7);
     frame.truncate(size as usize);
     let payload = frame.freeze();
+    if end != FRAME_END {
+        return Err(FrameError::Lost(frame_error(
+            kind,
+            &payload,
+            &format!("{{invalid_frame_end_marker,{end}}}"),
+        )));
+    }
     match kind {
         FRAME_METHOD => {
-            let parsed = parse_class(&payload[..]);
-            match parsed {
+            if payload.len() < 4 {
+                return Err(FrameError::Bad(frame_error(
+                    kind,
+                    &payload,
+                    "unknown_frame",
+                )));
+            }
+            // amq-protocol drops basic.qos's prefetch_size, which RabbitMQ refuses unless 0.
+            if let Some(&[0, 60, 0, 10, a, b, c, d]) = payload.get(..8) {
+                let size = u32::from_be_bytes([a, b, c, d]);
+                if size != 0 && payload.len() == 11 {
+                    return Err(FrameError::Bad(
+                        AmqpError::connection(
+                            codes::NOT_IMPLEMENTED,
+                            format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
+                        )
+                        .during(60, 10),
+                    ));
+                }
+            }
+            match parse_class(&payload[..]) {
                 Ok((&[], class)) => Ok(Some(Frame::Method(channel, Box::new(class)))),
-                Ok(_) => Err(AmqpError::connection(
-                    codes::SYNTAX_ERROR,
-                    "SYNTAX_ERROR - trailing bytes after method",
-                )),
-                Err(_) => Err(unknown_or_malformed(&payload)),
+                Ok(_) => Err(FrameError::Bad(cannot_decode(&payload))),
+                Err(_) if known_method(&payload) => Err(FrameError::Bad(cannot_decode(&payload))),
+                Err(_) => Err(FrameError::Abort),
             }
         }
         FRAME_HEADER => {
-            let Some(&[k0, k1, _, _, b0, b1, b2, b3, b4, b5, b6, b7, _, _]) = payload.get(..14)
-            else {
-                return Err(AmqpError::connection(
-                    codes::FRAME_ERROR,
-                    "FRAME_ERROR - short content header",
-                ));
+            let Some(&[k0, k1, w0, w1, b0, b1, b2, b3, b4, b5, b6, b7]) = payload.get(..12) else {
+                return Err(FrameError::Bad(frame_error(
+                    kind,
+                    &payload,
+                    "unknown_frame",
+                )));
             };
-            let class_id = u16::from_be_bytes([k0, k1]);
-            let body_size = u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
             Ok(Some(Frame::Header {
                 channel,
-                class_id,
-                body_size,
+                class_id: u16::from_be_bytes([k0, k1]),
+                weight: u16::from_be_bytes([w0, w1]),
+                body_size: u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
                 properties: payload.slice(12..),
             }))
         }
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
-        FRAME_HEARTBEAT => Ok(Some(Frame::Heartbeat(channel))),
-        other => Err(AmqpError::connection(
-            codes::FRAME_ERROR,
-            format!("FRAME_ERROR - unknown frame type {other}"),
-        )),
+        FRAME_HEARTBEAT if payload.is_empty() => Ok(Some(Frame::Heartbeat(channel))),
+        _ => Err(FrameError::Bad(frame_error(
+            kind,
+            &payload,
+            "unknown_frame",
+        ))),
     }
 }
 
-/// A method frame that did not decode: an unknown class or method id is NOT_IMPLEMENTED
-/// (540), bad arguments (including field tables nested too deep) are a FRAME_ERROR (501)
-/// naming the method, as RabbitMQ answers them.
-fn unknown_or_malformed(payload: &[u8]) -> AmqpError {
+/// RabbitMQ's `type 2, all octets = <<...>>` text for a frame where it was not expected.
+pub fn unexpected(kind: u8, payload: &[u8]) -> AmqpError {
+    AmqpError::connection(
+        codes::UNEXPECTED_FRAME,
+        format!(
+            "UNEXPECTED_FRAME - type {kind}, all octets = {}",
+            erlang_binary(payload)
+        ),
+    )
+}
+
+/// 501 for a known method whose arguments did not decode (or had octets left over),
+/// naming the method, as RabbitMQ answers it.
+fn cannot_decode(payload: &[u8]) -> AmqpError {
+    let id = |at: usize| match payload.get(at..at + 2) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    };
+    let args = payload.get(4..).unwrap_or_default();
+    AmqpError::connection(
+        codes::FRAME_ERROR,
+        format!("FRAME_ERROR - cannot decode {}", erlang_binary(args)),
+    )
+    .during(id(0), id(2))
+}
+
+/// Whether the class and method ids at the front of `payload` name an AMQP 0-9-1 method.
+fn known_method(payload: &[u8]) -> bool {
     let class = payload
         .first()
         .zip(payload.get(1))
@@ -111,12 +234,13 @@ fn unknown_or_malformed(payload: &[u8]) -> AmqpError {
         .get(2)
         .zip(payload.get(3))
         .map(|(a, b)| u16::from_be_bytes([*a, *b]));
-    let known = matches!(
+    matches!(
         (class, method),
         (
             Some(10),
             Some(10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61)
         ) | (Some(20), Some(10 | 11 | 20 | 21 | 40 | 41))
+            | (Some(30), Some(10 | 11))
             | (Some(40), Some(10 | 11 | 20 | 21 | 30 | 31 | 40 | 51))
             | (
                 Some(50),
@@ -146,33 +270,7 @@ fn unknown_or_malformed(payload: &[u8]) -> AmqpError {
             )
             | (Some(85), Some(10 | 11))
             | (Some(90), Some(10 | 11 | 20 | 21 | 30 | 31))
-    );
-    if known {
-        // RabbitMQ's text: the undecodable argument bytes as an Erlang binary.
-        let args = payload.get(4..).unwrap_or_default();
-        let mut text = String::from("FRAME_ERROR - cannot decode <<");
-        for (i, byte) in args.iter().enumerate() {
-            if text.len() > 255 {
-                break;
-            }
-            if i > 0 {
-                text.push(',');
-            }
-            text.push_str(&byte.to_string());
-        }
-        text.push_str(">>");
-        AmqpError::connection(codes::FRAME_ERROR, text)
-            .during(class.unwrap_or(0), method.unwrap_or(0))
-    } else {
-        AmqpError::connection(
-            codes::NOT_IMPLEMENTED,
-            format!(
-                "NOT_IMPLEMENTED - unknown method {}.{}",
-                class.unwrap_or(0),
-                method.unwrap_or(0)
-            ),
-        )
-    }
+    )
 }
 
 /// Appends an encoded method frame to `out`.

@@ -18,6 +18,7 @@ const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 const COUNT_AT: usize = 57;
 
+const COMPRESSION_MASK: u16 = 0x07;
 const TIMESTAMP_TYPE_BIT: u16 = 0x08;
 const TRANSACTIONAL_BIT: u16 = 0x10;
 const CONTROL_BIT: u16 = 0x20;
@@ -117,6 +118,9 @@ pub fn split(records: &[u8], out: &mut Vec<BatchInfo>) -> Result<(), BatchError>
         if count <= 0 || last_delta != count - 1 || attributes & CONTROL_BIT != 0 {
             return Err(BatchError::Invalid);
         }
+        if attributes & COMPRESSION_MASK == 0 {
+            walk_records(batch.get(HEADER_BYTES..).unwrap_or_default(), count)?;
+        }
         out.push(BatchInfo {
             start: at,
             len,
@@ -133,6 +137,63 @@ pub fn split(records: &[u8], out: &mut Vec<BatchInfo>) -> Result<(), BatchError>
         return Err(BatchError::Invalid);
     }
     Ok(())
+}
+
+/// Walks the records of an uncompressed batch, as Kafka's validator does: exactly
+/// `count` records whose lengths use up the batch, offset deltas 0, 1, 2, ... A batch
+/// whose counts or lengths lie would otherwise be stored and break every consumer of
+/// the partition at that offset.
+fn walk_records(records: &[u8], count: i32) -> Result<(), BatchError> {
+    let mut at = 0;
+    for expected_delta in 0..i64::from(count) {
+        let len = varint(records, &mut at).ok_or(BatchError::Corrupt)?;
+        let len = usize::try_from(len).map_err(|_| BatchError::Corrupt)?;
+        let end = at.checked_add(len).ok_or(BatchError::Corrupt)?;
+        let record = records.get(at..end).ok_or(BatchError::Corrupt)?;
+        at = end;
+        let mut r = 1; // attributes
+        let mut field = || varint(record, &mut r).ok_or(BatchError::Corrupt);
+        field()?; // timestamp delta
+        if field()? != expected_delta {
+            return Err(BatchError::Invalid);
+        }
+        let skip = |len: i64, r: &mut usize| -> Result<(), BatchError> {
+            if len == -1 {
+                return Ok(());
+            }
+            let n = usize::try_from(len).map_err(|_| BatchError::Corrupt)?;
+            *r = r
+                .checked_add(n)
+                .filter(|e| *e <= record.len())
+                .ok_or(BatchError::Corrupt)?;
+            Ok(())
+        };
+        let key = varint(record, &mut r).ok_or(BatchError::Corrupt)?;
+        skip(key, &mut r)?;
+        let value = varint(record, &mut r).ok_or(BatchError::Corrupt)?;
+        skip(value, &mut r)?;
+        let headers = varint(record, &mut r).ok_or(BatchError::Corrupt)?;
+        if headers < 0 {
+            return Err(BatchError::Corrupt);
+        }
+        for _ in 0..headers {
+            let key = varint(record, &mut r).ok_or(BatchError::Corrupt)?;
+            if key < 0 {
+                return Err(BatchError::Corrupt);
+            }
+            skip(key, &mut r)?;
+            let value = varint(record, &mut r).ok_or(BatchError::Corrupt)?;
+            skip(value, &mut r)?;
+        }
+        if r != record.len() {
+            return Err(BatchError::Corrupt);
+        }
+    }
+    if at == records.len() {
+        Ok(())
+    } else {
+        Err(BatchError::Corrupt)
+    }
 }
 
 /// Rewrites a batch for log-append time: the timestamp type bit set, `maxTimestamp` =
@@ -199,10 +260,66 @@ pub fn find_time(batch: &[u8], target: i64) -> Option<(i64, i64)> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal valid batch of `count` empty records (record bodies are not parsed).
+    /// Kafka's zigzag varint.
+    fn put_varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    /// Sets a batch's record count (and last offset delta to match) and fixes its CRC.
+    fn with_count(mut b: Vec<u8>, count: i32) -> Vec<u8> {
+        b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+        b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&(count - 1).to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Counts and lengths that lie, under a correct CRC, are refused: the records are
+    /// walked, not trusted.
+    #[test]
+    fn lying_record_counts_and_lengths_are_refused() {
+        let mut out = Vec::new();
+        assert!(split(&batch(3, -1, -1), &mut out).is_ok());
+        for count in [1, 2, 4, 1000, i32::MAX] {
+            let lying = with_count(batch(3, -1, -1), count);
+            assert_eq!(
+                split(&lying, &mut out),
+                Err(BatchError::Corrupt),
+                "count {count}"
+            );
+        }
+        // The first record's length claims one byte more, then one byte less.
+        for delta in [1i8, -1] {
+            let mut b = batch(3, -1, -1);
+            b[HEADER_BYTES] = (b[HEADER_BYTES] as i8 + 2 * delta) as u8;
+            let b = with_count(b, 3);
+            assert_eq!(
+                split(&b, &mut out),
+                Err(BatchError::Corrupt),
+                "delta {delta}"
+            );
+        }
+    }
+
+    /// A minimal valid batch of `count` records with null keys and values.
     pub fn batch(count: i32, producer_id: i64, base_sequence: i32) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_BYTES];
-        b.extend(std::iter::repeat_n(0u8, count as usize));
+        for i in 0..i64::from(count) {
+            let mut record = vec![0u8]; // attributes
+            put_varint(&mut record, 0); // timestamp delta
+            put_varint(&mut record, i); // offset delta
+            put_varint(&mut record, -1); // key
+            put_varint(&mut record, -1); // value
+            put_varint(&mut record, 0); // headers
+            put_varint(&mut b, record.len() as i64);
+            b.extend_from_slice(&record);
+        }
         let length = (b.len() - LOG_OVERHEAD) as i32;
         b[8..12].copy_from_slice(&length.to_be_bytes());
         b[MAGIC_AT] = 2;

@@ -210,6 +210,18 @@ pub struct DeadLetters {
     items: Mutex<Vec<(Arc<QueueCell>, Dead)>>,
 }
 
+/// Runs file work (directories, opens, fsyncs) that a connection's task cannot avoid:
+/// on a multi-threaded runtime its worker first hands its other tasks to another
+/// (`block_in_place`), so one slow disk does not stall unrelated connections.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemClock.now_ms()
 }
@@ -558,26 +570,38 @@ impl QueueCell {
         self.start_sync(&mut state);
     }
 
-    /// Runs the background fsyncs that are due (async flush policy, settlements) and
-    /// records them, releasing the confirms they cover. Blocking: called from a blocking
-    /// thread.
+    /// Runs the background work of the queue's storage: buffered settlements written,
+    /// segments below the settled head freed, the settlement log compacted, and the
+    /// fsyncs that are due (async flush policy, settlements), recorded so they release
+    /// the confirms they cover. File work runs outside the queue's lock. Blocking: called
+    /// from the flusher's blocking thread, one round at a time.
     pub fn flush_due(self: &Arc<Self>) {
-        let jobs = {
+        let (jobs, maintenance) = {
             let mut state = self.lock();
-            if let Some(store) = state.store.as_mut()
-                && let Err(e) = store.write_settlements()
-            {
+            let Some(store) = state.store.as_mut() else {
+                return;
+            };
+            if let Err(e) = store.write_settlements() {
                 tracing::error!(queue = %self.name, error = %e, "cannot write settlements");
             }
-            match state.store.as_mut().map(|s| s.flush_jobs()) {
-                Some(Ok(jobs)) => jobs,
-                Some(Err(e)) => {
+            let maintenance = store.maintenance().unwrap_or_else(|e| {
+                tracing::error!(queue = %self.name, error = %e, "cannot plan storage maintenance");
+                Vec::new()
+            });
+            match store.flush_jobs() {
+                Ok(jobs) => (jobs, maintenance),
+                Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "cannot flush");
-                    return;
+                    (Vec::new(), maintenance)
                 }
-                None => return,
             }
         };
+        // Segment deletions and start-offset writes, outside the queue's lock.
+        for job in maintenance {
+            if let Err(e) = job.run() {
+                tracing::error!(queue = %self.name, error = %e, "storage maintenance failed");
+            }
+        }
         if jobs.is_empty() {
             return;
         }
@@ -1204,10 +1228,12 @@ impl VHost {
         {
             let id = storage.next_store_id.fetch_add(1, Ordering::Relaxed);
             let dir = storage.dir.join("queues").join(id.to_string());
-            // A directory left by a queue deleted before a crash holds nothing we want.
-            let _ = std::fs::remove_dir_all(&dir);
-            let (s, _) = QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
-                .map_err(|e| OpenError::Store(dir.clone(), e))?;
+            let (s, _) = blocking(|| {
+                // A directory left by a queue deleted before a crash holds nothing we want.
+                let _ = std::fs::remove_dir_all(&dir);
+                QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
+            })
+            .map_err(|e| OpenError::Store(dir.clone(), e))?;
             store = Some(s);
             store_id = Some(id);
         }

@@ -15,14 +15,18 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::{Clock, Message};
 use sluice_log::{GroupCommit, Log};
-pub use sluice_log::{LogConfig, LogError, SyncJob, Synced};
+pub use sluice_log::{LogConfig, LogError, SyncJob, Synced, TruncateJob};
 
 const ENCODING_VERSION: u8 = 1;
 /// Most writers waiting for one queue's fsync; past it publishers get an error back.
 const WAITERS_MAX: usize = 65_536;
 
 /// Settlement log size that triggers its compaction.
-const SETTLED_LOG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+const SETTLED_LOG_BYTES_MAX: u64 = if cfg!(test) {
+    64 * 1024
+} else {
+    16 * 1024 * 1024
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +64,11 @@ pub struct QueueStore<W> {
     settled_above_head: BTreeSet<u64>,
     /// A flush job of the settlement log is out.
     settled_syncing: bool,
+    /// Offset of a compaction record in the settlement log whose prefix is dropped once
+    /// the record is durable.
+    compaction_at: Option<u64>,
+    /// Size of the settlement log right after its last compaction.
+    compacted_bytes: u64,
     scratch: Vec<u8>,
 }
 
@@ -172,6 +181,8 @@ impl<W> QueueStore<W> {
             head: start,
             settled_above_head: BTreeSet::new(),
             settled_syncing: false,
+            compaction_at: None,
+            compacted_bytes: 0,
             scratch: Vec::new(),
         };
         let mut offset = start;
@@ -321,19 +332,55 @@ impl<W> QueueStore<W> {
         }
         self.settled.append(&buf, 1, 0)?;
         self.advance_head();
-        // Moving the start offset persists it (an fsync): do it only when that frees a
-        // whole segment. Below that, the settlement log alone says what is settled.
-        if self
+        Ok(())
+    }
+
+    /// The file work settlements leave behind, for the background flusher to run outside
+    /// the owner's lock, in order: freeing the message segments below the settled head
+    /// (only when that frees a whole segment: below that, the settlement log alone says
+    /// what is settled), and compacting the settlement log into one record of what is
+    /// settled above the head once it grows past its bound. A compaction record is
+    /// appended here; the settlement log's prefix before it is dropped in a later call,
+    /// once an fsync covered the record.
+    pub fn maintenance(&mut self) -> Result<Vec<TruncateJob>, StoreError> {
+        let mut free_messages = self
             .messages
             .oldest_segment_end()
-            .is_some_and(|end| self.head >= end)
+            .is_some_and(|end| self.head >= end);
+        let mut settled_job = None;
+        if let Some(at) = self.compaction_at
+            && self.settled.durable_offset() > at
         {
-            self.messages.truncate_prefix(self.head)?;
+            settled_job = self.settled.begin_truncate_prefix(at);
+            self.compaction_at = None;
+            self.compacted_bytes = self.settled.stats().bytes;
         }
-        if self.settled.stats().bytes > SETTLED_LOG_BYTES_MAX {
-            self.compact_settled()?;
+        // Past the bound, and at least twice what the last compaction left: a record of
+        // many settlements above the head may itself exceed the bound.
+        let bound = SETTLED_LOG_BYTES_MAX.max(self.compacted_bytes.saturating_mul(2));
+        if self.compaction_at.is_none() && self.settled.stats().bytes > bound {
+            // The record below covers only offsets above the head: the messages below it
+            // must be gone first.
+            free_messages = true;
+            let mut buf = BytesMut::with_capacity(self.settled_above_head.len() * 8 + 8);
+            for &o in &self.settled_above_head {
+                buf.put_u64_le(o);
+            }
+            // A record is never empty: an out-of-range offset stands for "nothing".
+            if buf.is_empty() {
+                buf.put_u64_le(u64::MAX);
+            }
+            // The record starts a segment of its own, so dropping the prefix before it
+            // deletes files (a rare roll, on the flusher's thread).
+            self.settled.roll()?;
+            self.compaction_at = Some(self.settled.append(&buf, 1, 0)?.base_offset);
         }
-        Ok(())
+        let mut jobs = Vec::new();
+        if free_messages {
+            jobs.extend(self.messages.begin_truncate_prefix(self.head));
+        }
+        jobs.extend(settled_job);
+        Ok(jobs)
     }
 
     /// Moves `head` over settled offsets; returns how far.
@@ -346,7 +393,8 @@ impl<W> QueueStore<W> {
         self.head - before
     }
 
-    /// Rewrites the settlement log as one record of the settlements above the head.
+    /// Rewrites the settlement log as one record of the settlements above the head, on
+    /// this thread (at open, before anyone waits on the store). Blocking.
     fn compact_settled(&mut self) -> Result<(), StoreError> {
         self.messages.truncate_prefix(self.head)?;
         let mut buf = BytesMut::with_capacity(self.settled_above_head.len() * 8 + 8);
@@ -502,6 +550,81 @@ mod tests {
         assert_eq!(store.synced(job.run().unwrap()), vec![2]);
     }
 
+    /// The settlement log is compacted by the background maintenance, which appends a
+    /// record of what is settled above the head and drops the prefix before it only once
+    /// an fsync covered the record; a reopen at any step finds the same unsettled set.
+    #[test]
+    fn settlement_log_compaction_is_deferred_and_safe_at_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a crash now would leave: the files as they are, opened elsewhere.
+        let recover_copy = |from: &Path| -> Vec<u64> {
+            let copy = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let sub = entry.unwrap().path();
+                let to = copy.path().join(sub.file_name().unwrap());
+                std::fs::create_dir_all(&to).unwrap();
+                for f in std::fs::read_dir(&sub).unwrap() {
+                    let f = f.unwrap().path();
+                    std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+                }
+            }
+            let (_, recovered) = QueueStore::<u32>::open(
+                copy.path(),
+                LogConfig::default(),
+                Arc::new(ManualClock::new(0)),
+            )
+            .unwrap();
+            recovered.iter().map(|r| r.offset).collect()
+        };
+        let (mut store, _) = QueueStore::<u32>::open(
+            dir.path(),
+            LogConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap();
+        let offsets: Vec<u64> = (0..20_000)
+            .map(|_| store.append(&message("x"), None).unwrap())
+            .collect();
+        // Settle every other message, one at a time: the log grows past its bound.
+        for o in offsets.iter().step_by(2) {
+            store.settle(&[*o]).unwrap();
+        }
+        let before = store.settled.stats().bytes;
+        assert!(before > SETTLED_LOG_BYTES_MAX);
+        let expected: Vec<u64> = offsets.iter().copied().skip(1).step_by(2).collect();
+        let check = |store: &mut QueueStore<u32>| {
+            store.messages.sync().unwrap();
+            store.settled.write_buffered().unwrap();
+        };
+        let jobs = store.maintenance().unwrap();
+        assert!(
+            store.compaction_at.is_some(),
+            "a compaction record was appended"
+        );
+        for job in jobs {
+            job.run().unwrap();
+        }
+        check(&mut store);
+        assert_eq!(
+            recover_copy(dir.path()),
+            expected,
+            "after the record, before its fsync"
+        );
+        store.settled.sync().unwrap();
+        for job in store.maintenance().unwrap() {
+            job.run().unwrap();
+        }
+        assert!(store.compaction_at.is_none());
+        // One record of the 10,000 settled offsets above the head is left.
+        assert!(store.settled.stats().bytes < before / 4);
+        assert!(
+            store.maintenance().unwrap().is_empty(),
+            "no compaction right after one"
+        );
+        check(&mut store);
+        assert_eq!(recover_copy(dir.path()), expected, "after the truncation");
+    }
+
     #[test]
     fn settling_the_head_frees_whole_segments_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -520,6 +643,14 @@ mod tests {
         let segments_before = store.messages.stats().segments;
         assert!(segments_before > 3);
         store.settle(&offsets[..90]).unwrap();
+        assert_eq!(
+            store.messages.stats().segments,
+            segments_before,
+            "settling does no file work"
+        );
+        for job in store.maintenance().unwrap() {
+            job.run().unwrap();
+        }
         assert!(
             store.messages.stats().segments < segments_before,
             "settled segments were deleted"

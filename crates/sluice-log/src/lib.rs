@@ -30,5 +30,5 @@ mod sys;
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use group::{GroupCommit, SharedLog};
-pub use log::{Appended, Batch, Log, LogStats, SyncJob, Synced};
+pub use log::{Appended, Batch, Log, LogStats, SyncJob, Synced, TruncateJob};
 pub use sendfile::{FileSlice, send_file_slice};

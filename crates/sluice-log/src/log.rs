@@ -67,6 +67,26 @@ pub struct SyncJob {
     fsyncs: Arc<AtomicU64>,
 }
 
+/// File work of a prefix truncation, taken from a log by
+/// [`Log::begin_truncate_prefix`] to run off the owner's thread.
+#[derive(Debug)]
+pub struct TruncateJob {
+    dir: PathBuf,
+    start_offset: u64,
+    segments: Vec<PathBuf>,
+}
+
+impl TruncateJob {
+    /// Deletes the segments, then persists the start offset (a write, an fsync and a
+    /// rename). Blocking.
+    pub fn run(self) -> Result<(), LogError> {
+        for path in &self.segments {
+            remove_segment_files(path)?;
+        }
+        write_start_offset(&self.dir, self.start_offset)
+    }
+}
+
 /// A finished [`SyncJob`], to hand back to [`Log::synced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Synced {
@@ -576,14 +596,36 @@ impl Log {
     /// Drops everything below `offset` (for a queue: its settled prefix). Whole sealed
     /// segments below it are deleted; the new start offset is persisted.
     pub fn truncate_prefix(&mut self, offset: u64) -> Result<(), LogError> {
+        match self.begin_truncate_prefix(offset) {
+            Some(job) => job.run(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Log::truncate_prefix`] split for owners that must not touch files under their
+    /// lock: the log forgets everything below `offset` at once, and the returned job
+    /// deletes the whole segments below it and persists the new start offset, off the
+    /// owner's thread. Until the job ran, a crash only brings back what the settlement
+    /// records cover anyway: recovery clamps the start to the oldest segment left.
+    /// Jobs of one log must run in the order they were taken.
+    pub fn begin_truncate_prefix(&mut self, offset: u64) -> Option<TruncateJob> {
         let offset = offset.min(self.active.next_offset);
         if offset <= self.start_offset {
-            return Ok(());
+            return None;
         }
         self.start_offset = offset;
         let keep_from = self.sealed.partition_point(|s| s.next_offset <= offset);
-        self.delete_sealed(keep_from)?;
-        write_start_offset(&self.dir, self.start_offset)
+        let count = keep_from.min(self.sealed.len());
+        let mut paths = Vec::with_capacity(count);
+        for s in self.sealed.drain(..count) {
+            self.unsynced_files.retain(|(p, _)| p != &s.path);
+            paths.push(s.path.clone());
+        }
+        Some(TruncateJob {
+            dir: self.dir.clone(),
+            start_offset: offset,
+            segments: paths,
+        })
     }
 
     /// Applies retention by size and age to sealed segments; returns how many were deleted.

@@ -235,7 +235,11 @@ async fn expiry_loop(broker: Arc<Broker>) -> Infallible {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
-        broker.expire_due();
+        // Expired queues (`x-expires`) rewrite the definitions file: not on a worker.
+        let b = Arc::clone(&broker);
+        if let Err(e) = tokio::task::spawn_blocking(move || b.expire_due()).await {
+            warn!(error = %e, "expiry round failed");
+        }
     }
 }
 

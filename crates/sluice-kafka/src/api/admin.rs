@@ -161,7 +161,14 @@ pub async fn delete_topics(
             continue;
         };
         out.name = Some(TopicName(str(name.clone())));
-        match b.topics.delete(&name) {
+        // Renaming and removing the topic's files happens off the worker threads.
+        let deleted = {
+            let (b, name) = (Arc::clone(b), name.clone());
+            tokio::task::spawn_blocking(move || b.topics.delete(&name))
+                .await
+                .unwrap_or_else(|e| Err((codes::UNKNOWN_SERVER_ERROR, e.to_string())))
+        };
+        match deleted {
             Ok(topic) => {
                 out.topic_id = topic.id;
                 b.groups.forget_topic(&name).await;

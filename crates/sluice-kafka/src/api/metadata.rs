@@ -58,7 +58,7 @@ pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> Met
         return r;
     }
     // Auto-creation is implicit before v4.
-    let may_create = b.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let may_create = auto_create_allowed(b, &req, version);
     for wanted in req.topics.unwrap_or_default() {
         let entry = match wanted.name {
             Some(name) => match b.topics.get(name.0.as_str()) {
@@ -104,4 +104,18 @@ pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> Met
         r.topics.push(entry);
     }
     r
+}
+
+fn auto_create_allowed(b: &KafkaBroker, req: &MetadataRequest, version: i16) -> bool {
+    b.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation)
+}
+
+/// Whether answering `req` may create a topic (so the answer has file work to do).
+pub fn may_create(b: &KafkaBroker, req: &MetadataRequest, version: i16) -> bool {
+    auto_create_allowed(b, req, version)
+        && req.topics.iter().flatten().any(|t| {
+            t.name
+                .as_ref()
+                .is_some_and(|n| b.topics.get(n.0.as_str()).is_none())
+        })
 }

@@ -106,6 +106,19 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 /// Handles one request frame (header and body) and appends its response, if any, to
 /// `out`; a response with record data (Fetch) comes back instead as chunks to send after
 /// `out`.
+/// Runs an admin handler on a blocking thread: topic creation, deletion and config
+/// changes create, rename, delete and fsync files, which must not stall a worker thread
+/// that serves other connections.
+async fn off_worker<T: Send + 'static>(
+    b: &Arc<KafkaBroker>,
+    f: impl FnOnce(&Arc<KafkaBroker>) -> T + Send + 'static,
+) -> Result<T, Close> {
+    let b = Arc::clone(b);
+    tokio::task::spawn_blocking(move || f(&b))
+        .await
+        .map_err(|e| Close::Protocol(format!("admin request failed: {e}")))
+}
+
 pub async fn handle(
     broker: &Arc<KafkaBroker>,
     client: &mut Client,
@@ -164,8 +177,14 @@ pub async fn handle(
             encode(out, cid, version, 0, &api_versions(codes::NONE))
         }
         ApiKey::Metadata => {
-            let req = decode(frame, version)?;
-            respond!(MetadataResponse, metadata::metadata(b, req, version))
+            let req: MetadataRequest = decode(frame, version)?;
+            if metadata::may_create(b, &req, version) {
+                // Creating a topic makes directories and fsyncs its metadata.
+                let resp = off_worker(b, move |b| metadata::metadata(b, req, version)).await?;
+                respond!(MetadataResponse, resp)
+            } else {
+                respond!(MetadataResponse, metadata::metadata(b, req, version))
+            }
         }
         ApiKey::Produce => {
             let req: ProduceRequest = decode(frame, version)?;
@@ -239,7 +258,8 @@ pub async fn handle(
         }
         ApiKey::CreateTopics => {
             let req = decode(frame, version)?;
-            respond!(CreateTopicsResponse, admin::create_topics(b, req))
+            let resp = off_worker(b, move |b| admin::create_topics(b, req)).await?;
+            respond!(CreateTopicsResponse, resp)
         }
         ApiKey::DeleteTopics => {
             let req = decode(frame, version)?;
@@ -250,7 +270,8 @@ pub async fn handle(
         }
         ApiKey::CreatePartitions => {
             let req = decode(frame, version)?;
-            respond!(CreatePartitionsResponse, admin::create_partitions(b, req))
+            let resp = off_worker(b, move |b| admin::create_partitions(b, req)).await?;
+            respond!(CreatePartitionsResponse, resp)
         }
         ApiKey::DescribeConfigs => {
             let req = decode(frame, version)?;
@@ -258,14 +279,13 @@ pub async fn handle(
         }
         ApiKey::AlterConfigs => {
             let req = decode(frame, version)?;
-            respond!(AlterConfigsResponse, admin::alter_configs(b, req))
+            let resp = off_worker(b, move |b| admin::alter_configs(b, req)).await?;
+            respond!(AlterConfigsResponse, resp)
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode(frame, version)?;
-            respond!(
-                IncrementalAlterConfigsResponse,
-                admin::incremental_alter_configs(b, req)
-            )
+            let resp = off_worker(b, move |b| admin::incremental_alter_configs(b, req)).await?;
+            respond!(IncrementalAlterConfigsResponse, resp)
         }
         ApiKey::DescribeCluster => {
             let req = decode(frame, version)?;

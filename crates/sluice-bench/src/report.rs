@@ -37,6 +37,8 @@ pub struct Report {
     pub published_mb_per_s: f64,
     pub consumed_mb_per_s: f64,
     pub latency: Latency,
+    /// From a publish being written to its confirm (with confirms on).
+    pub confirm_latency: Option<Latency>,
     pub errors: u64,
     /// The first few error messages.
     pub error_messages: Vec<String>,
@@ -147,6 +149,13 @@ impl Report {
             "  latency µs  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
         );
+        if let Some(l) = &self.confirm_latency {
+            let _ = writeln!(
+                out,
+                "  confirm µs  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            );
+        }
         for (whose, cpu) in [("broker", &self.broker_cpu), ("client", &self.client_cpu)] {
             if let Some(cpu) = cpu {
                 let _ = writeln!(

@@ -114,7 +114,7 @@ pub struct Tracker {
 
 #[derive(Debug, thiserror::Error)]
 #[error("latency histogram: {0}")]
-pub struct HistogramError(String);
+pub struct HistogramError(pub String);
 
 impl Tracker {
     pub fn new(producers: u32) -> Result<Tracker, HistogramError> {
@@ -191,30 +191,39 @@ impl Tracker {
     }
 
     pub fn latency(&self) -> Latency {
-        let h = &self.latency_ns;
-        let us = |ns: u64| ns as f64 / 1000.0;
-        let empty = h.is_empty();
-        let at = |q: f64| {
-            if empty {
-                0.0
-            } else {
-                us(h.value_at_quantile(q))
-            }
-        };
-        Latency {
-            count: h.len(),
-            p50_us: at(0.5),
-            p90_us: at(0.9),
-            p99_us: at(0.99),
-            p999_us: at(0.999),
-            max_us: if empty { 0.0 } else { us(h.max()) },
-            mean_us: if empty { 0.0 } else { h.mean() / 1000.0 },
-            curve: if empty {
-                Vec::new()
-            } else {
-                percentile_curve(h)
-            },
+        latency_of(&self.latency_ns)
+    }
+}
+
+/// A latency histogram in nanoseconds, as the tracker keeps them.
+pub fn latency_histogram() -> Result<Histogram<u64>, HistogramError> {
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).map_err(|e| HistogramError(format!("{e:?}")))
+}
+
+/// Percentiles of a histogram in nanoseconds, in microseconds.
+pub fn latency_of(h: &Histogram<u64>) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let empty = h.is_empty();
+    let at = |q: f64| {
+        if empty {
+            0.0
+        } else {
+            us(h.value_at_quantile(q))
         }
+    };
+    Latency {
+        count: h.len(),
+        p50_us: at(0.5),
+        p90_us: at(0.9),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        max_us: if empty { 0.0 } else { us(h.max()) },
+        mean_us: if empty { 0.0 } else { h.mean() / 1000.0 },
+        curve: if empty {
+            Vec::new()
+        } else {
+            percentile_curve(h)
+        },
     }
 }
 

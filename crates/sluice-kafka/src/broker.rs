@@ -114,8 +114,10 @@ impl KafkaBroker {
         }
     }
 
-    /// Deletes sealed segments past retention (blocking).
+    /// Deletes sealed segments past retention and compacts the consumer offsets log
+    /// (blocking).
     pub fn apply_retention(&self) {
+        self.groups.compact_store();
         for t in self.topics.all() {
             for p in t.read().partitions.iter() {
                 let mut st = p.lock();

@@ -1118,6 +1118,13 @@ impl Coordinator {
         }
     }
 
+    /// Compacts the offsets log when it is due. Blocking.
+    pub fn compact_store(&self) {
+        if let Err(e) = self.store.compact_if_due() {
+            tracing::error!(error = %e, "consumer offsets not compacted");
+        }
+    }
+
     pub fn sync_store(&self) {
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "offsets not synced at shutdown");

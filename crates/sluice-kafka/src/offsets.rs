@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sluice_core::clock::Clock;
@@ -243,9 +244,47 @@ impl Stored {
     }
 }
 
+/// Size of the offsets log past which it is compacted (Kafka compacts
+/// `__consumer_offsets`): every commit and group record is otherwise kept forever.
+const COMPACT_BYTES: u64 = if cfg!(test) {
+    64 * 1024
+} else {
+    16 * 1024 * 1024
+};
+/// Largest batch a compaction writes.
+const SNAPSHOT_BATCH_BYTES: usize = 4 << 20;
+
+/// Folds the whole log into what it says.
+fn read_all(log: &mut Log) -> Result<Stored, LogError> {
+    let mut stored = Stored::default();
+    let mut at = log.start_offset();
+    loop {
+        let batches = log.read(at, 4 << 20)?;
+        if batches.is_empty() {
+            break;
+        }
+        for b in &batches {
+            let mut r = Reader(&b.payload);
+            while !r.0.is_empty() {
+                match decode_one(&mut r) {
+                    Some(change) => stored.apply(change),
+                    None => {
+                        tracing::error!(offset = b.base_offset, "bad offsets entry skipped");
+                        break;
+                    }
+                }
+            }
+            at = b.next_offset();
+        }
+    }
+    Ok(stored)
+}
+
 #[derive(Debug)]
 pub struct OffsetStore {
     log: Arc<SharedLog>,
+    /// Size of the log right after its last compaction.
+    compacted_bytes: AtomicU64,
 }
 
 impl OffsetStore {
@@ -260,30 +299,11 @@ impl OffsetStore {
         config.retention_bytes = None;
         config.retention_ms = None;
         let mut log = Log::open(dir.join("consumer-offsets"), config, clock)?;
-        let mut stored = Stored::default();
-        let mut at = log.start_offset();
-        loop {
-            let batches = log.read(at, 4 << 20)?;
-            if batches.is_empty() {
-                break;
-            }
-            for b in &batches {
-                let mut r = Reader(&b.payload);
-                while !r.0.is_empty() {
-                    match decode_one(&mut r) {
-                        Some(change) => stored.apply(change),
-                        None => {
-                            tracing::error!(offset = b.base_offset, "bad offsets entry skipped");
-                            break;
-                        }
-                    }
-                }
-                at = b.next_offset();
-            }
-        }
+        let stored = read_all(&mut log)?;
         Ok((
             OffsetStore {
                 log: Arc::new(SharedLog::new(log)),
+                compacted_bytes: AtomicU64::new(0),
             },
             stored,
         ))
@@ -314,12 +334,113 @@ impl OffsetStore {
     pub fn sync(&self) -> Result<(), LogError> {
         self.log.with(|log| log.sync())
     }
+
+    /// Rewrites the log as a snapshot of what it says, once it is past `COMPACT_BYTES`
+    /// and twice what the last compaction left. The snapshot is folded from the log
+    /// itself under its lock, so no change appended meanwhile can be missed; it starts a
+    /// segment of its own, is fsynced, and only then is the history before it dropped.
+    /// Returns whether it compacted. Blocking: for a background thread.
+    pub fn compact_if_due(&self) -> Result<bool, LogError> {
+        self.log.with(|log| {
+            let bytes = log.stats().bytes;
+            let bound = COMPACT_BYTES.max(self.compacted_bytes.load(Ordering::Relaxed) * 2);
+            if bytes <= bound {
+                return Ok(false);
+            }
+            let stored = read_all(log)?;
+            log.roll()?;
+            let first = log.next_offset();
+            let mut changes = Vec::new();
+            for (group, offsets) in stored.offsets {
+                for ((topic, partition), committed) in offsets {
+                    changes.push(Change::Commit {
+                        group: group.clone(),
+                        topic,
+                        partition,
+                        committed,
+                    });
+                }
+            }
+            for (group, value) in stored.groups {
+                changes.push(Change::GroupMetadata {
+                    group,
+                    value: Some(value),
+                });
+            }
+            let mut payload = Vec::new();
+            let mut count = 0u32;
+            for change in &changes {
+                encode(change, &mut payload);
+                count += 1;
+                if payload.len() >= SNAPSHOT_BATCH_BYTES {
+                    log.append(&payload, count, 0)?;
+                    payload.clear();
+                    count = 0;
+                }
+            }
+            if count > 0 {
+                log.append(&payload, count, 0)?;
+            }
+            log.sync()?;
+            log.truncate_prefix(first)?;
+            let left = log.stats().bytes;
+            self.compacted_bytes.store(left, Ordering::Relaxed);
+            tracing::info!(before = bytes, after = left, "consumer offsets compacted");
+            Ok(true)
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_core::clock::ManualClock;
+
+    /// Commits to the same partitions grow the log past its bound; a compaction leaves
+    /// one snapshot that reopens to the same offsets and group records.
+    #[tokio::test]
+    async fn a_compaction_keeps_the_latest_state_and_frees_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let (store, _) =
+            OffsetStore::open(dir.path(), &LogConfig::default(), Arc::clone(&clock)).unwrap();
+        assert!(!store.compact_if_due().unwrap());
+        for round in 0..2_000i64 {
+            let changes: Vec<Change> = (0..4)
+                .map(|p| Change::Commit {
+                    group: format!("g{}", p % 2),
+                    topic: "t".into(),
+                    partition: p,
+                    committed: Committed {
+                        offset: round,
+                        leader_epoch: -1,
+                        metadata: None,
+                    },
+                })
+                .chain([Change::GroupMetadata {
+                    group: "g0".into(),
+                    value: Some(Bytes::from(format!("generation {round}"))),
+                }])
+                .collect();
+            store.persist(&changes).await.unwrap();
+        }
+        let before = store.log.with(|l| l.stats().bytes);
+        assert!(store.compact_if_due().unwrap());
+        let after = store.log.with(|l| l.stats().bytes);
+        assert!(after * 20 < before, "{before} -> {after}");
+        assert!(!store.compact_if_due().unwrap(), "not again right away");
+        store
+            .persist(&[Change::ForgetGroup { group: "g1".into() }])
+            .await
+            .unwrap();
+        drop(store);
+        let (_, stored) = OffsetStore::open(dir.path(), &LogConfig::default(), clock).unwrap();
+        assert_eq!(stored.offsets.len(), 1, "g1 forgotten after the snapshot");
+        let g0 = &stored.offsets["g0"];
+        assert_eq!(g0.len(), 2);
+        assert!(g0.values().all(|c| c.offset == 1_999));
+        assert_eq!(&stored.groups["g0"][..], b"generation 1999");
+    }
 
     #[tokio::test]
     async fn commits_survive_reopen() {

@@ -392,6 +392,12 @@ impl Measured<'_> {
         for tracker in &merged {
             latency.merge_latency(tracker)?;
         }
+        let mut confirm_ns = crate::tracker::latency_histogram()?;
+        for h in self.produced.iter().filter_map(|p| p.confirm_ns.as_ref()) {
+            confirm_ns
+                .add(h)
+                .map_err(|e| crate::tracker::HistogramError(format!("{e:?}")))?;
+        }
         let deliveries: u64 = merged.iter().map(Tracker::deliveries).sum();
         let missing: u64 = merged.iter().map(|t| t.missing(&expected)).sum();
         let duplicates: u64 = merged.iter().map(Tracker::duplicates).sum();
@@ -450,6 +456,7 @@ impl Measured<'_> {
             published_mb_per_s: published as f64 * size / publish_s / 1e6,
             consumed_mb_per_s: deliveries as f64 * size / consume_s / 1e6,
             latency: latency.latency(),
+            confirm_latency: (options.confirm > 0).then(|| crate::tracker::latency_of(&confirm_ns)),
             errors,
             error_messages,
             duplicates,

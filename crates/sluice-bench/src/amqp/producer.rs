@@ -43,7 +43,8 @@ const SEND_AHEAD: usize = 64;
 /// A producer's messages between the first poll of their publish and their confirm.
 struct Line {
     sending: Pipeline<u64, lapin::Result<PublisherConfirm>>,
-    confirms: VecDeque<(u64, PublisherConfirm)>,
+    /// Written publishes awaiting their confirm, with when they were written.
+    confirms: VecDeque<(u64, Instant, PublisherConfirm)>,
     produced: Produced,
 }
 
@@ -58,6 +59,9 @@ pub struct Produced {
     /// The messages that must arrive: confirmed ones, or every one sent without confirms.
     pub expected: SeqSet,
     pub finished: Option<Instant>,
+    /// From a publish being written to its confirm, in ns (with confirms on). Confirms are
+    /// looked at after every publish, so at a fixed rate the resolution is one interval.
+    pub confirm_ns: Option<hdrhistogram::Histogram<u64>>,
 }
 
 pub struct Producer {
@@ -130,7 +134,12 @@ impl Producer {
         let mut line = Line {
             sending: Pipeline::default(),
             confirms: VecDeque::with_capacity(window),
-            produced: Produced::default(),
+            produced: Produced {
+                confirm_ns: (window > 0)
+                    .then(crate::tracker::latency_histogram)
+                    .and_then(Result::ok),
+                ..Produced::default()
+            },
         };
         let queues = self.topology.routing_keys.len().max(1) as u64;
 
@@ -180,6 +189,17 @@ impl Producer {
                     break 'publishing;
                 }
             }
+            // Book the confirms that have already arrived, for their latency.
+            while let Some((seq, written, confirm)) = line.confirms.front_mut() {
+                let Some(settled) = futures_lite::future::poll_once(&mut *confirm).await else {
+                    break;
+                };
+                let (seq, written) = (*seq, *written);
+                line.confirms.pop_front();
+                if !self.settle(&mut line.produced, seq, written, settled) {
+                    break 'publishing;
+                }
+            }
             // Wait while too much is in flight: sends not yet written, or (with confirms)
             // messages not yet confirmed.
             loop {
@@ -199,18 +219,18 @@ impl Producer {
                         break 'publishing;
                     }
                 } else {
-                    let Some((seq, mut confirm)) = line.confirms.pop_front() else {
+                    let Some((seq, written, mut confirm)) = line.confirms.pop_front() else {
                         break;
                     };
                     let settled = tokio::select! {
                         biased;
                         settled = &mut confirm => settled,
                         () = stopped.fired() => {
-                            line.confirms.push_front((seq, confirm));
+                            line.confirms.push_front((seq, written, confirm));
                             break 'publishing;
                         }
                     };
-                    if !self.settle(&mut line.produced, seq, settled) {
+                    if !self.settle(&mut line.produced, seq, written, settled) {
                         break 'publishing;
                     }
                 }
@@ -240,7 +260,7 @@ impl Producer {
                 if self.plan.options.confirm == 0 {
                     line.produced.expected.insert(seq);
                 } else {
-                    line.confirms.push_back((seq, confirm));
+                    line.confirms.push_back((seq, Instant::now(), confirm));
                 }
                 true
             }
@@ -257,10 +277,15 @@ impl Producer {
         &self,
         produced: &mut Produced,
         seq: u64,
+        written: Instant,
         settled: lapin::Result<Confirmation>,
     ) -> bool {
         match settled {
             Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => {
+                if let Some(h) = produced.confirm_ns.as_mut() {
+                    let ns = u64::try_from(written.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let _ = h.record(ns.max(1));
+                }
                 produced.confirmed += 1;
                 produced.expected.insert(seq);
                 true
@@ -283,14 +308,14 @@ impl Producer {
     async fn settle_outstanding(
         &self,
         produced: &mut Produced,
-        pending: VecDeque<(u64, PublisherConfirm)>,
+        pending: VecDeque<(u64, Instant, PublisherConfirm)>,
     ) {
         let deadline = Instant::now() + CONFIRM_WAIT;
         let mut pending = pending.into_iter();
-        while let Some((seq, confirm)) = pending.next() {
+        while let Some((seq, written, confirm)) = pending.next() {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(settled) => {
-                    if !self.settle(produced, seq, settled) {
+                    if !self.settle(produced, seq, written, settled) {
                         produced.unconfirmed += pending.len() as u64;
                         return;
                     }

@@ -531,7 +531,7 @@ impl QueueCell {
             Ok(Some(job)) => {
                 state.syncing = true;
                 let cell = Arc::clone(self);
-                tokio::task::spawn_blocking(move || cell.finish_sync(job.run()));
+                tokio::task::spawn_blocking(move || cell.run_syncs(job));
             }
             Ok(None) => {}
             Err(e) => {
@@ -543,8 +543,39 @@ impl QueueCell {
         }
     }
 
-    fn finish_sync(self: &Arc<Self>, result: Result<Synced, sluice_engine::store::LogError>) {
-        let mut state = self.lock();
+    /// Runs group fsyncs on this blocking thread while writers wait: each finished one
+    /// releases the confirms it covers, and the next is taken here rather than handed to
+    /// another thread, which saves a thread hand-off per fsync on the confirm path.
+    fn run_syncs(self: &Arc<Self>, mut job: sluice_engine::store::SyncJob) {
+        loop {
+            let result = job.run();
+            let mut state = self.lock();
+            self.finish_sync(&mut state, result);
+            let Some(store) = state.store.as_mut() else {
+                return;
+            };
+            match store.sync_job() {
+                Ok(Some(next)) => {
+                    state.syncing = true;
+                    job = next;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
+                    for c in store.sync_failed() {
+                        c.done(false);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish_sync(
+        &self,
+        state: &mut QueueState,
+        result: Result<Synced, sluice_engine::store::LogError>,
+    ) {
         state.syncing = false;
         let Some(store) = state.store.as_mut() else {
             return;
@@ -567,7 +598,6 @@ impl QueueCell {
         for (c, ok) in waiters {
             c.done(ok);
         }
-        self.start_sync(&mut state);
     }
 
     /// Runs the background work of the queue's storage: buffered settlements written,

@@ -1177,6 +1177,44 @@ mod tests {
         .await
     }
 
+    /// A second member joins the stable group of `a` (generation 1): `a` learns of the
+    /// rebalance from its heartbeat and rejoins; the leader hands out `p0` to itself and
+    /// `p1` to the newcomer. Returns `a`'s new join, the newcomer's, and its assignment.
+    async fn second_member_joins(
+        c: &Arc<Coordinator>,
+        a: &JoinOutcome,
+        a_session_ms: i32,
+        b_session_ms: i32,
+    ) -> (JoinOutcome, JoinOutcome, SyncOutcome) {
+        let b_join = tokio::spawn({
+            let c = Arc::clone(c);
+            async move { c.join(args("", b_session_ms)).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.heartbeat("g", 1, &a.member_id, None) != codes::REBALANCE_IN_PROGRESS {
+            assert!(Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let a2 = c.join(args(&a.member_id, a_session_ms)).await;
+        let b = b_join.await.unwrap();
+        let b_sync = tokio::spawn({
+            let c = Arc::clone(c);
+            let b = b.clone();
+            async move { sync(&c, &b, Vec::new()).await }
+        });
+        sync(
+            c,
+            &a2,
+            vec![
+                (a2.member_id.clone(), Bytes::from_static(b"p0")),
+                (b.member_id.clone(), Bytes::from_static(b"p1")),
+            ],
+        )
+        .await;
+        let b_sync = b_sync.await.unwrap();
+        (a2, b, b_sync)
+    }
+
     #[tokio::test]
     async fn an_expired_session_hands_the_group_to_the_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -1195,35 +1233,11 @@ mod tests {
         assert_eq!(&s.assignment[..], b"all");
 
         // B joins with a short session; A learns of the rebalance from its heartbeat.
-        let b_join = tokio::spawn({
-            let c = Arc::clone(&c);
-            async move { c.join(args("", 200)).await }
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while c.heartbeat("g", 1, &a.member_id, None) != codes::REBALANCE_IN_PROGRESS {
-            assert!(Instant::now() < deadline);
-            tokio::task::yield_now().await;
-        }
-        let a2 = c.join(args(&a.member_id, 60_000)).await;
-        let b = b_join.await.unwrap();
+        let (a2, b, b_sync) = second_member_joins(&c, &a, 60_000, 200).await;
         assert_eq!((a2.generation, b.generation), (2, 2));
         assert_eq!(a2.members.len(), 2, "the leader sees both members");
         assert!(b.members.is_empty());
-        let b_sync = tokio::spawn({
-            let c = Arc::clone(&c);
-            let b = b.clone();
-            async move { sync(&c, &b, Vec::new()).await }
-        });
-        sync(
-            &c,
-            &a2,
-            vec![
-                (a2.member_id.clone(), Bytes::from_static(b"p0")),
-                (b.member_id.clone(), Bytes::from_static(b"p1")),
-            ],
-        )
-        .await;
-        assert_eq!(&b_sync.await.unwrap().assignment[..], b"p1");
+        assert_eq!(&b_sync.assignment[..], b"p1");
 
         // B goes silent: after its session timeout the tick removes it.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1256,32 +1270,7 @@ mod tests {
                 vec![(a.member_id.clone(), Bytes::from_static(b"all"))],
             )
             .await;
-            let b_join = tokio::spawn({
-                let c = Arc::clone(&c);
-                async move { c.join(args("", 10_000)).await }
-            });
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.heartbeat("g", 1, &a.member_id, None) != codes::REBALANCE_IN_PROGRESS {
-                assert!(Instant::now() < deadline);
-                tokio::task::yield_now().await;
-            }
-            let a2 = c.join(args(&a.member_id, 10_000)).await;
-            let b = b_join.await.unwrap();
-            let b_sync = tokio::spawn({
-                let c = Arc::clone(&c);
-                let b = b.clone();
-                async move { sync(&c, &b, Vec::new()).await }
-            });
-            sync(
-                &c,
-                &a2,
-                vec![
-                    (a2.member_id.clone(), Bytes::from_static(b"p0")),
-                    (b.member_id.clone(), Bytes::from_static(b"p1")),
-                ],
-            )
-            .await;
-            b_sync.await.unwrap();
+            let (a2, b, _) = second_member_joins(&c, &a, 10_000, 10_000).await;
             // What the broker's group loop does every 100 ms.
             c.persist_groups().await;
             (a2, b)

@@ -8,11 +8,17 @@ other. Layouts follow the AMQP 0-9-1 specification (section 4.2 and the XML clas
 definitions) and the Kafka protocol guide.
 """
 
+import os
 import socket
 import struct
+import sys
 import time
 
 import crc32c
+
+# The Kafka suite's wire primitives (big-endian integers, arrays, varints).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kafka"))
+from kafka_wire import array, i8, i16, i32, i64, nbytes, u32, uvarint, varint  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -446,58 +452,11 @@ FLEXIBLE_FROM = {
 }
 
 
-def i8(v):
-    return struct.pack(">b", v)
-
-
-def i16(v):
-    return struct.pack(">h", v)
-
-
-def i32(v):
-    return struct.pack(">i", v)
-
-
-def u32(v):
-    return struct.pack(">I", v)
-
-
-def i64(v):
-    return struct.pack(">q", v)
-
-
 def kstring(s):
     if s is None:
         return i16(-1)
     b = s.encode() if isinstance(s, str) else s
     return i16(len(b)) + b
-
-
-def nbytes(b):
-    if b is None:
-        return i32(-1)
-    return i32(len(b)) + b
-
-
-def array(items):
-    items = list(items)
-    return i32(len(items)) + b"".join(items)
-
-
-def uvarint(v):
-    out = bytearray()
-    while True:
-        byte = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def varint(v):
-    return uvarint((v << 1) ^ (v >> 63))  # zigzag
 
 
 def compact_string(s):

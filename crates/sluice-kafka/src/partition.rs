@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use sluice_core::clock::Clock;
-use sluice_log::{FileSlice, Log, LogConfig, LogError};
-use tokio::sync::{Notify, watch};
+use sluice_log::{FileSlice, GroupCommit, Log, LogConfig, LogError};
+use tokio::sync::{Notify, oneshot};
 
 use crate::batch::BatchInfo;
 use crate::codes;
@@ -48,14 +48,20 @@ pub struct PartitionState {
     producers: HashMap<i64, ProducerState>,
     uses: u64,
     waiters: Vec<Arc<Notify>>,
-    syncing: bool,
+    /// Produce requests waiting for an fsync (acks=-1 on `flush=sync` topics), and the
+    /// one fsync job of the log, shared with the background flusher: the same group
+    /// commit as an AMQP queue's.
+    group: GroupCommit<oneshot::Sender<bool>>,
 }
+
+/// Produce requests one partition lets wait for an fsync at once; each connection has at
+/// most one request in flight, so the connection limit bounds this first.
+const DURABLE_WAITERS_MAX: usize = 100_000;
 
 #[derive(Debug)]
 pub struct Partition {
     pub index: i32,
     state: Mutex<PartitionState>,
-    durable: watch::Sender<u64>,
 }
 
 /// Result of appending one partition's records.
@@ -162,7 +168,6 @@ impl Partition {
         clock: Arc<dyn Clock>,
     ) -> Result<Partition, LogError> {
         let mut log = Log::open(dir, config, clock)?;
-        let durable = log.durable_offset();
         let producers = recent_producers(&mut log)?;
         Ok(Partition {
             index,
@@ -171,9 +176,8 @@ impl Partition {
                 producers,
                 uses: 0,
                 waiters: Vec::new(),
-                syncing: false,
+                group: GroupCommit::new(DURABLE_WAITERS_MAX),
             }),
-            durable: watch::channel(durable).0,
         })
     }
 
@@ -332,53 +336,84 @@ impl Partition {
         ))
     }
 
-    /// Waits until everything below `next_offset` is fsynced, running the fsync itself
-    /// when none is in flight (appends made meanwhile share it).
-    pub async fn wait_durable(&self, next_offset: u64) -> Result<(), LogError> {
+    /// Waits until everything below `next_offset` is fsynced. The first writer that finds
+    /// no fsync running starts a task that runs them, one after another, while writers
+    /// wait; writers that come meanwhile share the next one (group commit).
+    pub async fn wait_durable(self: &Arc<Self>, next_offset: u64) -> Result<(), LogError> {
+        let (tx, rx) = oneshot::channel();
+        let job = {
+            let mut st = self.lock();
+            if st.log.durable_offset() >= next_offset {
+                return Ok(());
+            }
+            let PartitionState { log, group, .. } = &mut *st;
+            if group.wait(next_offset, tx).is_err() {
+                return Err(LogError::Io {
+                    path: log.dir().to_path_buf(),
+                    source: std::io::Error::other("too many writers waiting for an fsync"),
+                });
+            }
+            group.start(log)?
+        };
+        if let Some(job) = job {
+            // A task of its own: the fsyncs must finish even if this request is dropped.
+            let partition = Arc::clone(self);
+            tokio::spawn(async move { partition.run_syncs(job).await });
+        }
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(LogError::Io {
+                path: self.lock().log.dir().to_path_buf(),
+                source: std::io::Error::other("fsync failed"),
+            }),
+        }
+    }
+
+    /// Runs group fsyncs off the async threads while writers wait, releasing each
+    /// writer its fsync covers.
+    async fn run_syncs(&self, mut job: sluice_log::SyncJob) {
         loop {
-            let mut changed = self.durable.subscribe();
-            let job = {
-                let mut st = self.lock();
-                if st.log.durable_offset() >= next_offset {
-                    return Ok(());
+            let result = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(LogError::Io {
+                        path: std::path::PathBuf::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            match self.finish(result) {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Records a finished fsync, releases the writers it covers (or fails them all), and
+    /// takes the next job if writers still wait.
+    fn finish(&self, result: Result<sluice_log::Synced, LogError>) -> Option<sluice_log::SyncJob> {
+        let mut st = self.lock();
+        let PartitionState { log, group, .. } = &mut *st;
+        match result {
+            Ok(synced) => {
+                for w in group.finish(log, synced) {
+                    let _ = w.send(true);
                 }
-                if st.syncing {
-                    None
-                } else {
-                    match st.log.sync_job()? {
-                        Some(job) => {
-                            st.syncing = true;
-                            Some(job)
-                        }
-                        None => return Ok(()),
-                    }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "partition fsync failed");
+                for w in group.fail_all() {
+                    let _ = w.send(false);
                 }
-            };
-            match job {
-                Some(job) => {
-                    let result = tokio::task::spawn_blocking(move || job.run()).await;
-                    let mut st = self.lock();
-                    st.syncing = false;
-                    let outcome = match result {
-                        Ok(Ok(synced)) => {
-                            st.log.synced(synced);
-                            Ok(())
-                        }
-                        Ok(Err(e)) => Err(e),
-                        Err(e) => Err(LogError::Io {
-                            path: st.log.dir().to_path_buf(),
-                            source: std::io::Error::other(e.to_string()),
-                        }),
-                    };
-                    let durable = st.log.durable_offset();
-                    drop(st);
-                    self.durable.send_replace(durable);
-                    outcome?;
+            }
+        }
+        match group.start(log) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "partition fsync not started");
+                for w in group.fail_all() {
+                    let _ = w.send(false);
                 }
-                None => {
-                    // A lost sender cannot happen while `self` lives.
-                    let _ = changed.changed().await;
-                }
+                None
             }
         }
     }
@@ -386,15 +421,12 @@ impl Partition {
     /// Takes the fsync due under the async flush policy, if any and none is in flight.
     pub fn flush_job(&self) -> Option<sluice_log::SyncJob> {
         let mut st = self.lock();
-        if st.syncing || !st.log.flush_due() {
+        if !st.log.flush_due() {
             return None;
         }
-        match st.log.sync_job() {
-            Ok(Some(job)) => {
-                st.syncing = true;
-                Some(job)
-            }
-            Ok(None) => None,
+        let PartitionState { log, group, .. } = &mut *st;
+        match group.start_flush(log) {
+            Ok(job) => job,
             Err(e) => {
                 tracing::error!(error = %e, "partition flush failed");
                 None
@@ -402,17 +434,13 @@ impl Partition {
         }
     }
 
-    /// Hands back a job from [`Partition::flush_job`].
+    /// Hands back a job from [`Partition::flush_job`]; runs, on this blocking thread, the
+    /// fsyncs writers who came meanwhile wait for.
     pub fn flush_done(&self, result: Result<sluice_log::Synced, LogError>) {
-        let mut st = self.lock();
-        st.syncing = false;
-        match result {
-            Ok(synced) => st.log.synced(synced),
-            Err(e) => tracing::error!(error = %e, "partition fsync failed"),
+        let mut next = self.finish(result);
+        while let Some(job) = next {
+            next = self.finish(job.run());
         }
-        let durable = st.log.durable_offset();
-        drop(st);
-        self.durable.send_replace(durable);
     }
 }
 
@@ -437,6 +465,51 @@ mod tests {
         let mut infos = Vec::new();
         split(&records, &mut infos).unwrap();
         p.append(&records, &infos, None)
+    }
+
+    /// acks=-1 writers and the background flusher share one fsync slot: a writer that
+    /// comes while a flush runs is released by it, and concurrent writers share fsyncs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_waiting_for_durability_share_fsyncs_with_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(open(dir.path()));
+        let first = produce(&p, batch(1, -1, -1)).unwrap();
+        // Taken as the flusher takes it: through the group.
+        let flush = {
+            let mut st = p.lock();
+            let PartitionState { log, group, .. } = &mut *st;
+            group.start_flush(log).unwrap().expect("a flush job")
+        };
+        let waiter = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.wait_durable(first.next_offset).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the flush holds the slot");
+        let job = flush;
+        tokio::task::spawn_blocking({
+            let p = Arc::clone(&p);
+            move || p.flush_done(job.run())
+        })
+        .await
+        .unwrap();
+        waiter.await.unwrap().unwrap();
+        let fsyncs_before = p.lock().log.stats().fsyncs;
+        let mut writers = Vec::new();
+        for _ in 0..50 {
+            let produced = produce(&p, batch(1, -1, -1)).unwrap();
+            let p = Arc::clone(&p);
+            writers.push(tokio::spawn(async move {
+                p.wait_durable(produced.next_offset).await
+            }));
+        }
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let fsyncs = p.lock().log.stats().fsyncs - fsyncs_before;
+        assert!((1..50).contains(&fsyncs), "{fsyncs} fsyncs for 50 writers");
+        let st = p.lock();
+        assert_eq!(st.log.durable_offset(), st.log.next_offset());
     }
 
     #[test]

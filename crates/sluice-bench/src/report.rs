@@ -37,7 +37,7 @@ pub struct Report {
     pub published_mb_per_s: f64,
     pub consumed_mb_per_s: f64,
     pub latency: Latency,
-    /// From a publish being written to its confirm (with confirms on).
+    /// From a publish being due to its confirm (with confirms on).
     pub confirm_latency: Option<Latency>,
     pub errors: u64,
     /// The first few error messages.

@@ -42,9 +42,10 @@ const SEND_AHEAD: usize = 64;
 
 /// A producer's messages between the first poll of their publish and their confirm.
 struct Line {
-    sending: Pipeline<u64, lapin::Result<PublisherConfirm>>,
-    /// Written publishes awaiting their confirm, with when they were written.
-    confirms: VecDeque<(u64, Instant, PublisherConfirm)>,
+    /// Publishes being written: (seq, when it was due in wall-clock ns).
+    sending: Pipeline<(u64, u64), lapin::Result<PublisherConfirm>>,
+    /// Written publishes awaiting their confirm, with when they were due.
+    confirms: VecDeque<(u64, u64, PublisherConfirm)>,
     produced: Produced,
 }
 
@@ -59,8 +60,9 @@ pub struct Produced {
     /// The messages that must arrive: confirmed ones, or every one sent without confirms.
     pub expected: SeqSet,
     pub finished: Option<Instant>,
-    /// From a publish being written to its confirm, in ns (with confirms on). Confirms are
-    /// looked at after every publish, so at a fixed rate the resolution is one interval.
+    /// From a publish being due (its stamp, as publish→deliver latency counts it) to its
+    /// confirm, in ns (with confirms on). Confirms are looked at after every publish, so
+    /// at a fixed rate the resolution is one interval.
     pub confirm_ns: Option<hdrhistogram::Histogram<u64>>,
 }
 
@@ -183,20 +185,20 @@ impl Producer {
                     .basic_publish(exchange, routing_key, options, &body, properties)
                     .await
             };
-            line.sending.start(seq, Box::pin(publish)).await;
+            line.sending.start((seq, sent_ns), Box::pin(publish)).await;
             while let Some((seq, sent)) = line.sending.finished().await {
                 if !self.sent(&mut line, seq, sent) {
                     break 'publishing;
                 }
             }
             // Book the confirms that have already arrived, for their latency.
-            while let Some((seq, written, confirm)) = line.confirms.front_mut() {
+            while let Some((seq, due, confirm)) = line.confirms.front_mut() {
                 let Some(settled) = futures_lite::future::poll_once(&mut *confirm).await else {
                     break;
                 };
-                let (seq, written) = (*seq, *written);
+                let (seq, due) = (*seq, *due);
                 line.confirms.pop_front();
-                if !self.settle(&mut line.produced, seq, written, settled) {
+                if !self.settle(&mut line.produced, seq, due, settled) {
                     break 'publishing;
                 }
             }
@@ -219,18 +221,18 @@ impl Producer {
                         break 'publishing;
                     }
                 } else {
-                    let Some((seq, written, mut confirm)) = line.confirms.pop_front() else {
+                    let Some((seq, due, mut confirm)) = line.confirms.pop_front() else {
                         break;
                     };
                     let settled = tokio::select! {
                         biased;
                         settled = &mut confirm => settled,
                         () = stopped.fired() => {
-                            line.confirms.push_front((seq, written, confirm));
+                            line.confirms.push_front((seq, due, confirm));
                             break 'publishing;
                         }
                     };
-                    if !self.settle(&mut line.produced, seq, written, settled) {
+                    if !self.settle(&mut line.produced, seq, due, settled) {
                         break 'publishing;
                     }
                 }
@@ -252,7 +254,12 @@ impl Producer {
     }
 
     /// Books a publish that lapin has written; false when the channel failed.
-    fn sent(&self, line: &mut Line, seq: u64, sent: lapin::Result<PublisherConfirm>) -> bool {
+    fn sent(
+        &self,
+        line: &mut Line,
+        (seq, due_ns): (u64, u64),
+        sent: lapin::Result<PublisherConfirm>,
+    ) -> bool {
         match sent {
             Ok(confirm) => {
                 line.produced.published += 1;
@@ -260,7 +267,7 @@ impl Producer {
                 if self.plan.options.confirm == 0 {
                     line.produced.expected.insert(seq);
                 } else {
-                    line.confirms.push_back((seq, Instant::now(), confirm));
+                    line.confirms.push_back((seq, due_ns, confirm));
                 }
                 true
             }
@@ -277,14 +284,13 @@ impl Producer {
         &self,
         produced: &mut Produced,
         seq: u64,
-        written: Instant,
+        due_ns: u64,
         settled: lapin::Result<Confirmation>,
     ) -> bool {
         match settled {
             Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => {
                 if let Some(h) = produced.confirm_ns.as_mut() {
-                    let ns = u64::try_from(written.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    let _ = h.record(ns.max(1));
+                    let _ = h.record(crate::payload::wall_ns().saturating_sub(due_ns).max(1));
                 }
                 produced.confirmed += 1;
                 produced.expected.insert(seq);
@@ -308,14 +314,14 @@ impl Producer {
     async fn settle_outstanding(
         &self,
         produced: &mut Produced,
-        pending: VecDeque<(u64, Instant, PublisherConfirm)>,
+        pending: VecDeque<(u64, u64, PublisherConfirm)>,
     ) {
         let deadline = Instant::now() + CONFIRM_WAIT;
         let mut pending = pending.into_iter();
-        while let Some((seq, written, confirm)) = pending.next() {
+        while let Some((seq, due, confirm)) = pending.next() {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(settled) => {
-                    if !self.settle(produced, seq, written, settled) {
+                    if !self.settle(produced, seq, due, settled) {
                         produced.unconfirmed += pending.len() as u64;
                         return;
                     }

@@ -841,7 +841,12 @@ impl Conn {
         }
     }
 
+    /// Publishes waiting for the disk; only a publishing connection can have any, so
+    /// others skip the walk over their channels.
     fn unconfirmed(&self) -> usize {
+        if !self.publisher {
+            return 0;
+        }
         self.channels.values().map(Channel::unconfirmed).sum()
     }
 

@@ -166,16 +166,22 @@ def test_auto_commit_on_close(clients, create_topic, name):
     assert tp.offset == 15
 
 
-@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
-def test_out_of_range_position_is_reset(clients, create_topic, name, client):
-    """A committed offset past the end of the log (as after losing data) is out of range:
-    the consumer falls back to auto.offset.reset (here earliest)."""
+def committed_past_the_end(clients, create_topic, name):
+    """A topic of 5 records and a group whose committed offset is 1000: out of range."""
     topic, group = create_topic(1), name("group")
     produce(clients, "confluent", topic, [{"value": f"r{i}".encode()} for i in range(5)])
     setter = clients.consumer(group)
     commit_sync(setter, topic, {0: 1000})
     setter.close()
     clients.forget(setter)
+    return topic, group
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_out_of_range_position_is_reset(clients, create_topic, name, client):
+    """A committed offset past the end of the log (as after losing data) is out of range:
+    the consumer falls back to auto.offset.reset (here earliest)."""
+    topic, group = committed_past_the_end(clients, create_topic, name)
     if client == "confluent":
         c = clients.consumer(group, **{"auto.offset.reset": "earliest"})
         c.subscribe([topic])
@@ -189,12 +195,7 @@ def test_out_of_range_position_is_reset(clients, create_topic, name, client):
 def test_out_of_range_position_is_reset_to_latest(clients, create_topic, name, client):
     """With auto.offset.reset=latest, a committed offset past the end moves the consumer to
     the end of the log: it reads records produced afterwards and none of the 5 before."""
-    topic, group = create_topic(1), name("group")
-    produce(clients, "confluent", topic, [{"value": f"r{i}".encode()} for i in range(5)])
-    setter = clients.consumer(group)
-    commit_sync(setter, topic, {0: 1000})
-    setter.close()
-    clients.forget(setter)
+    topic, group = committed_past_the_end(clients, create_topic, name)
     if client == "confluent":
         c = clients.consumer(group, **{"auto.offset.reset": "latest"})
         c.subscribe([topic])

@@ -40,12 +40,34 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 /// producer within a fraction of a millisecond of messages.
 const SEND_AHEAD: usize = 64;
 
+/// A confirm being awaited in a task of its own, so that the moment it arrives is read when
+/// it arrives, not when the producer next wakes (on tokio's 1 ms timer at a fixed rate).
+type Confirming = tokio::task::JoinHandle<(lapin::Result<Confirmation>, u64)>;
+
+/// Awaits `confirm` in its own task; the answer comes with the wall-clock ns it arrived at.
+fn await_confirm(confirm: PublisherConfirm) -> Confirming {
+    tokio::spawn(async move {
+        let settled = confirm.await;
+        (settled, wall_ns())
+    })
+}
+
+/// The answer and arrival time of a confirm awaited by `await_confirm`.
+fn joined(
+    joined: Result<(lapin::Result<Confirmation>, u64), tokio::task::JoinError>,
+) -> (lapin::Result<Confirmation>, u64) {
+    joined.unwrap_or_else(|error| {
+        let error = std::io::Error::other(format!("confirm task: {error}"));
+        (Err(lapin::Error::from(error)), wall_ns())
+    })
+}
+
 /// A producer's messages between the first poll of their publish and their confirm.
 struct Line {
     /// Publishes being written: (seq, when it was due in wall-clock ns).
     sending: Pipeline<(u64, u64), lapin::Result<PublisherConfirm>>,
     /// Written publishes awaiting their confirm, with when they were due.
-    confirms: VecDeque<(u64, u64, PublisherConfirm)>,
+    confirms: VecDeque<(u64, u64, Confirming)>,
     produced: Produced,
 }
 
@@ -61,8 +83,7 @@ pub struct Produced {
     pub expected: SeqSet,
     pub finished: Option<Instant>,
     /// From a publish being due (its stamp, as publish→deliver latency counts it) to its
-    /// confirm, in ns (with confirms on). Confirms are looked at after every publish, so
-    /// at a fixed rate the resolution is one interval.
+    /// confirm arriving, in ns (with confirms on).
     pub confirm_ns: Option<hdrhistogram::Histogram<u64>>,
 }
 
@@ -198,7 +219,7 @@ impl Producer {
                 };
                 let (seq, due) = (*seq, *due);
                 line.confirms.pop_front();
-                if !self.settle(&mut line.produced, seq, due, settled) {
+                if !self.settle(&mut line.produced, seq, due, joined(settled)) {
                     break 'publishing;
                 }
             }
@@ -226,7 +247,7 @@ impl Producer {
                     };
                     let settled = tokio::select! {
                         biased;
-                        settled = &mut confirm => settled,
+                        settled = &mut confirm => joined(settled),
                         () = stopped.fired() => {
                             line.confirms.push_front((seq, due, confirm));
                             break 'publishing;
@@ -267,7 +288,8 @@ impl Producer {
                 if self.plan.options.confirm == 0 {
                     line.produced.expected.insert(seq);
                 } else {
-                    line.confirms.push_back((seq, due_ns, confirm));
+                    line.confirms
+                        .push_back((seq, due_ns, await_confirm(confirm)));
                 }
                 true
             }
@@ -285,12 +307,12 @@ impl Producer {
         produced: &mut Produced,
         seq: u64,
         due_ns: u64,
-        settled: lapin::Result<Confirmation>,
+        (settled, arrived_ns): (lapin::Result<Confirmation>, u64),
     ) -> bool {
         match settled {
             Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => {
                 if let Some(h) = produced.confirm_ns.as_mut() {
-                    let _ = h.record(crate::payload::wall_ns().saturating_sub(due_ns).max(1));
+                    let _ = h.record(arrived_ns.saturating_sub(due_ns).max(1));
                 }
                 produced.confirmed += 1;
                 produced.expected.insert(seq);
@@ -314,14 +336,14 @@ impl Producer {
     async fn settle_outstanding(
         &self,
         produced: &mut Produced,
-        pending: VecDeque<(u64, u64, PublisherConfirm)>,
+        pending: VecDeque<(u64, u64, Confirming)>,
     ) {
         let deadline = Instant::now() + CONFIRM_WAIT;
         let mut pending = pending.into_iter();
         while let Some((seq, due, confirm)) = pending.next() {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(settled) => {
-                    if !self.settle(produced, seq, due, settled) {
+                    if !self.settle(produced, seq, due, joined(settled)) {
                         produced.unconfirmed += pending.len() as u64;
                         return;
                     }

@@ -3,10 +3,12 @@
 //! drive it and get the same result.
 //!
 //! It holds routing (`routing`: exchanges, bindings, the topic trie, per virtual host) and
-//! the queue core (`queue`: ready and unacked messages, consumers, fair dispatch); groups
-//! and timers come later.
+//! the queue core (`queue`: ready and unacked messages, consumers, fair dispatch), queue
+//! storage (`store`) and streams (`stream`: partitioned logs and committed offsets, which
+//! Kafka topics are); groups and timers come later.
 
 pub mod queue;
 mod ready;
 pub mod routing;
 pub mod store;
+pub mod stream;

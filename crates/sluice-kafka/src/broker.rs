@@ -9,8 +9,8 @@ use sluice_core::clock::{Clock, SystemClock};
 
 use crate::config::KafkaConfig;
 use crate::groups::Coordinator;
-use crate::offsets::OffsetStore;
-use crate::topics::Topics;
+use sluice_engine::stream::offsets::OffsetStore;
+use sluice_engine::stream::topics::Topics;
 
 /// Producer ids are handed out from blocks reserved on disk, so none repeats after a
 /// crash.

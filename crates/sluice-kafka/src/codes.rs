@@ -34,3 +34,43 @@ pub const FENCED_INSTANCE_ID: i16 = 82;
 pub const INVALID_RECORD: i16 = 87;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+
+use sluice_engine::stream::batch::BatchError;
+use sluice_engine::stream::{AppendError, ReadStatus, RefusalKind};
+
+/// The code for records refused before they are appended.
+pub fn of_batch(e: BatchError) -> i16 {
+    match e {
+        BatchError::Corrupt => CORRUPT_MESSAGE,
+        BatchError::Invalid => INVALID_RECORD,
+        BatchError::OldMagic => UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    }
+}
+
+pub fn of_append(e: AppendError) -> i16 {
+    match e {
+        AppendError::InvalidProducerEpoch => INVALID_PRODUCER_EPOCH,
+        AppendError::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        AppendError::Storage => KAFKA_STORAGE_ERROR,
+    }
+}
+
+pub fn of_read(s: ReadStatus) -> i16 {
+    match s {
+        ReadStatus::Ok => NONE,
+        ReadStatus::OutOfRange => OFFSET_OUT_OF_RANGE,
+        ReadStatus::Storage => KAFKA_STORAGE_ERROR,
+    }
+}
+
+pub fn of_refusal(kind: RefusalKind) -> i16 {
+    match kind {
+        RefusalKind::InvalidName => INVALID_TOPIC_EXCEPTION,
+        RefusalKind::AlreadyExists => TOPIC_ALREADY_EXISTS,
+        RefusalKind::UnknownTopic => UNKNOWN_TOPIC_OR_PARTITION,
+        RefusalKind::InvalidPartitions => INVALID_PARTITIONS,
+        RefusalKind::PolicyViolation => POLICY_VIOLATION,
+        RefusalKind::InvalidConfig => INVALID_CONFIG,
+        RefusalKind::Storage => KAFKA_STORAGE_ERROR,
+    }
+}

@@ -1,10 +1,8 @@
-//! Broker-wide Kafka settings and per-topic configs (the subset of Kafka's topic configs
-//! that Sluice implements, plus `flush`).
+//! Broker-wide Kafka settings. Per-topic configs are the engine's (`TopicConfig`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_log::{FlushPolicy, LogConfig};
+pub use sluice_engine::stream::{LogConfig, TimestampType, TopicConfig};
 
 /// Settings of the Kafka face.
 #[derive(Debug, Clone)]
@@ -56,133 +54,5 @@ impl Default for KafkaConfig {
             topics_max: 10_000,
             connections_max_idle: Duration::from_millis(600_000),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestampType {
-    CreateTime,
-    LogAppendTime,
-}
-
-/// One topic's effective configs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicConfig {
-    pub retention_ms: Option<u64>,
-    pub retention_bytes: Option<u64>,
-    pub segment_bytes: u64,
-    pub max_message_bytes: u32,
-    /// `sync`: acks=-1 is answered after fsync; `async`: fsync on the log's interval.
-    pub flush_sync: bool,
-    pub timestamp_type: TimestampType,
-}
-
-impl Default for TopicConfig {
-    fn default() -> Self {
-        TopicConfig {
-            retention_ms: Some(7 * 24 * 3600 * 1000),
-            retention_bytes: None,
-            segment_bytes: 256 * 1024 * 1024,
-            max_message_bytes: 1_048_588,
-            flush_sync: false,
-            timestamp_type: TimestampType::CreateTime,
-        }
-    }
-}
-
-fn parse_limit(value: &str) -> Result<Option<u64>, String> {
-    match value.trim().parse::<i64>() {
-        Ok(-1) => Ok(None),
-        Ok(v) if v >= 0 => Ok(Some(v as u64)),
-        _ => Err(format!(
-            "invalid value {value:?}: expected -1 or a non-negative number"
-        )),
-    }
-}
-
-impl TopicConfig {
-    /// Applies one `name=value` override; an unknown name or bad value is an error message
-    /// for INVALID_CONFIG.
-    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        match name {
-            "cleanup.policy" => {
-                if value != "delete" {
-                    return Err(format!(
-                        "cleanup.policy {value:?} is not supported: only \"delete\" (log compaction is not built)"
-                    ));
-                }
-            }
-            "retention.ms" => self.retention_ms = parse_limit(value)?,
-            "retention.bytes" => self.retention_bytes = parse_limit(value)?,
-            "segment.bytes" => match value.parse::<u64>() {
-                Ok(v) if (14..=1 << 30).contains(&v) => self.segment_bytes = v.max(1024),
-                _ => return Err(format!("invalid segment.bytes {value:?}")),
-            },
-            "max.message.bytes" => match value.parse::<u32>() {
-                Ok(v) if v <= sluice_core::limits::BATCH_BYTES_MAX => self.max_message_bytes = v,
-                _ => return Err(format!("invalid max.message.bytes {value:?}")),
-            },
-            "message.timestamp.type" => match value {
-                "CreateTime" => self.timestamp_type = TimestampType::CreateTime,
-                "LogAppendTime" => self.timestamp_type = TimestampType::LogAppendTime,
-                _ => return Err(format!("invalid message.timestamp.type {value:?}")),
-            },
-            "flush" => match value {
-                "sync" => self.flush_sync = true,
-                "async" => self.flush_sync = false,
-                _ => return Err(format!("invalid flush {value:?}: expected sync or async")),
-            },
-            _ => return Err(format!("unknown topic config {name:?}")),
-        }
-        Ok(())
-    }
-
-    /// The defaults with `overrides` applied.
-    pub fn with_overrides(
-        defaults: &TopicConfig,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<TopicConfig, String> {
-        let mut c = defaults.clone();
-        for (k, v) in overrides {
-            c.set(k, v)?;
-        }
-        Ok(c)
-    }
-
-    /// The value DescribeConfigs reports for `name`.
-    pub fn get(&self, name: &str) -> Option<String> {
-        let limit = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-        Some(match name {
-            "cleanup.policy" => "delete".into(),
-            "retention.ms" => limit(self.retention_ms),
-            "retention.bytes" => limit(self.retention_bytes),
-            "segment.bytes" => self.segment_bytes.to_string(),
-            "max.message.bytes" => self.max_message_bytes.to_string(),
-            "message.timestamp.type" => match self.timestamp_type {
-                TimestampType::CreateTime => "CreateTime".into(),
-                TimestampType::LogAppendTime => "LogAppendTime".into(),
-            },
-            "flush" => if self.flush_sync { "sync" } else { "async" }.into(),
-            _ => return None,
-        })
-    }
-
-    /// The log settings for one partition of a topic with these configs.
-    pub fn log_config(&self, base: &LogConfig) -> LogConfig {
-        let mut log = base.clone();
-        log.segment_bytes = self.segment_bytes.max(1024);
-        log.retention_bytes = self.retention_bytes;
-        log.retention_ms = self.retention_ms;
-        // Room for the largest batch plus its frame, whatever max.message.bytes says.
-        log.batch_bytes_max = sluice_core::limits::BATCH_BYTES_MAX;
-        log.flush = if self.flush_sync {
-            FlushPolicy::Sync
-        } else {
-            match base.flush {
-                FlushPolicy::Sync => FlushPolicy::default(),
-                async_policy => async_policy,
-            }
-        };
-        log
     }
 }

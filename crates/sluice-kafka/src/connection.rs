@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
-use sluice_log::{FileSlice, send_file_slice};
+use sluice_engine::stream::{FileSlice, send_file_slice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::codes;
 use crate::group_record::{GroupRecord, MemberRecord};
-use crate::offsets::{Change, Committed, GroupOffsets, OffsetStore, Stored, apply};
+use sluice_engine::stream::offsets::{Change, Committed, GroupOffsets, OffsetStore, Stored, apply};
 
 /// How long an empty group without committed offsets is kept (Kafka drops such groups
 /// at its next offsets cleanup, every 10 minutes by default).
@@ -1136,7 +1136,7 @@ impl Coordinator {
 mod tests {
     use super::*;
     use sluice_core::clock::SystemClock;
-    use sluice_log::LogConfig;
+    use sluice_engine::stream::LogConfig;
     use std::sync::Arc;
 
     fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {

@@ -7,7 +7,7 @@
 //! override is TOPIC_CONFIG; otherwise a value equal to Sluice's built-in default is
 //! DEFAULT_CONFIG and one set in Sluice's config file is STATIC_BROKER_CONFIG.
 
-use sluice_log::{FlushPolicy, LogConfig};
+use sluice_engine::stream::{FlushPolicy, LogConfig};
 
 use crate::config::TopicConfig;
 

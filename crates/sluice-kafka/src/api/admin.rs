@@ -22,7 +22,14 @@ use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::config::TopicConfig;
 use crate::topic_configs::{self, SOURCE_STATIC_BROKER, TYPE_BOOLEAN, TYPE_INT};
-use crate::topics::Refusal;
+
+/// A request refused: the Kafka error code and a message.
+type Refusal = (i16, String);
+
+/// The engine's refusal as Kafka's code and message.
+fn refusal(r: sluice_engine::stream::Refusal) -> Refusal {
+    (codes::of_refusal(r.kind), r.message)
+}
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -83,10 +90,13 @@ pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTo
             };
             replication_ok(factor).and_then(|_| {
                 if req.validate_only {
-                    b.topics.validate(&name, partitions, &overrides)
+                    b.topics
+                        .validate(&name, partitions, &overrides)
+                        .map_err(refusal)
                 } else {
                     b.topics
                         .create(&name, partitions, overrides.clone())
+                        .map_err(refusal)
                         .map(|topic| {
                             out.topic_id = topic.id;
                         })
@@ -164,7 +174,7 @@ pub async fn delete_topics(
         // Renaming and removing the topic's files happens off the worker threads.
         let deleted = {
             let (b, name) = (Arc::clone(b), name.clone());
-            tokio::task::spawn_blocking(move || b.topics.delete(&name))
+            tokio::task::spawn_blocking(move || b.topics.delete(&name).map_err(refusal))
                 .await
                 .unwrap_or_else(|e| Err((codes::UNKNOWN_SERVER_ERROR, e.to_string())))
         };
@@ -210,7 +220,7 @@ pub fn create_partitions(
                     ))
                 }
             }
-            Some(topic) => b.topics.add_partitions(&topic, t.count),
+            Some(topic) => b.topics.add_partitions(&topic, t.count).map_err(refusal),
         };
         if let Err((code, message)) = result {
             out.error_code = code;
@@ -353,7 +363,7 @@ fn alter_topic(
     if validate_only {
         return Ok(());
     }
-    b.topics.set_overrides(&topic, overrides)
+    b.topics.set_overrides(&topic, overrides).map_err(refusal)
 }
 
 pub fn alter_configs(b: &Arc<KafkaBroker>, req: AlterConfigsRequest) -> AlterConfigsResponse {

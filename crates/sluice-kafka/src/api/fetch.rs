@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::FetchRequest;
-use sluice_log::FileSlice;
+use sluice_engine::stream::FileSlice;
 use tokio::sync::Notify;
 
 use crate::broker::KafkaBroker;
 use crate::codes;
-use crate::partition::Partition;
+use sluice_engine::stream::partition::Partition;
 
 /// Upper bound on a fetch's wait, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -132,8 +132,9 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionOut>, usize, b
             continue;
         };
         let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-        let (error, log_start, high_watermark, slices) =
+        let (status, log_start, high_watermark, slices) =
             partition.read_slices(w.offset, budget, total == 0);
+        let error = codes::of_read(status);
         errors |= error != codes::NONE;
         total += slices.iter().map(|s| s.len as usize).sum::<usize>();
         parts.push(PartitionOut {

@@ -24,7 +24,7 @@ use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::connection::Client;
 use crate::groups::{FetchedOffsets, JoinArgs, METADATA_MAX};
-use crate::offsets::Committed;
+use sluice_engine::stream::offsets::Committed;
 
 const KEY_TYPE_GROUP: i8 = 0;
 

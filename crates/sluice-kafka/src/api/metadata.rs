@@ -11,7 +11,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use super::str;
 use crate::broker::KafkaBroker;
 use crate::codes;
-use crate::topics::Topic;
+use sluice_engine::stream::{RefusalKind, Topic};
 
 pub fn topic_entry(broker: &KafkaBroker, topic: &Topic) -> MetadataResponseTopic {
     let node = BrokerId(broker.config.node_id);
@@ -74,17 +74,17 @@ pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> Met
                             topic_entry(b, &t)
                         }
                         // Created meanwhile by someone else.
-                        Err((codes::TOPIC_ALREADY_EXISTS, _)) => {
+                        Err(r) if r.kind == RefusalKind::AlreadyExists => {
                             match b.topics.get(name.0.as_str()) {
                                 Some(t) => topic_entry(b, &t),
                                 None => missing(Some(name), codes::UNKNOWN_TOPIC_OR_PARTITION),
                             }
                         }
-                        Err((code, _)) => missing(Some(name), code),
+                        Err(r) => missing(Some(name), codes::of_refusal(r.kind)),
                     }
                 }
                 None => {
-                    let code = if crate::topics::valid_name(name.0.as_str()) {
+                    let code = if sluice_engine::stream::valid_name(name.0.as_str()) {
                         codes::UNKNOWN_TOPIC_OR_PARTITION
                     } else {
                         codes::INVALID_TOPIC_EXCEPTION

@@ -7,10 +7,10 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 
-use crate::batch::{self, BatchInfo};
 use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::config::TimestampType;
+use sluice_engine::stream::batch::{self, BatchInfo};
 
 fn partition_error(index: i32, code: i16) -> PartitionProduceResponse {
     let mut p = PartitionProduceResponse::default();
@@ -59,7 +59,7 @@ pub async fn produce(
             };
             let records = pd.records.unwrap_or_default();
             if let Err(e) = batch::split(&records, &mut infos) {
-                t.partition_responses.push(fail(e.code()));
+                t.partition_responses.push(fail(codes::of_batch(e)));
                 continue;
             }
             if infos
@@ -80,8 +80,8 @@ pub async fn produce(
             };
             let produced = match partition.append(&records, &infos, append_time) {
                 Ok(p) => p,
-                Err(code) => {
-                    t.partition_responses.push(fail(code));
+                Err(e) => {
+                    t.partition_responses.push(fail(codes::of_append(e)));
                     continue;
                 }
             };

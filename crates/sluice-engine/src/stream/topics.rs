@@ -12,9 +12,8 @@ use sluice_core::clock::Clock;
 use sluice_log::LogConfig;
 use uuid::Uuid;
 
-use crate::codes;
-use crate::config::TopicConfig;
-use crate::partition::Partition;
+use super::config::TopicConfig;
+use super::partition::Partition;
 
 const META_FILE: &str = "topic.meta";
 const NAME_MAX: usize = 249;
@@ -34,8 +33,32 @@ pub struct Topic {
     state: RwLock<TopicState>,
 }
 
-/// An admin request refused: the Kafka error code and a message.
-pub type Refusal = (i16, String);
+/// Why a change to the topics was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    InvalidName,
+    AlreadyExists,
+    UnknownTopic,
+    InvalidPartitions,
+    /// A broker limit would be exceeded.
+    PolicyViolation,
+    InvalidConfig,
+    Storage,
+}
+
+/// A change to the topics refused, with a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+fn refused(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+    Refusal {
+        kind,
+        message: message.into(),
+    }
+}
 
 impl Topic {
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicState> {
@@ -267,8 +290,8 @@ impl Topics {
         let held = self.partition_count();
         let max = self.partitions_max.max(0) as usize;
         if held.saturating_add(more) > max {
-            return Err((
-                codes::POLICY_VIOLATION,
+            return Err(refused(
+                RefusalKind::PolicyViolation,
                 format!(
                     "cannot add {more} partitions: partition limit of this broker ({max}) would be exceeded, {held} exist"
                 ),
@@ -293,27 +316,27 @@ impl Topics {
         overrides: &BTreeMap<String, String>,
     ) -> Result<(), Refusal> {
         if !valid_name(name) {
-            return Err((
-                codes::INVALID_TOPIC_EXCEPTION,
+            return Err(refused(
+                RefusalKind::InvalidName,
                 format!("topic name {name:?} is not valid: 1 to 249 of [a-zA-Z0-9._-]"),
             ));
         }
         if self.get(name).is_some() {
-            return Err((
-                codes::TOPIC_ALREADY_EXISTS,
+            return Err(refused(
+                RefusalKind::AlreadyExists,
                 format!("Topic '{name}' already exists."),
             ));
         }
         if partitions < 1 {
-            return Err((
-                codes::INVALID_PARTITIONS,
+            return Err(refused(
+                RefusalKind::InvalidPartitions,
                 "Number of partitions must be larger than 0.".to_string(),
             ));
         }
         self.check_partition_room(partitions as usize)?;
         if self.maps().by_name.len() >= self.topics_max {
-            return Err((
-                codes::POLICY_VIOLATION,
+            return Err(refused(
+                RefusalKind::PolicyViolation,
                 format!(
                     "cannot create topic '{name}': topic limit of this broker ({}) is reached",
                     self.topics_max
@@ -322,7 +345,7 @@ impl Topics {
         }
         TopicConfig::with_overrides(&self.defaults, overrides)
             .map(|_| ())
-            .map_err(|e| (codes::INVALID_CONFIG, e))
+            .map_err(|e| refused(RefusalKind::InvalidConfig, e))
     }
 
     /// Creates a topic (blocking file work: directories, the metadata file's fsync).
@@ -334,9 +357,9 @@ impl Topics {
     ) -> Result<Arc<Topic>, Refusal> {
         self.validate(name, partitions, &overrides)?;
         let config = TopicConfig::with_overrides(&self.defaults, &overrides)
-            .map_err(|e| (codes::INVALID_CONFIG, e))?;
+            .map_err(|e| refused(RefusalKind::InvalidConfig, e))?;
         let dir = self.dir.join(name);
-        let storage = |e: std::io::Error| (codes::KAFKA_STORAGE_ERROR, e.to_string());
+        let storage = |e: std::io::Error| refused(RefusalKind::Storage, e.to_string());
         fs::create_dir_all(&dir).map_err(storage)?;
         let mut parts = Vec::with_capacity(partitions as usize);
         for i in 0..partitions {
@@ -358,8 +381,8 @@ impl Topics {
         let mut maps = self.maps_mut();
         if maps.by_name.contains_key(name) {
             // Lost a race with another creator; its topic stands.
-            return Err((
-                codes::TOPIC_ALREADY_EXISTS,
+            return Err(refused(
+                RefusalKind::AlreadyExists,
                 format!("Topic '{name}' already exists."),
             ));
         }
@@ -374,8 +397,8 @@ impl Topics {
         let topic = {
             let mut maps = self.maps_mut();
             let topic = maps.by_name.remove(name).ok_or_else(|| {
-                (
-                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                refused(
+                    RefusalKind::UnknownTopic,
                     "This server does not host this topic-partition.".to_string(),
                 )
             })?;
@@ -399,14 +422,14 @@ impl Topics {
         let mut st = topic.write();
         let current = st.partitions.len() as i32;
         if count <= current {
-            return Err((
-                codes::INVALID_PARTITIONS,
+            return Err(refused(
+                RefusalKind::InvalidPartitions,
                 format!(
                     "Topic currently has {current} partitions, which is higher than the requested {count}."
                 ),
             ));
         }
-        let storage = |e: std::io::Error| (codes::KAFKA_STORAGE_ERROR, e.to_string());
+        let storage = |e: std::io::Error| refused(RefusalKind::Storage, e.to_string());
         for i in current..count {
             let config = st.config.clone();
             st.partitions.push(Arc::new(
@@ -424,14 +447,14 @@ impl Topics {
         overrides: BTreeMap<String, String>,
     ) -> Result<(), Refusal> {
         let config = TopicConfig::with_overrides(&self.defaults, &overrides)
-            .map_err(|e| (codes::INVALID_CONFIG, e))?;
+            .map_err(|e| refused(RefusalKind::InvalidConfig, e))?;
         let mut st = topic.write();
         let old = std::mem::replace(&mut st.overrides, overrides);
         let old_config = std::mem::replace(&mut st.config, config);
         if let Err(e) = topic.save_meta(&st) {
             st.overrides = old;
             st.config = old_config;
-            return Err((codes::KAFKA_STORAGE_ERROR, e.to_string()));
+            return Err(refused(RefusalKind::Storage, e.to_string()));
         }
         let log_config = st.config.log_config(&self.log_base);
         for p in &st.partitions {

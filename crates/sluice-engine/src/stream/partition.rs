@@ -1,4 +1,4 @@
-//! One topic partition: a `sluice-log` log holding the record batches as sent, the
+//! One topic partition: a log holding the record batches as sent, the
 //! idempotent producers' recent sequences, fetchers waiting for data, and group commit
 //! for `flush=sync` topics.
 //!
@@ -14,8 +14,8 @@ use sluice_core::clock::Clock;
 use sluice_log::{FileSlice, GroupCommit, Log, LogConfig, LogError};
 use tokio::sync::{Notify, oneshot};
 
-use crate::batch::BatchInfo;
-use crate::codes;
+use super::{AppendError, ReadStatus};
+use crate::stream::batch::BatchInfo;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
 const PRODUCER_BATCHES: usize = 5;
@@ -79,15 +79,15 @@ fn seq_after(last: i32, n: i32) -> i32 {
 }
 
 impl ProducerState {
-    fn check(&self, b: &BatchInfo) -> Result<SeqCheck, i16> {
+    fn check(&self, b: &BatchInfo) -> Result<SeqCheck, AppendError> {
         if b.producer_epoch < self.epoch {
-            return Err(codes::INVALID_PRODUCER_EPOCH);
+            return Err(AppendError::InvalidProducerEpoch);
         }
         if b.producer_epoch > self.epoch {
             return if b.base_sequence == 0 {
                 Ok(SeqCheck::Append)
             } else {
-                Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+                Err(AppendError::OutOfOrderSequence)
             };
         }
         let last_seq = seq_after(b.base_sequence, b.offsets as i32 - 1);
@@ -100,7 +100,7 @@ impl ProducerState {
         }
         match self.batches.back() {
             Some(prev) if b.base_sequence != seq_after(prev.last_seq, 1) => {
-                Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+                Err(AppendError::OutOfOrderSequence)
             }
             _ => Ok(SeqCheck::Append),
         }
@@ -139,7 +139,7 @@ fn recent_producers(log: &mut Log) -> Result<HashMap<i64, ProducerState>, LogErr
         let Some(last) = batches.last() else { break };
         at = last.next_offset();
         for b in &batches {
-            if crate::batch::split(&b.payload, &mut infos).is_err() {
+            if crate::stream::batch::split(&b.payload, &mut infos).is_err() {
                 continue;
             }
             for info in infos.iter().filter(|i| i.producer_id >= 0) {
@@ -202,7 +202,7 @@ impl Partition {
         records: &Bytes,
         batches: &[BatchInfo],
         append_time: Option<i64>,
-    ) -> Result<Produced, i16> {
+    ) -> Result<Produced, AppendError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut first: Option<u64> = None;
@@ -225,7 +225,7 @@ impl Partition {
                     let offset_bytes = next.to_be_bytes();
                     let appended = match append_time {
                         Some(now) => {
-                            let rewritten = crate::batch::with_append_time(raw, now);
+                            let rewritten = crate::stream::batch::with_append_time(raw, now);
                             let rest = rewritten.get(8..).unwrap_or_default();
                             st.log.append_parts(&[&offset_bytes, rest], b.offsets, now)
                         }
@@ -237,7 +237,7 @@ impl Partition {
                     };
                     let appended = appended.map_err(|e| {
                         tracing::error!(error = %e, "partition append failed");
-                        codes::KAFKA_STORAGE_ERROR
+                        AppendError::Storage
                     })?;
                     if b.producer_id >= 0 {
                         st.uses += 1;
@@ -265,7 +265,7 @@ impl Partition {
         }
         st.log.write_buffered().map_err(|e| {
             tracing::error!(error = %e, "partition write failed");
-            codes::KAFKA_STORAGE_ERROR
+            AppendError::Storage
         })?;
         let waiters = std::mem::take(&mut st.waiters);
         let produced = Produced {
@@ -282,32 +282,32 @@ impl Partition {
 
     /// File ranges of the stored batches from the one holding `offset`, up to about
     /// `max_bytes` (at least one batch when `at_least_one`), for a zero-copy send.
-    /// Returns the error code, the log start offset and the high watermark too.
+    /// Returns how it went, the log start offset and the high watermark too.
     pub fn read_slices(
         &self,
         offset: i64,
         max_bytes: usize,
         at_least_one: bool,
-    ) -> (i16, i64, i64, Vec<FileSlice>) {
+    ) -> (ReadStatus, i64, i64, Vec<FileSlice>) {
         let mut st = self.lock();
         let start = st.log.start_offset() as i64;
         let end = st.log.next_offset() as i64;
         if offset < start || offset > end {
-            return (codes::OFFSET_OUT_OF_RANGE, start, end, Vec::new());
+            return (ReadStatus::OutOfRange, start, end, Vec::new());
         }
         if offset == end || (max_bytes == 0 && !at_least_one) {
-            return (codes::NONE, start, end, Vec::new());
+            return (ReadStatus::Ok, start, end, Vec::new());
         }
         match st.log.read_slices(offset as u64, max_bytes.max(1)) {
             Ok(mut slices) => {
                 if !at_least_one && slices.first().is_some_and(|s| s.len as usize > max_bytes) {
                     slices.clear();
                 }
-                (codes::NONE, start, end, slices)
+                (ReadStatus::Ok, start, end, slices)
             }
             Err(e) => {
                 tracing::error!(error = %e, partition = self.index, "partition read failed");
-                (codes::KAFKA_STORAGE_ERROR, start, end, Vec::new())
+                (ReadStatus::Storage, start, end, Vec::new())
             }
         }
     }
@@ -331,7 +331,7 @@ impl Partition {
             return Ok(None);
         };
         Ok(Some(
-            crate::batch::find_time(&b.payload, timestamp)
+            crate::stream::batch::find_time(&b.payload, timestamp)
                 .unwrap_or((b.base_offset as i64, b.max_timestamp_ms)),
         ))
     }
@@ -447,7 +447,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{split, tests::batch};
+    use crate::stream::batch::{split, tests::batch};
     use sluice_core::clock::ManualClock;
 
     fn open(dir: &Path) -> Partition {
@@ -460,7 +460,7 @@ mod tests {
         .unwrap()
     }
 
-    fn produce(p: &Partition, records: Vec<u8>) -> Result<Produced, i16> {
+    fn produce(p: &Partition, records: Vec<u8>) -> Result<Produced, AppendError> {
         let records = Bytes::from(records);
         let mut infos = Vec::new();
         split(&records, &mut infos).unwrap();
@@ -519,7 +519,7 @@ mod tests {
         assert_eq!(produce(&p, batch(3, -1, -1)).unwrap().base_offset, 0);
         assert_eq!(produce(&p, batch(2, -1, -1)).unwrap().base_offset, 3);
         let (code, start, end, slices) = p.read_slices(4, 1 << 20, true);
-        assert_eq!((code, start, end, slices.len()), (codes::NONE, 0, 5, 1));
+        assert_eq!((code, start, end, slices.len()), (ReadStatus::Ok, 0, 5, 1));
         let mut out = vec![0u8; slices[0].len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&*slices[0].file, &mut out, slices[0].position)
             .unwrap();
@@ -527,7 +527,7 @@ mod tests {
         assert_eq!(&out[..8], &3i64.to_be_bytes());
         assert_eq!(&out[8..], &batch(2, -1, -1)[8..]);
         let (code, ..) = p.read_slices(6, 1 << 20, true);
-        assert_eq!(code, codes::OFFSET_OUT_OF_RANGE);
+        assert_eq!(code, ReadStatus::OutOfRange);
     }
 
     #[test]
@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(p.offsets().1, 5, "the retry was not stored again");
         assert_eq!(
             produce(&p, batch(1, 9, 9)),
-            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(AppendError::OutOfOrderSequence)
         );
         assert_eq!(produce(&p, batch(1, 9, 5)).unwrap().base_offset, 5);
     }
@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(p.offsets().1, 5);
         assert_eq!(
             produce(&p, batch(1, 9, 7)),
-            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Err(AppendError::OutOfOrderSequence)
         );
         assert_eq!(produce(&p, batch(1, 9, 5)).unwrap().base_offset, 5);
     }

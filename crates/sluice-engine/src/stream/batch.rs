@@ -1,4 +1,4 @@
-//! Kafka record batches (magic 2) as producers send them. A produce request's records are
+//! Record batches in Kafka's format (magic 2), the unit a stream stores. A produce request's records are
 //! split into batches and checked (length, magic, CRC, offset deltas) without touching
 //! the records inside; each is then stored byte for byte except its base offset, which
 //! the broker assigns. The Kafka CRC starts at `attributes`, so the base offset can be
@@ -38,7 +38,7 @@ pub struct BatchInfo {
     pub transactional: bool,
 }
 
-/// Why a produce request's records were refused, as a Kafka error code.
+/// Why a produce request's records were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchError {
     /// Framing or CRC is wrong: CORRUPT_MESSAGE.
@@ -48,16 +48,6 @@ pub enum BatchError {
     Invalid,
     /// Message format v0/v1: UNSUPPORTED_FOR_MESSAGE_FORMAT.
     OldMagic,
-}
-
-impl BatchError {
-    pub fn code(self) -> i16 {
-        match self {
-            BatchError::Corrupt => crate::codes::CORRUPT_MESSAGE,
-            BatchError::Invalid => crate::codes::INVALID_RECORD,
-            BatchError::OldMagic => crate::codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-        }
-    }
 }
 
 fn i16_at(b: &[u8], at: usize) -> i16 {

@@ -17,6 +17,7 @@ use sluice_engine::queue::{
 };
 use sluice_engine::routing::{Destination, Router, RouterLimits};
 use sluice_engine::store::{LogConfig, QueueStore, StoreError, Synced};
+use sluice_engine::stream::{Partition, Topic, Topics};
 use tokio::sync::mpsc;
 
 use crate::args::{QueueSettings, queue_settings};
@@ -50,6 +51,16 @@ pub enum Outbound {
         channel: u16,
         consumer: ConsumerId,
         tag: Arc<str>,
+    },
+    /// A record for a consumer of a stream queue.
+    Stream {
+        channel: u16,
+        consumer: ConsumerId,
+        tag: Arc<str>,
+        credit: Arc<crate::stream_queue::StreamCredit>,
+        /// The stream queue's name.
+        queue: Arc<str>,
+        delivery: crate::convert::Delivery,
     },
     /// A reply for a direct reply-to consumer (`amq.rabbitmq.reply-to`).
     Direct {
@@ -99,7 +110,7 @@ pub struct Confirm {
 }
 
 impl Confirm {
-    fn done(self, ok: bool) {
+    pub(crate) fn done(self, ok: bool) {
         self.confirms.push(self.channel, self.seq, ok);
     }
 }
@@ -836,6 +847,11 @@ pub struct VHost {
     replies: Mutex<HashMap<Arc<str>, ReplyConsumer>>,
     /// Queues a declare may bring the vhost to (RabbitMQ's vhost `max-queues`).
     queues_max: AtomicUsize,
+    /// The engine's streams, which are this vhost's stream queues (vhost `/` only).
+    streams: std::sync::OnceLock<Arc<Topics>>,
+    /// Stored bindings whose queue was not known when the vhost opened: bindings to
+    /// stream queues, restored once the streams are attached.
+    pending_bindings: Mutex<Vec<sluice_engine::routing::Binding>>,
 }
 
 impl VHost {
@@ -848,7 +864,51 @@ impl VHost {
             dead_letters: Arc::new(DeadLetters::default()),
             replies: Mutex::new(HashMap::new()),
             queues_max: AtomicUsize::new(usize::MAX),
+            streams: std::sync::OnceLock::new(),
+            pending_bindings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes the engine's streams this vhost's stream queues.
+    pub fn set_streams(&self, topics: Arc<Topics>) {
+        let mut router = self.router_mut();
+        for topic in topics.all() {
+            if topic.partition_count() == 1 && self.queue(&topic.name).is_none() {
+                router.add_queue(topic.name.as_str().into());
+            }
+        }
+        let pending = std::mem::take(
+            &mut *self
+                .pending_bindings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for b in pending {
+            if let Err(err) = router.bind(b) {
+                tracing::warn!(error = %err, "stored binding not restored");
+            }
+        }
+        drop(router);
+        let _ = self.streams.set(topics);
+    }
+
+    pub fn streams(&self) -> Option<&Arc<Topics>> {
+        self.streams.get()
+    }
+
+    /// The stream queue `name`: a one-partition stream, unless a classic queue has the
+    /// name.
+    pub fn stream(&self, name: &str) -> Option<(Arc<Topic>, Arc<Partition>)> {
+        let topics = self.streams.get()?;
+        if self.queue(name).is_some() {
+            return None;
+        }
+        let found = crate::stream_queue::partition(topics, name)?;
+        // A topic created over Kafka becomes a queue bindings may name.
+        if !self.router().has_queue(name) {
+            self.router_mut().add_queue(name.into());
+        }
+        Some(found)
     }
 
     pub fn queue_count(&self) -> usize {
@@ -1047,7 +1107,15 @@ impl VHost {
         {
             let mut router = vhost.router_mut();
             for b in defs.bindings {
-                if let Err(err) = router.bind(b) {
+                let to_unknown_queue =
+                    matches!(&b.destination, Destination::Queue(q) if !router.has_queue(q));
+                if to_unknown_queue {
+                    vhost
+                        .pending_bindings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(b);
+                } else if let Err(err) = router.bind(b) {
                     tracing::warn!(error = %err, "stored binding not restored");
                 }
             }
@@ -1163,7 +1231,13 @@ impl VHost {
             .filter(|b| {
                 durable_exchange(&b.source)
                     && match &b.destination {
-                        Destination::Queue(q) => queues.iter().any(|r| r.name.as_str() == &**q),
+                        Destination::Queue(q) => {
+                            queues.iter().any(|r| r.name.as_str() == &**q)
+                                || self
+                                    .streams
+                                    .get()
+                                    .is_some_and(|t| crate::stream_queue::partition(t, q).is_some())
+                        }
                         Destination::Exchange(e) => durable_exchange(e),
                     }
             })
@@ -1485,6 +1559,13 @@ impl Broker {
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()
+    }
+
+    /// Makes the engine's streams the stream queues of vhost `/`.
+    pub fn attach_streams(&self, topics: Arc<Topics>) {
+        if let Some(vhost) = self.vhosts.get("/") {
+            vhost.set_streams(topics);
+        }
     }
 
     /// A fresh id for a connection or consumer.

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use sluice_core::{Message, Table, Value};
 use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
+use sluice_engine::stream::{Partition, RefusalKind, Topic, valid_name};
 
 use crate::args;
 use crate::auth::Access;
@@ -20,9 +21,11 @@ use crate::broker::{
     Broker, ChannelCredit, Confirm, Confirms, ConnectionId, Flow, OpenError, Outbox, QueueCell,
     QueueDef, VHost,
 };
+use crate::convert;
 use crate::error::{AmqpError, codes};
 use crate::frame;
 use crate::props;
+use crate::stream_queue::{self, StreamCredit};
 
 /// What a channel needs from its connection while handling a method.
 pub struct Ctx<'a> {
@@ -104,7 +107,28 @@ enum Settle {
 
 struct ConsumerEntry {
     id: ConsumerId,
-    queue: Arc<QueueCell>,
+    source: Source,
+}
+
+/// What a consumer reads from.
+enum Source {
+    Queue(Arc<QueueCell>),
+    /// A stream queue, read by a task of its own.
+    Stream(tokio::task::AbortHandle),
+}
+
+impl Source {
+    fn dispatch(&self) {
+        if let Source::Queue(queue) = self {
+            queue.dispatch();
+        }
+    }
+}
+
+/// An unacknowledged delivery from a stream queue: its ack only gives credit back.
+struct StreamUnacked {
+    credit: Arc<StreamCredit>,
+    queue: Arc<str>,
 }
 
 struct Unacked {
@@ -139,6 +163,7 @@ pub struct Channel {
     consumers: HashMap<Arc<str>, ConsumerEntry>,
     next_delivery_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
+    stream_unacked: BTreeMap<u64, StreamUnacked>,
     routed: Vec<Arc<str>>,
 }
 
@@ -184,6 +209,7 @@ impl Channel {
             consumers: HashMap::new(),
             next_delivery_tag: 1,
             unacked: BTreeMap::new(),
+            stream_unacked: BTreeMap::new(),
             routed: Vec::new(),
         }
     }
@@ -389,6 +415,9 @@ impl Channel {
         let id = self.id;
         match method {
             queue::AMQPMethod::Declare(d) => {
+                if self.declare_stream(ctx, &d)? {
+                    return Ok(());
+                }
                 let requested = d.queue.as_str();
                 let (queue, created) = if d.passive {
                     (self.find_queue(ctx, requested)?, false)
@@ -461,7 +490,7 @@ impl Channel {
             queue::AMQPMethod::Bind(b) => {
                 ctx.allow(Access::Write, "queue", b.queue.as_str())?;
                 ctx.allow(Access::Read, "exchange", b.exchange.as_str())?;
-                self.find_queue(ctx, b.queue.as_str())?;
+                self.find_destination(ctx, b.queue.as_str())?;
                 let binding = binding(
                     &b.exchange,
                     Destination::Queue(b.queue.as_str().into()),
@@ -479,7 +508,7 @@ impl Channel {
             queue::AMQPMethod::Unbind(b) => {
                 ctx.allow(Access::Write, "queue", b.queue.as_str())?;
                 ctx.allow(Access::Read, "exchange", b.exchange.as_str())?;
-                self.find_queue(ctx, b.queue.as_str())?;
+                self.find_destination(ctx, b.queue.as_str())?;
                 let binding = binding(
                     &b.exchange,
                     Destination::Queue(b.queue.as_str().into()),
@@ -495,6 +524,13 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 ctx.allow(Access::Read, "queue", p.queue.as_str())?;
+                if ctx.vhost.stream(p.queue.as_str()).is_some() {
+                    return Err(stream_queue::not_supported(
+                        "queue.purge",
+                        p.queue.as_str(),
+                        &ctx.vhost.name,
+                    ));
+                }
                 let queue = self.find_queue(ctx, p.queue.as_str())?;
                 let count = queue.purge();
                 ok_unless(
@@ -510,7 +546,10 @@ impl Channel {
                 let name = d.queue.as_str();
                 ctx.allow(Access::Configure, "queue", name)?;
                 let count = match ctx.vhost.client_queue(name) {
-                    None => 0,
+                    None => {
+                        self.delete_stream(ctx, name)?;
+                        0
+                    }
                     Some(queue) => {
                         check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
                         let (messages, consumers) = queue.counts();
@@ -601,7 +640,7 @@ impl Channel {
                 }
                 // A raised or lifted limit lets deliveries through at once.
                 for c in self.consumers.values() {
-                    c.queue.dispatch();
+                    c.source.dispatch();
                 }
                 ok(
                     ctx.out,
@@ -630,6 +669,13 @@ impl Channel {
             basic::AMQPMethod::Get(g) => {
                 let name = self.last_queue_or(g.queue.as_str())?;
                 ctx.allow(Access::Read, "queue", name)?;
+                if ctx.vhost.stream(name).is_some() {
+                    return Err(stream_queue::not_supported(
+                        "basic.get",
+                        name,
+                        &ctx.vhost.name,
+                    ));
+                }
                 let queue = self.find_queue(ctx, name)?;
                 queue.touch();
                 match queue.get(g.no_ack) {
@@ -772,29 +818,24 @@ impl Channel {
         }
         let name = self.last_queue_or(c.queue.as_str())?;
         ctx.allow(Access::Read, "queue", name)?;
+        if let Some((topic, partition)) = ctx.vhost.stream(name) {
+            return self.consume_stream(ctx, c, topic, partition);
+        }
         let queue = self.find_queue(ctx, name)?;
         queue.touch();
-        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
-            server_name("amq.ctag-", ctx.broker.next_id()).into()
-        } else {
-            c.consumer_tag.as_str().into()
-        };
-        if self.consumers.contains_key(&tag) {
-            return Err(AmqpError::connection(
-                codes::NOT_ALLOWED,
-                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
-            ));
-        }
-        let max = ctx.broker.limits.consumers_per_channel_max;
-        if self.consumers.len() >= max {
-            // RabbitMQ 3.12's `consumer_max_per_channel` refusal.
-            return Err(AmqpError::connection(
-                codes::NOT_ALLOWED,
-                format!("NOT_ALLOWED - reached maximum ({max}) of consumers per channel"),
-            )
-            .during(60, 20));
-        }
+        let tag = self.consumer_tag(ctx, &c)?;
         let arguments = props::table_from_amqp(&c.arguments);
+        if arguments.get("x-stream-offset").is_some() {
+            let kind = if queue.def.settings.quorum {
+                "rabbit_quorum_queue"
+            } else {
+                "rabbit_classic_queue"
+            };
+            return Err(AmqpError::precondition(format!(
+                "invalid arg 'x-stream-offset' for queue '{name}' in vhost '{}' of queue type {kind}",
+                ctx.vhost.name
+            )));
+        }
         let priority = arguments
             .get("x-priority")
             .and_then(Value::as_i64)
@@ -836,25 +877,276 @@ impl Channel {
             tag,
             ConsumerEntry {
                 id: consumer_id,
-                queue,
+                source: Source::Queue(queue),
             },
         );
         Ok(())
     }
 
+    /// The tag of a new consumer: the client's, or a fresh one when it sent none.
+    fn consumer_tag(&self, ctx: &Ctx<'_>, c: &basic::Consume) -> Result<Arc<str>, AmqpError> {
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            server_name("amq.ctag-", ctx.broker.next_id()).into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                codes::NOT_ALLOWED,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let max = ctx.broker.limits.consumers_per_channel_max;
+        if self.consumers.len() >= max {
+            // RabbitMQ 3.12's `consumer_max_per_channel` refusal.
+            return Err(AmqpError::connection(
+                codes::NOT_ALLOWED,
+                format!("NOT_ALLOWED - reached maximum ({max}) of consumers per channel"),
+            )
+            .during(60, 20));
+        }
+        Ok(tag)
+    }
+
+    /// `basic.consume` on a stream queue: a reader task from `x-stream-offset` on, with
+    /// the channel's prefetch as its credit. As RabbitMQ: manual acks and a prefetch
+    /// are required.
+    fn consume_stream(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        c: basic::Consume,
+        topic: Arc<Topic>,
+        partition: Arc<Partition>,
+    ) -> Result<(), AmqpError> {
+        let vhost = &ctx.vhost.name;
+        if c.no_ack {
+            return Err(stream_queue::not_supported(
+                "automatic acknowledgement",
+                &topic.name,
+                vhost,
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err(AmqpError::precondition(format!(
+                "consumer prefetch count is not set for 'queue '{}' in vhost '{vhost}''",
+                topic.name
+            )));
+        }
+        let tag = self.consumer_tag(ctx, &c)?;
+        let arguments = props::table_from_amqp(&c.arguments);
+        let start = stream_queue::start(&arguments, now_ms(), &topic.name, vhost)?;
+        let Some(topics) = ctx.vhost.streams().cloned() else {
+            return Err(AmqpError::not_found("queue", &topic.name, vhost));
+        };
+        if !c.nowait {
+            frame::write_method(
+                ctx.out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            );
+        }
+        let consumer = ctx.broker.next_id();
+        let reader = stream_queue::StreamReader {
+            queue: topic.name.as_str().into(),
+            topics,
+            topic,
+            partition,
+            start,
+            outbox: ctx.outbox.clone(),
+            channel: self.id,
+            consumer,
+            tag: Arc::clone(&tag),
+            credit: Arc::new(StreamCredit::new(u32::from(self.prefetch))),
+        };
+        let reader = tokio::spawn(reader.run()).abort_handle();
+        self.consumers.insert(
+            tag,
+            ConsumerEntry {
+                id: consumer,
+                source: Source::Stream(reader),
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes a record of a stream queue to one of this channel's consumers.
+    pub fn deliver_stream(
+        &mut self,
+        out: &mut BytesMut,
+        frame_max: u32,
+        tag: &str,
+        credit: Arc<StreamCredit>,
+        queue: Arc<str>,
+        delivery: &convert::Delivery,
+    ) {
+        let delivery_tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        self.stream_unacked
+            .insert(delivery_tag, StreamUnacked { credit, queue });
+        frame::write_deliver(
+            out,
+            self.id,
+            tag,
+            delivery_tag,
+            false,
+            std::str::from_utf8(&delivery.exchange).unwrap_or_default(),
+            std::str::from_utf8(&delivery.routing_key).unwrap_or_default(),
+        );
+        frame::write_content(
+            out,
+            self.id,
+            &delivery.properties,
+            &delivery.body,
+            frame_max,
+        );
+    }
+
+    /// A queue a binding may name: a classic queue this connection may use, or a stream
+    /// queue.
+    fn find_destination(&self, ctx: &Ctx<'_>, name: &str) -> Result<(), AmqpError> {
+        if ctx.vhost.stream(name).is_some() {
+            return Ok(());
+        }
+        self.find_queue(ctx, name).map(|_| ())
+    }
+
+    /// `queue.declare` of a stream queue, new or existing; `false` when the declaration
+    /// is not about one (a classic or quorum queue, or a passive declare of none).
+    fn declare_stream(&mut self, ctx: &mut Ctx<'_>, d: &queue::Declare) -> Result<bool, AmqpError> {
+        let arguments = props::table_from_amqp(&d.arguments);
+        let requested = stream_queue::requested(&arguments);
+        let Some(topics) = ctx.vhost.streams().cloned() else {
+            if requested && !d.passive {
+                return Err(AmqpError::precondition(format!(
+                    "stream queues exist in vhost '/' only: Sluice keeps them as Kafka topics (queue '{}' in vhost '{}')",
+                    d.queue.as_str(),
+                    ctx.vhost.name
+                )));
+            }
+            return Ok(false);
+        };
+        let requested_name = d.queue.as_str();
+        if !requested_name.is_empty() && ctx.vhost.queue(requested_name).is_some() {
+            if requested && !d.passive {
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg 'x-queue-type' for queue '{requested_name}' in vhost '{}': received the value 'stream' of type 'longstr' but current is none",
+                    ctx.vhost.name
+                )));
+            }
+            return Ok(false);
+        }
+        let name: Arc<str> = match stream_queue::partition(&topics, requested_name) {
+            Some((topic, _)) => {
+                if !d.passive {
+                    ctx.allow(Access::Configure, "queue", requested_name)?;
+                    stream_queue::check_equivalent(&topic, &arguments, d.durable, &ctx.vhost.name)?;
+                }
+                requested_name.into()
+            }
+            None if d.passive || !requested => return Ok(false),
+            None => {
+                if requested_name.starts_with("amq.") {
+                    return Err(AmqpError::channel(
+                        codes::ACCESS_REFUSED,
+                        format!(
+                            "ACCESS_REFUSED - queue name '{requested_name}' contains reserved prefix 'amq.*'"
+                        ),
+                    ));
+                }
+                let name: Arc<str> = if requested_name.is_empty() {
+                    server_name("amq.gen-", ctx.broker.next_id()).into()
+                } else {
+                    requested_name.into()
+                };
+                ctx.allow(Access::Configure, "queue", &name)?;
+                let overrides = stream_queue::declare_overrides(
+                    &arguments,
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    &name,
+                    &ctx.vhost.name,
+                )?;
+                if !valid_name(&name) {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid stream queue name '{name}': Sluice keeps a stream queue as the Kafka topic of that name, 1 to 249 of [a-zA-Z0-9._-]"
+                    )));
+                }
+                match tokio::task::block_in_place(|| topics.create(&name, 1, overrides)) {
+                    Ok(_) => tracing::info!(queue = %name, "stream queue created"),
+                    Err(r) if r.kind == RefusalKind::AlreadyExists => {}
+                    Err(r) if r.kind == RefusalKind::PolicyViolation => {
+                        return Err(AmqpError::precondition(r.message));
+                    }
+                    Err(r) => {
+                        tracing::error!(queue = %name, error = %r.message, "cannot create stream queue");
+                        return Err(AmqpError::connection(
+                            codes::INTERNAL_ERROR,
+                            "INTERNAL_ERROR - cannot create queue storage",
+                        ));
+                    }
+                }
+                name
+            }
+        };
+        // Known to the router from now on: the default exchange and bindings reach it.
+        let _ = ctx.vhost.stream(&name);
+        self.last_queue = Some(Arc::clone(&name));
+        if !d.nowait {
+            // RabbitMQ counts neither messages nor consumers of a stream queue here.
+            frame::write_method(
+                ctx.out,
+                self.id,
+                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                    queue: short(&name),
+                    message_count: 0,
+                    consumer_count: 0,
+                })),
+            );
+        }
+        Ok(true)
+    }
+
+    /// `queue.delete` of a stream queue (its topic and everything in it); nothing when
+    /// no stream has the name.
+    fn delete_stream(&self, ctx: &Ctx<'_>, name: &str) -> Result<(), AmqpError> {
+        let Some(topics) = ctx.vhost.streams() else {
+            return Ok(());
+        };
+        if stream_queue::partition(topics, name).is_none() {
+            return Ok(());
+        }
+        // Its readers notice and cancel their consumers.
+        if let Err(r) = tokio::task::block_in_place(|| topics.delete(name)) {
+            tracing::warn!(queue = %name, error = %r.message, "stream queue not deleted");
+        }
+        let _ = ctx.vhost.router_mut().remove_queue(name);
+        Ok(())
+    }
+
     /// Cancels a consumer of this channel; auto-delete queues left unused go away.
     fn cancel_consumer(&mut self, vhost: &VHost, tag: &Arc<str>) {
-        if let Some(entry) = self.consumers.remove(tag)
-            && entry.queue.cancel(entry.id)
-        {
-            vhost.delete_queue(&entry.queue.name);
+        match self.consumers.remove(tag).map(|e| (e.id, e.source)) {
+            Some((id, Source::Queue(queue))) if queue.cancel(id) => {
+                vhost.delete_queue(&queue.name);
+            }
+            Some((_, Source::Stream(reader))) => reader.abort(),
+            Some(_) | None => {}
         }
     }
 
     /// The broker cancelled a consumer (its queue was deleted).
     pub fn consumer_cancelled(&mut self, out: &mut BytesMut, consumer: ConsumerId, tag: &Arc<str>) {
         if self.consumers.get(tag).is_some_and(|c| c.id == consumer) {
-            self.consumers.remove(tag);
+            if let Some(ConsumerEntry {
+                source: Source::Stream(reader),
+                ..
+            }) = self.consumers.remove(tag)
+            {
+                reader.abort();
+            }
             frame::write_method(
                 out,
                 self.id,
@@ -899,7 +1191,7 @@ impl Channel {
         let n = settled.iter().filter(|u| u.counted).count() as u32;
         if self.credit.release(n) {
             for c in self.consumers.values() {
-                c.queue.dispatch();
+                c.source.dispatch();
             }
         }
     }
@@ -941,30 +1233,37 @@ impl Channel {
 
     /// Removes unacked deliveries up to `tag` (or just `tag`), grouped by queue. Tag 0
     /// with `multiple` means all of them. An unknown tag is PRECONDITION_FAILED (406).
-    fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<QueueIds>, AmqpError> {
-        let taken: Vec<Unacked> = if multiple {
+    fn take_unacked(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<(Vec<QueueIds>, Vec<StreamUnacked>), AmqpError> {
+        let known = self.unacked.contains_key(&tag) || self.stream_unacked.contains_key(&tag);
+        if !(known || multiple && tag == 0) {
+            return Err(AmqpError::precondition(format!(
+                "unknown delivery tag {tag}"
+            )));
+        }
+        let (taken, streams): (Vec<Unacked>, Vec<StreamUnacked>) = if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
-            if tag != 0 && !self.unacked.contains_key(&tag) {
-                return Err(AmqpError::precondition(format!(
-                    "unknown delivery tag {tag}"
-                )));
-            }
             let rest = self.unacked.split_off(&upto.saturating_add(1));
-            std::mem::replace(&mut self.unacked, rest)
-                .into_values()
-                .collect()
+            let stream_rest = self.stream_unacked.split_off(&upto.saturating_add(1));
+            (
+                std::mem::replace(&mut self.unacked, rest)
+                    .into_values()
+                    .collect(),
+                std::mem::replace(&mut self.stream_unacked, stream_rest)
+                    .into_values()
+                    .collect(),
+            )
         } else {
-            match self.unacked.remove(&tag) {
-                Some(u) => vec![u],
-                None => {
-                    return Err(AmqpError::precondition(format!(
-                        "unknown delivery tag {tag}"
-                    )));
-                }
-            }
+            (
+                self.unacked.remove(&tag).into_iter().collect(),
+                self.stream_unacked.remove(&tag).into_iter().collect(),
+            )
         };
         self.release_credit(&taken);
-        Ok(group_by_queue(taken))
+        Ok((group_by_queue(taken), streams))
     }
 
     /// Applies an ack or reject now, or holds it for `tx.commit`.
@@ -979,8 +1278,12 @@ impl Channel {
     fn apply_settle(&mut self, op: Settle) -> Result<(), AmqpError> {
         match op {
             Settle::Ack { tag, multiple } => {
-                for (queue, ids) in self.take_unacked(tag, multiple)? {
+                let (queues, streams) = self.take_unacked(tag, multiple)?;
+                for (queue, ids) in queues {
                     queue.ack(&ids);
+                }
+                for s in streams {
+                    s.credit.release(1);
                 }
                 Ok(())
             }
@@ -1032,7 +1335,15 @@ impl Channel {
     }
 
     fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
-        for (queue, ids) in self.take_unacked(tag, multiple)? {
+        let (queues, streams) = self.take_unacked(tag, multiple)?;
+        if let Some(s) = streams.first() {
+            return Err(stream_queue::not_supported(
+                "basic.nack and basic.reject",
+                &s.queue,
+                "/",
+            ));
+        }
+        for (queue, ids) in queues {
             if requeue {
                 queue.requeue(&ids);
             } else {
@@ -1047,6 +1358,10 @@ impl Channel {
         // RabbitMQ requeues on recover whatever `requeue` says.
         let all: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
         self.release_credit(&all);
+        // Stream deliveries are not redelivered; their credit comes back.
+        for s in std::mem::take(&mut self.stream_unacked).into_values() {
+            s.credit.release(1);
+        }
         for (queue, ids) in group_by_queue(all) {
             queue.requeue(&ids);
         }
@@ -1247,6 +1562,13 @@ impl Channel {
             headers,
             &mut self.routed,
         )?;
+        if self.routed.is_empty()
+            && message.exchange.is_empty()
+            && ctx.vhost.stream(&message.routing_key).is_some()
+        {
+            // A stream queue created over Kafka, published to for the first time.
+            self.routed.push(Arc::clone(&message.routing_key));
+        }
         let seq = if self.confirm {
             self.publish_seq += 1;
             self.publish_seq
@@ -1270,6 +1592,25 @@ impl Channel {
                 }
                 rejected |= accepted == Accepted::Rejected;
                 delivered += 1;
+            } else if let Some((topic, partition)) = ctx.vhost.stream(name) {
+                delivered += 1;
+                match stream_queue::publish(&partition, &message, now_ms()) {
+                    Ok(next) if self.confirm && topic.config().flush_sync => {
+                        // A `flush=sync` stream confirms once the record is on disk.
+                        let confirm = Confirm {
+                            confirms: Arc::clone(ctx.confirms),
+                            channel: self.id,
+                            seq,
+                        };
+                        waiting += 1;
+                        tokio::spawn(async move {
+                            let ok = partition.wait_durable(next).await.is_ok();
+                            confirm.done(ok);
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => rejected = true,
+                }
             }
         }
         if self.confirm && rejected {
@@ -1383,6 +1724,7 @@ impl Channel {
         for (queue, ids) in group_by_queue(all) {
             queue.requeue(&ids);
         }
+        self.stream_unacked.clear();
         self.publishing = None;
     }
 }

@@ -790,6 +790,31 @@ impl Conn {
                     ch.consumer_cancelled(&mut self.out, consumer, &tag);
                 }
             }
+            Outbound::Stream {
+                channel,
+                consumer,
+                tag,
+                credit,
+                queue,
+                delivery,
+            } => {
+                let live = self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|ch| !ch.closing && ch.has_consumer(&tag, consumer));
+                match self.channels.get_mut(&channel) {
+                    Some(ch) if live => ch.deliver_stream(
+                        &mut self.out,
+                        self.frame_max,
+                        &tag,
+                        credit,
+                        queue,
+                        &delivery,
+                    ),
+                    // The consumer went away while this was in flight.
+                    _ => credit.release(1),
+                }
+            }
             Outbound::Direct {
                 channel,
                 tag,

@@ -4,18 +4,22 @@
 //!
 //! Layers, one per file: `frame` (bytes ↔ frames, bounded), `connection` (handshake,
 //! tuning, heartbeats, channel multiplexing), `channel` (the methods), `broker` (shared
-//! queues and routing, durable storage), `definitions` (the durable definitions file), `props` (message properties), `error` (reply codes).
+//! queues and routing, durable storage), `definitions` (the durable definitions file), `props` (message properties), `error` (reply codes),
+//! `stream_queue` (stream queues over the engine's streams) and `convert` (messages to and
+//! from stream records).
 
 mod args;
 pub mod auth;
 pub mod broker;
 mod channel;
 pub mod connection;
+pub mod convert;
 mod dead_letter;
 pub mod definitions;
 pub mod error;
 pub mod frame;
 pub mod props;
+pub mod stream_queue;
 
 pub use broker::{AmqpLimits, Broker};
 pub use connection::{ConnectionConfig, serve_connection};

@@ -26,7 +26,7 @@ struct ProducerIds {
 #[derive(Debug)]
 pub struct KafkaBroker {
     pub config: KafkaConfig,
-    pub topics: Topics,
+    pub topics: Arc<Topics>,
     pub groups: Coordinator,
     pub clock: Arc<dyn Clock>,
     dir: PathBuf,
@@ -81,7 +81,7 @@ impl KafkaBroker {
         let reserved = read_reserved(dir);
         Ok(KafkaBroker {
             config,
-            topics,
+            topics: Arc::new(topics),
             groups,
             clock,
             dir: dir.to_path_buf(),

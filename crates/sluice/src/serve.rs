@@ -128,6 +128,8 @@ async fn listen_until_signal(
     let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
         .with_context(|| format!("cannot open Kafka data in {}", kafka_dir.display()))?;
     let kafka_broker = Arc::new(kafka_broker);
+    // One-partition topics are the stream queues of AMQP's vhost `/`.
+    broker.attach_streams(Arc::clone(&kafka_broker.topics));
     *kafka_out = Some(Arc::clone(&kafka_broker));
     let admission = Admission::new(config.admission);
     info!(amqp = %amqp.local_addr, "listening");

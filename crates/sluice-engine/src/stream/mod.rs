@@ -6,14 +6,16 @@
 //! Errors are the engine's own; each face maps them to its protocol's codes.
 
 pub mod batch;
+pub mod codec;
 pub mod config;
 pub mod offsets;
 pub mod partition;
+pub mod record;
 pub mod topics;
 
 pub use config::{TimestampType, TopicConfig};
 pub use partition::{Partition, PartitionState, Produced};
-pub use sluice_log::{FileSlice, FlushPolicy, LogConfig, LogError, send_file_slice};
+pub use sluice_log::{Batch, FileSlice, FlushPolicy, LogConfig, LogError, send_file_slice};
 pub use topics::{Refusal, RefusalKind, Topic, Topics, valid_name};
 
 /// Why an append was refused.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use sluice_core::clock::Clock;
-use sluice_log::{FileSlice, GroupCommit, Log, LogConfig, LogError};
+use sluice_log::{Batch, FileSlice, GroupCommit, Log, LogConfig, LogError};
 use tokio::sync::{Notify, oneshot};
 
 use super::{AppendError, ReadStatus};
@@ -309,6 +309,44 @@ impl Partition {
                 tracing::error!(error = %e, partition = self.index, "partition read failed");
                 (ReadStatus::Storage, start, end, Vec::new())
             }
+        }
+    }
+
+    /// The stored batches from the one holding `offset`, up to about `max_bytes` (at
+    /// least one), for readers that open records. Empty at the end of the log.
+    pub fn read_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, ReadStatus> {
+        let mut st = self.lock();
+        if offset < st.log.start_offset() || offset > st.log.next_offset() {
+            return Err(ReadStatus::OutOfRange);
+        }
+        if offset == st.log.next_offset() {
+            return Ok(Vec::new());
+        }
+        st.log.read(offset, max_bytes.max(1)).map_err(|e| {
+            tracing::error!(error = %e, partition = self.index, "partition read failed");
+            ReadStatus::Storage
+        })
+    }
+
+    /// The first offset of the last stored batch (RabbitMQ's `last` chunk), or the end
+    /// of an empty log.
+    pub fn last_batch_offset(&self) -> u64 {
+        let mut st = self.lock();
+        let next = st.log.next_offset();
+        if next == st.log.start_offset() {
+            return next;
+        }
+        match st.log.read(next - 1, 1) {
+            Ok(batches) => batches.first().map_or(next, |b| b.base_offset),
+            Err(_) => next,
+        }
+    }
+
+    /// Wakes every registered reader now (the partition is going away).
+    pub fn wake_watchers(&self) {
+        let waiters = std::mem::take(&mut self.lock().waiters);
+        for w in waiters {
+            w.notify_one();
         }
     }
 

@@ -405,6 +405,9 @@ impl Topics {
             maps.by_id.remove(&topic.id);
             topic
         };
+        for p in &topic.read().partitions {
+            p.wake_watchers();
+        }
         let doomed = self
             .dir
             .join(format!("{name}.deleted-{}", topic.id.simple()));

@@ -195,20 +195,29 @@ pub fn declare_overrides(
 fn inequivalent(
     arg: &str,
     received: Option<&Value>,
-    current: Option<String>,
+    current: Option<(String, &str)>,
     q: &str,
     v: &str,
 ) -> AmqpError {
-    let received = received.map_or("none".to_string(), |r| {
-        format!("the value '{}' of type '{}'", shown(r), type_name(r))
-    });
-    let current = current.unwrap_or_else(|| "none".to_string());
+    let detail = match (received, current) {
+        (Some(r), Some((c, _))) => format!("received '{}' but current is '{c}'", shown(r)),
+        (received, current) => {
+            let received = received.map_or("none".to_string(), |r| {
+                format!("the value '{}' of type '{}'", shown(r), type_name(r))
+            });
+            let current = current.map_or("none".to_string(), |(c, t)| {
+                format!("the value '{c}' of type '{t}'")
+            });
+            format!("received {received} but current is {current}")
+        }
+    };
     AmqpError::precondition(format!(
-        "inequivalent arg '{arg}' for queue '{q}' in vhost '{v}': received {received} but current is {current}"
+        "inequivalent arg '{arg}' for queue '{q}' in vhost '{v}': {detail}"
     ))
 }
 
-/// Checks a declaration of the existing stream queue `topic`.
+/// Checks a declaration of the existing stream queue `topic`, in RabbitMQ's order:
+/// durability, retention arguments, then the queue type.
 pub fn check_equivalent(
     topic: &Topic,
     args: &Table,
@@ -221,24 +230,6 @@ pub fn check_equivalent(
             "inequivalent arg 'durable' for queue '{q}' in vhost '{vhost}': received 'false' but current is 'true'"
         )));
     }
-    match args.get("x-queue-type") {
-        Some(v) if v.as_str() == Some("stream") => {}
-        Some(v) if v.as_str().is_some() => {
-            return Err(AmqpError::precondition(format!(
-                "inequivalent arg 'x-queue-type' for queue '{q}' in vhost '{vhost}': received '{}' but current is 'stream'",
-                shown(v)
-            )));
-        }
-        other => {
-            return Err(inequivalent(
-                "x-queue-type",
-                other,
-                Some("the value 'stream' of type 'longstr'".into()),
-                q,
-                vhost,
-            ));
-        }
-    }
     let overrides = topic.read().overrides.clone();
     let current_bytes = overrides
         .get("retention.bytes")
@@ -249,7 +240,7 @@ pub fn check_equivalent(
         return Err(inequivalent(
             "x-max-length-bytes",
             requested_bytes,
-            current_bytes.map(|b| format!("the value '{b}' of type 'long'")),
+            current_bytes.map(|b| (b.to_string(), "long")),
             q,
             vhost,
         ));
@@ -264,10 +255,28 @@ pub fn check_equivalent(
         return Err(inequivalent(
             "x-max-age",
             requested_age,
-            current_age.map(|ms| format!("the value '{}' of type 'longstr'", age_text(ms as u64))),
+            current_age.map(|ms| (age_text(ms as u64), "longstr")),
             q,
             vhost,
         ));
+    }
+    match args.get("x-queue-type") {
+        Some(v) if v.as_str() == Some("stream") => {}
+        Some(v) if v.as_str().is_some() => {
+            return Err(AmqpError::precondition(format!(
+                "inequivalent arg 'x-queue-type' for queue '{q}' in vhost '{vhost}': received '{}' but current is 'stream'",
+                shown(v)
+            )));
+        }
+        other => {
+            return Err(inequivalent(
+                "x-queue-type",
+                other,
+                Some(("stream".to_string(), "longstr")),
+                q,
+                vhost,
+            ));
+        }
     }
     Ok(())
 }

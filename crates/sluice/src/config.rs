@@ -66,6 +66,8 @@ pub struct Config {
     pub kafka_partitions_max: u32,
     /// Kafka's `connections.max.idle.ms`.
     pub kafka_connections_max_idle_ms: u64,
+    /// How often retention runs over topics and stream queues.
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             kafka_topics_max: 10_000,
             kafka_partitions_max: 100_000,
             kafka_connections_max_idle_ms: 600_000,
+            retention_check_interval_ms: 30_000,
         }
     }
 }
@@ -337,6 +340,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.storage.retention_ms = parse_optional_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.retention_check_interval_ms",
+        env: "SLUICE_STORAGE_RETENTION_CHECK_INTERVAL_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.retention_check_interval_ms = parse_positive(v)?;
             Ok(())
         },
     },

@@ -141,7 +141,10 @@ async fn listen_until_signal(
         never = flush_loop(Arc::clone(&broker), Arc::clone(&kafka_broker)) => match never {},
         never = expiry_loop(Arc::clone(&broker)) => match never {},
         never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
-        never = kafka_retention_loop(Arc::clone(&kafka_broker)) => match never {},
+        never = kafka_retention_loop(
+            Arc::clone(&kafka_broker),
+            Duration::from_millis(config.retention_check_interval_ms),
+        ) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
         never = kafka_accept_loop(kafka.listener, kafka_broker, admission) => match never {},
@@ -201,11 +204,9 @@ async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
     }
 }
 
-/// How often Kafka partitions are checked for segments past retention.
-const RETENTION_TICK: Duration = Duration::from_secs(30);
-
-async fn kafka_retention_loop(kafka: Arc<KafkaBroker>) -> Infallible {
-    let mut tick = tokio::time::interval(RETENTION_TICK);
+/// Deletes segments past retention in topics and stream queues, every `every`.
+async fn kafka_retention_loop(kafka: Arc<KafkaBroker>, every: Duration) -> Infallible {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let k = Arc::clone(&kafka);

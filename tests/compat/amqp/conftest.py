@@ -62,6 +62,8 @@ class SluiceProcess:
             # The users test_permissions.py expects (see its docstring for RabbitMQ).
             SLUICE_AMQP_USERS="guest:guest,alice:alice-pw,carol:carol-pw",
             SLUICE_AMQP_PERMISSIONS="guest@/ .* .* .*; alice@/ ^alice- ^alice- .*",
+            # Stream queue retention is checked often enough for a test to see it.
+            SLUICE_STORAGE_RETENTION_CHECK_INTERVAL_MS="500",
         )
         self.proc = subprocess.Popen(
             [

@@ -1076,7 +1076,15 @@ impl Channel {
                 }
                 match tokio::task::block_in_place(|| topics.create(&name, 1, overrides)) {
                     Ok(_) => tracing::info!(queue = %name, "stream queue created"),
-                    Err(r) if r.kind == RefusalKind::AlreadyExists => {}
+                    Err(r) if r.kind == RefusalKind::AlreadyExists => {
+                        // Created meanwhile: a stream queue, or a topic of more partitions.
+                        if stream_queue::partition(&topics, &name).is_none() {
+                            return Err(AmqpError::precondition(format!(
+                                "queue '{name}' in vhost '{}' is a Kafka topic of more than one partition; a stream queue has one",
+                                ctx.vhost.name
+                            )));
+                        }
+                    }
                     Err(r) if r.kind == RefusalKind::PolicyViolation => {
                         return Err(AmqpError::precondition(r.message));
                     }

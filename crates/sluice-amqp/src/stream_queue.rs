@@ -551,8 +551,15 @@ mod tests {
         .unwrap();
         assert_eq!(ok.get("retention.ms").map(String::as_str), Some("86400000"));
         assert_eq!(ok.get("retention.bytes").map(String::as_str), Some("1000"));
-        let plain =
-            declare_overrides(&table(std::slice::from_ref(&stream)), true, false, false, "s", "/").unwrap();
+        let plain = declare_overrides(
+            &table(std::slice::from_ref(&stream)),
+            true,
+            false,
+            false,
+            "s",
+            "/",
+        )
+        .unwrap();
         assert_eq!(plain.get("retention.ms").map(String::as_str), Some("-1"));
         let refused = |args: Table, durable, exclusive, auto_delete| match declare_overrides(
             &args,

@@ -46,6 +46,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 
 LISTENING = re.compile(r"listening kafka=(\S+):(\d+)")
+LISTENING_AMQP = re.compile(r"listening amqp=(\S+):(\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # Server settings for the tests. Kafka's group.initial.rebalance.delay.ms (default 3000)
@@ -66,6 +67,7 @@ class SluiceProcess:
         self.proc = None
         self.port = None
         self.lines = deque(maxlen=500)  # recent stderr, for failure messages
+        self.amqp_port = None
 
     @property
     def bootstrap(self):
@@ -120,6 +122,9 @@ class SluiceProcess:
             for raw in proc.stderr:
                 line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
                 self.lines.append(line)
+                m = LISTENING_AMQP.search(line)
+                if m:
+                    self.amqp_port = int(m.group(2))
                 m = LISTENING.search(line)
                 if m:
                     found.put(int(m.group(2)))
@@ -184,6 +189,13 @@ class Broker:
     @property
     def bootstrap(self):
         return self._bootstrap if self.process is None else self.process.bootstrap
+
+    @property
+    def amqp_url(self):
+        """The same server's AMQP listener (Sluice only)."""
+        if self.process is None:
+            pytest.skip("needs the AMQP face of the same broker (KAFKA_BOOTSTRAP is set)")
+        return f"amqp://guest:guest@127.0.0.1:{self.process.amqp_port}/%2F"
 
     def restart(self):
         """Graceful restart (SIGTERM, start on the same data dir and port)."""

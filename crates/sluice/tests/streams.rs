@@ -1,0 +1,206 @@
+//! One log for AMQP and Kafka with real clients on both sides (lapin and rdkafka): a
+//! stream queue declared over AMQP is a one-partition topic, what lapin publishes rdkafka
+//! consumes, and what rdkafka produces a lapin stream consumer receives, live.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn stream_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("stream")),
+    );
+    args
+}
+
+async fn channel(b: &Broker) -> (Connection, Channel) {
+    let conn = Connection::connect(&b.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+async fn declare_stream(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        stream_args(),
+    )
+    .await
+    .unwrap();
+}
+
+fn kafka(b: &Broker) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", b.kafka.to_string());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_publishes_and_rdkafka_reads_the_same_log() {
+    let b = Broker::start();
+    let (_conn, ch) = channel(&b).await;
+    declare_stream(&ch, "orders").await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("trace"),
+            AMQPValue::LongString(LongString::from(format!("t{i}"))),
+        );
+        ch.basic_publish(
+            "".into(),
+            "orders".into(),
+            BasicPublishOptions::default(),
+            format!("order-{i}").as_bytes(),
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let kafka = b.kafka;
+    let records = tokio::task::spawn_blocking(move || BrokerAddr(kafka).read("orders", 5))
+        .await
+        .unwrap();
+    for (i, (offset, key, value, trace)) in records.into_iter().enumerate() {
+        assert_eq!(offset, i as i64);
+        assert_eq!(key.as_deref(), Some(&b"orders"[..]));
+        assert_eq!(value, format!("order-{i}").into_bytes());
+        assert_eq!(trace, Some(format!("t{i}").into_bytes()));
+    }
+}
+
+/// The Kafka address alone, for reading on a blocking thread.
+struct BrokerAddr(std::net::SocketAddr);
+
+type Read = (i64, Option<Vec<u8>>, Vec<u8>, Option<Vec<u8>>);
+
+impl BrokerAddr {
+    fn read(&self, topic: &str, n: usize) -> Vec<Read> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.0.to_string())
+            .set("group.id", "streams-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let trace = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == "trace")
+                        .and_then(|x| x.value.map(<[u8]>::to_vec))
+                });
+                out.push((
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                    trace,
+                ));
+            }
+        }
+        assert_eq!(out.len(), n, "records read from {topic}");
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdkafka_produces_and_a_lapin_stream_consumer_receives_live() {
+    let b = Broker::start();
+    let (_conn, ch) = channel(&b).await;
+    declare_stream(&ch, "events").await;
+    ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            "events".into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let producer: FutureProducer = kafka(&b).set("linger.ms", "5").create().unwrap();
+    for i in 0..20 {
+        let value = format!("e{i}");
+        let key = format!("k{i}");
+        producer
+            .send(
+                FutureRecord::to("events")
+                    .key(key.as_bytes())
+                    .payload(value.as_bytes())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "h",
+                        value: Some(&b"v"[..]),
+                    })),
+                WAIT,
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    for i in 0..20u64 {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.data, format!("e{i}").into_bytes());
+        assert_eq!(delivery.routing_key.as_str(), format!("k{i}"));
+        let headers = delivery.properties.headers().clone().unwrap();
+        assert_eq!(
+            headers.inner().get("x-stream-offset"),
+            Some(&AMQPValue::LongLongInt(i as i64))
+        );
+        assert_eq!(
+            headers.inner().get("h"),
+            Some(&AMQPValue::LongString(LongString::from("v")))
+        );
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // The Kafka side still reads every record: AMQP acks remove nothing.
+    let b_kafka = b.kafka;
+    let n = tokio::task::spawn_blocking(move || BrokerAddr(b_kafka).read("events", 20).len())
+        .await
+        .unwrap();
+    assert_eq!(n, 20);
+}

@@ -422,19 +422,7 @@ impl Channel {
                 let (queue, created) = if d.passive {
                     (self.find_queue(ctx, requested)?, false)
                 } else {
-                    if requested.starts_with("amq.") {
-                        return Err(AmqpError::channel(
-                            codes::ACCESS_REFUSED,
-                            format!(
-                                "ACCESS_REFUSED - queue name '{requested}' contains reserved prefix 'amq.*'"
-                            ),
-                        ));
-                    }
-                    let name: Arc<str> = if requested.is_empty() {
-                        server_name("amq.gen-", ctx.broker.next_id()).into()
-                    } else {
-                        requested.into()
-                    };
+                    let name = new_queue_name(ctx, requested)?;
                     ctx.allow(Access::Configure, "queue", &name)?;
                     let arguments = props::table_from_amqp(&d.arguments);
                     let settings =
@@ -1047,19 +1035,7 @@ impl Channel {
             }
             None if d.passive || !requested => return Ok(false),
             None => {
-                if requested_name.starts_with("amq.") {
-                    return Err(AmqpError::channel(
-                        codes::ACCESS_REFUSED,
-                        format!(
-                            "ACCESS_REFUSED - queue name '{requested_name}' contains reserved prefix 'amq.*'"
-                        ),
-                    ));
-                }
-                let name: Arc<str> = if requested_name.is_empty() {
-                    server_name("amq.gen-", ctx.broker.next_id()).into()
-                } else {
-                    requested_name.into()
-                };
+                let name = new_queue_name(ctx, requested_name)?;
                 ctx.allow(Access::Configure, "queue", &name)?;
                 let overrides = stream_queue::declare_overrides(
                     &arguments,
@@ -1868,6 +1844,22 @@ fn check_equivalent(queue: &QueueCell, requested: &QueueDef, vhost: &str) -> Res
         }
     }
     Ok(())
+}
+
+/// The name of a queue being created: the client's (not in the reserved `amq.*`
+/// namespace), or a server-generated one when it sent none.
+fn new_queue_name(ctx: &Ctx<'_>, requested: &str) -> Result<Arc<str>, AmqpError> {
+    if requested.starts_with("amq.") {
+        return Err(AmqpError::channel(
+            codes::ACCESS_REFUSED,
+            format!("ACCESS_REFUSED - queue name '{requested}' contains reserved prefix 'amq.*'"),
+        ));
+    }
+    Ok(if requested.is_empty() {
+        server_name("amq.gen-", ctx.broker.next_id()).into()
+    } else {
+        requested.into()
+    })
 }
 
 /// A server-generated name (`amq.gen-…`, `amq.ctag-…`): unique per broker run and hard

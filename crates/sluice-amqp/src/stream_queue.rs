@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_core::{Message, Table, Value};
+use sluice_engine::routing::{describe, type_name};
 use sluice_engine::stream::batch::BatchInfo;
 use sluice_engine::stream::record::{Record, read_batch};
 use sluice_engine::stream::{AppendError, Partition, ReadStatus, Topic, Topics};
@@ -45,41 +46,6 @@ const READ_BYTES: usize = 1 << 20;
 /// How often a consumer waiting at the end of its stream checks that the stream still
 /// exists (a deletion also wakes it at once).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
-
-/// RabbitMQ's names of field types, as its error messages show them.
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Bool(_) => "bool",
-        Value::I8(_) => "byte",
-        Value::U8(_) => "unsignedbyte",
-        Value::I16(_) => "short",
-        Value::U16(_) => "unsignedshort",
-        Value::I32(_) => "signedint",
-        Value::U32(_) => "unsignedint",
-        Value::I64(_) => "long",
-        Value::F32(_) => "float",
-        Value::F64(_) => "double",
-        Value::Decimal { .. } => "decimal",
-        Value::ShortString(_) => "shortstr",
-        Value::LongString(_) => "longstr",
-        Value::Array(_) => "array",
-        Value::Timestamp(_) => "timestamp",
-        Value::Table(_) => "table",
-        Value::Bytes(_) => "binary",
-        Value::Void => "void",
-    }
-}
-
-fn shown(v: &Value) -> String {
-    match v {
-        Value::ShortString(s) => s.clone(),
-        Value::LongString(b) | Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::Bool(b) => b.to_string(),
-        other => other
-            .as_i64()
-            .map_or_else(|| format!("{other:?}"), |n| n.to_string()),
-    }
-}
 
 /// Whether the arguments ask for a stream queue.
 pub fn requested(args: &Table) -> bool {
@@ -200,10 +166,10 @@ fn inequivalent(
     v: &str,
 ) -> AmqpError {
     let detail = match (received, current) {
-        (Some(r), Some((c, _))) => format!("received '{}' but current is '{c}'", shown(r)),
+        (Some(r), Some((c, _))) => format!("received '{}' but current is '{c}'", describe(r)),
         (received, current) => {
             let received = received.map_or("none".to_string(), |r| {
-                format!("the value '{}' of type '{}'", shown(r), type_name(r))
+                format!("the value '{}' of type '{}'", describe(r), type_name(r))
             });
             let current = current.map_or("none".to_string(), |(c, t)| {
                 format!("the value '{c}' of type '{t}'")
@@ -265,7 +231,7 @@ pub fn check_equivalent(
         Some(v) if v.as_str().is_some() => {
             return Err(AmqpError::precondition(format!(
                 "inequivalent arg 'x-queue-type' for queue '{q}' in vhost '{vhost}': received '{}' but current is 'stream'",
-                shown(v)
+                describe(v)
             )));
         }
         other => {
@@ -335,7 +301,7 @@ pub fn start(args: &Table, now_ms: i64, queue: &str, vhost: &str) -> Result<Star
         AmqpError::precondition(format!(
             "invalid arg 'x-stream-offset' for queue '{queue}' in vhost '{vhost}': {{invalid_stream_offset_arg,{{{},<<\"{}\">>}}}}",
             type_name(v),
-            shown(v)
+            describe(v)
         ))
     };
     match v {

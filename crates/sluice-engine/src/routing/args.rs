@@ -6,7 +6,7 @@
 use sluice_core::{Table, Value};
 
 /// The AMQP field type name RabbitMQ prints for a value in error messages.
-pub(super) fn type_name(value: &Value) -> &'static str {
+pub fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Bool(_) => "bool",
         Value::I8(_) => "byte",
@@ -30,7 +30,7 @@ pub(super) fn type_name(value: &Value) -> &'static str {
 }
 
 /// A value as RabbitMQ formats it inside quotes: binaries as text, other terms as data.
-pub(super) fn describe(value: &Value) -> String {
+pub fn describe(value: &Value) -> String {
     match value {
         Value::ShortString(s) => s.clone(),
         Value::LongString(b) | Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),

@@ -20,6 +20,7 @@ mod router;
 mod scratch;
 mod topic;
 
+pub use args::{describe, type_name};
 pub use binding::{Binding, Destination};
 pub use error::RoutingError;
 pub use exchange::{ALTERNATE_EXCHANGE, ExchangeDef, ExchangeKind};

@@ -208,7 +208,7 @@ pub fn with_append_time(batch: &[u8], now: i64) -> Vec<u8> {
 }
 
 /// Reads a zigzag varint (Kafka's varint and varlong) at `*at`.
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+pub(crate) fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*at)?;

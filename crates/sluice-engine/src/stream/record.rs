@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::batch::{BatchError, HEADER_BYTES};
+use super::batch::{BatchError, HEADER_BYTES, varint};
 
 const ATTRIBUTES_AT: usize = 21;
 const BASE_TIMESTAMP_AT: usize = 27;
@@ -112,19 +112,6 @@ impl BatchBuilder {
         }
         out
     }
-}
-
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
-        }
-    }
-    None
 }
 
 fn be_i64(b: &[u8], at: usize) -> Option<i64> {

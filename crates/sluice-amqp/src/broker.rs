@@ -690,7 +690,7 @@ impl QueueCell {
         {
             let QueueState { queue, links, .. } = &mut *state;
             let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
-            queue.requeue(ids, &mut reserve, &mut out, &mut dead);
+            queue.requeue(ids, now_ms(), &mut reserve, &mut out, &mut dead);
         }
         state.dead.extend(dead);
         self.send_all(&mut state, out);

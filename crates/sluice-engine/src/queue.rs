@@ -513,10 +513,13 @@ impl Queue {
     }
 
     /// Puts deliveries back in their original places, marked redelivered; one that came
-    /// back more often than the delivery limit leaves the queue instead.
+    /// back more often than the delivery limit leaves the queue instead, and so does one
+    /// whose TTL passed while it was out (dead with reason `expired`, as RabbitMQ drops
+    /// expired messages on requeue rather than delivering them again).
     pub fn requeue(
         &mut self,
         ids: &[MessageId],
+        now_ms: i64,
         reserve: Reserve<'_>,
         out: &mut Vec<Delivery>,
         dead: &mut Vec<Dead>,
@@ -539,6 +542,7 @@ impl Queue {
                 self.ready.insert_in_place(entry);
             }
         }
+        self.expire(now_ms, dead);
         self.dispatch(reserve, out);
     }
 
@@ -693,7 +697,7 @@ mod tests {
         put(&mut q, msg("b"), &mut out);
         let got = q.get(false).unwrap();
         assert_eq!(got.id, a);
-        q.requeue(&[a], &mut any(), &mut out, &mut Vec::new());
+        q.requeue(&[a], 0, &mut any(), &mut out, &mut Vec::new());
         let again = q.get(true).unwrap();
         assert_eq!(&again.message.body[..], b"a");
         assert!(again.redelivered);
@@ -942,7 +946,7 @@ mod tests {
         );
         for round in 0..2 {
             let e = q.get(false).unwrap();
-            q.requeue(&[e.id], &mut any(), &mut Vec::new(), &mut dead);
+            q.requeue(&[e.id], 0, &mut any(), &mut Vec::new(), &mut dead);
             assert_eq!(dead.len(), round, "returned {} times", round + 1);
         }
         assert_eq!(dead[0].reason, DeathReason::DeliveryLimit);

@@ -156,6 +156,7 @@ impl<W> QueueStore<W> {
         let messages = Log::open(dir.join("messages"), config.clone(), Arc::clone(&clock))?;
         let mut settled = Log::open(dir.join("settled"), config, clock)?;
         let start = messages.start_offset();
+        let end = messages.next_offset();
         let mut done = BTreeSet::new();
         let mut offset = settled.start_offset();
         loop {
@@ -167,7 +168,11 @@ impl<W> QueueStore<W> {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(chunk);
                     let o = u64::from_le_bytes(b);
-                    if o >= start {
+                    // A settlement can outlive the message it settled when the crash
+                    // came before the message reached its file; that offset is given
+                    // to the next message, which it must not settle. The compaction
+                    // below rewrites the settlement log without such records.
+                    if (start..end).contains(&o) {
                         done.insert(o);
                     }
                 }
@@ -271,6 +276,8 @@ impl<W> QueueStore<W> {
     /// Writes buffered settlements to their file (no fsync): after this a crash of the
     /// process, as opposed to the machine, redelivers none of the messages they settle.
     pub fn write_settlements(&mut self) -> Result<(), StoreError> {
+        // The messages first: a settlement never reaches its file before the message.
+        self.messages.write_buffered()?;
         Ok(self.settled.write_buffered()?)
     }
 
@@ -409,6 +416,13 @@ impl<W> QueueStore<W> {
         self.settled.sync()?;
         self.settled.truncate_prefix(at.base_offset)?;
         Ok(())
+    }
+
+    /// Drops the store as a killed process leaves it: buffered appends and settlements
+    /// are lost, what reached the files stays. For crash simulations.
+    pub fn abandon(self) {
+        self.messages.abandon();
+        self.settled.abandon();
     }
 
     /// Makes everything durable (clean shutdown). Blocking.

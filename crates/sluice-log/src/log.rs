@@ -674,6 +674,12 @@ impl Log {
     pub fn close(mut self) -> Result<(), LogError> {
         self.sync()
     }
+
+    /// Drops the log as a killed process leaves it: appends still in the write buffer
+    /// are lost, what reached the files stays. For crash simulations.
+    pub fn abandon(mut self) {
+        self.buffer.clear();
+    }
 }
 
 impl Drop for Log {

@@ -162,6 +162,29 @@ def test_dead_letter_on_expiry(ch, name, dlx):
     assert_death(props, reason="expired", queue=q, exchange=src, routing_keys=["rk"])
 
 
+def test_a_message_that_expired_while_unacked_is_dead_lettered_not_redelivered(connect, ch, name, dlx):
+    # Found by the engine's simulation test: a requeued message whose TTL passed while it
+    # was out used to go straight to a waiting consumer. RabbitMQ drops it as expired.
+    x, dlq = dlx
+    q = name()
+    ch.queue_declare(q, arguments={"x-message-ttl": 300, "x-dead-letter-exchange": x})
+    ch.basic_publish("", q, b"late")
+    method, _, _ = ch.basic_get(q)
+    waiting = connect()
+    wch = waiting.channel()
+    got = []
+    wch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
+    waiting.process_data_events(time_limit=0.2)
+    time.sleep(0.6)
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    dead = drained(ch, dlq, 1)
+    assert dead[0][2] == b"late"
+    assert dead[0][1].headers["x-death"][0]["reason"] == "expired"
+    waiting.process_data_events(time_limit=0.3)
+    assert got == []
+    ch.queue_delete(q)
+
+
 def test_dead_letter_per_message_expiry(ch, name, dlx):
     x, dlq = dlx
     q = name("q")

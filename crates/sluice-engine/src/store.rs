@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::{Clock, Message};
+pub use sluice_log::{
+    Fault, FaultyIo, FileIo, Io, LogConfig, LogError, SyncJob, Synced, TruncateJob,
+};
 use sluice_log::{GroupCommit, Log};
-pub use sluice_log::{LogConfig, LogError, SyncJob, Synced, TruncateJob};
 
 const ENCODING_VERSION: u8 = 1;
 /// Most writers waiting for one queue's fsync; past it publishers get an error back.
@@ -151,10 +153,27 @@ impl<W> QueueStore<W> {
         dir: &Path,
         config: LogConfig,
         clock: Arc<dyn Clock>,
+        each: impl FnMut(Recovered),
+    ) -> Result<Self, StoreError> {
+        Self::open_with_io(dir, config, clock, Arc::new(sluice_log::FileIo), each)
+    }
+
+    /// [`QueueStore::open_each`] with both logs' writes and fsyncs going through `io`
+    /// (a fault-injecting backend in simulations).
+    pub fn open_with_io(
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn sluice_log::Io>,
         mut each: impl FnMut(Recovered),
     ) -> Result<Self, StoreError> {
-        let messages = Log::open(dir.join("messages"), config.clone(), Arc::clone(&clock))?;
-        let mut settled = Log::open(dir.join("settled"), config, clock)?;
+        let messages = Log::open_with_io(
+            dir.join("messages"),
+            config.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&io),
+        )?;
+        let mut settled = Log::open_with_io(dir.join("settled"), config, clock, io)?;
         let start = messages.start_offset();
         let end = messages.next_offset();
         let mut done = BTreeSet::new();

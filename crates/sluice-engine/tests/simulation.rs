@@ -10,6 +10,9 @@
 //! - TTL: no message is delivered at or after its expiry, and every ready message whose
 //!   expiry has passed is gone once the clock reaches it.
 //!
+//! Writes and fsyncs fail or tear now and then (a fault-injecting I/O backend): a failed
+//! fsync confirms nothing, and a store that failed is restarted, as the broker is.
+//!
 //! Seeds `0..SEEDS` run in CI (`SIM_SEEDS` and `SIM_SEED` override); a failure prints its
 //! seed and the last steps, and `SIM_SEED=<n>` replays exactly that run.
 
@@ -27,7 +30,7 @@ use bytes::Bytes;
 use sluice_core::Message;
 use sluice_core::clock::{Clock, ManualClock};
 use sluice_engine::queue::{Consumer, ConsumerId, Dead, Delivery, MessageId, Queue};
-use sluice_engine::store::{LogConfig, QueueStore};
+use sluice_engine::store::{Fault, FaultyIo, Io, LogConfig, QueueStore};
 
 const SEEDS: u64 = 40;
 const STEPS: usize = 1_500;
@@ -78,6 +81,9 @@ impl Oracle {
 struct Node {
     dir: std::path::PathBuf,
     clock: Arc<ManualClock>,
+    io: Arc<FaultyIo>,
+    /// A write or fsync failed: the node restarts after this step.
+    failed: bool,
     queue: Queue,
     store: QueueStore<u64>,
     /// Message id in the queue → publish seq and store offset.
@@ -104,9 +110,22 @@ fn seq_of(message: &Message) -> u64 {
 }
 
 impl Node {
-    fn open(dir: &std::path::Path, clock: Arc<ManualClock>, oracle: &mut Oracle) -> Node {
-        let (store, recovered) =
-            QueueStore::<u64>::open(dir, config(), Arc::clone(&clock) as Arc<dyn Clock>).unwrap();
+    fn open(
+        dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+        io: Arc<FaultyIo>,
+        oracle: &mut Oracle,
+    ) -> Node {
+        io.disarm();
+        let mut recovered = Vec::new();
+        let store = QueueStore::<u64>::open_with_io(
+            dir,
+            config(),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Arc::clone(&io) as Arc<dyn Io>,
+            |r| recovered.push(r),
+        )
+        .unwrap();
         let mut queue = Queue::new("sim".into());
         let mut ids = HashMap::new();
         let mut ready = BTreeSet::new();
@@ -140,6 +159,8 @@ impl Node {
         let mut node = Node {
             dir: dir.to_path_buf(),
             clock,
+            io,
+            failed: false,
             queue,
             store,
             ids,
@@ -212,7 +233,9 @@ impl Node {
             oracle.note(seq, format_args!("expired, settled at offset {offset}"));
             offsets.push(offset);
         }
-        self.store.settle(&offsets).unwrap();
+        if self.store.settle(&offsets).is_err() {
+            self.failed = true;
+        }
     }
 
     fn expire(&mut self, oracle: &mut Oracle) {
@@ -238,7 +261,11 @@ impl Node {
             expiration_ms: ttl.map(|t| t as u64),
         });
         oracle.published.insert(seq, expires_at);
-        let offset = self.store.append(&message, expires_at).unwrap();
+        let Ok(offset) = self.store.append(&message, expires_at) else {
+            // Refused (the publisher is nacked): nothing was queued.
+            self.failed = true;
+            return;
+        };
         oracle.note(
             seq,
             format_args!("published at offset {offset}, expires {expires_at:?}"),
@@ -265,28 +292,65 @@ impl Node {
     }
 
     fn sync(&mut self, oracle: &mut Oracle) {
-        if let Some(job) = self.store.sync_job().unwrap() {
-            let synced = job.run().unwrap();
-            for seq in self.store.synced(synced) {
-                oracle.note(seq, format_args!("confirmed by a sync"));
-                oracle.confirmed.insert(seq);
+        let job = match self.store.sync_job() {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_) => {
+                self.failed = true;
+                return;
+            }
+        };
+        match job.run() {
+            Ok(synced) => {
+                for seq in self.store.synced(synced) {
+                    oracle.note(seq, format_args!("confirmed by a sync"));
+                    oracle.confirmed.insert(seq);
+                }
+            }
+            Err(_) => {
+                // The publishers are nacked: nothing is confirmed.
+                let _ = self.store.sync_failed();
+                self.failed = true;
             }
         }
     }
 
     fn background(&mut self, oracle: &mut Oracle) {
-        self.store.write_settlements().unwrap();
-        for job in self.store.maintenance().unwrap() {
+        let planned = self
+            .store
+            .write_settlements()
+            .and_then(|()| self.store.maintenance());
+        let Ok(maintenance) = planned else {
+            self.failed = true;
+            return;
+        };
+        for job in maintenance {
             job.run().unwrap();
         }
-        for (which, job) in self.store.flush_jobs().unwrap() {
+        let Ok(jobs) = self.store.flush_jobs() else {
+            self.failed = true;
+            return;
+        };
+        for (which, job) in jobs {
             let result = job.run();
+            self.failed |= result.is_err();
             for (seq, ok) in self.store.flushed(which, result) {
-                assert!(ok);
-                oracle.note(seq, format_args!("confirmed by a flush"));
-                oracle.confirmed.insert(seq);
+                if ok {
+                    oracle.note(seq, format_args!("confirmed by a flush"));
+                    oracle.confirmed.insert(seq);
+                }
             }
         }
+    }
+
+    fn fault(&mut self, rng: &mut Rng) {
+        self.io.arm(match rng.below(3) {
+            0 => Fault::FailWrite,
+            1 => Fault::TearWrite {
+                keep: rng.below(300) as usize,
+            },
+            _ => Fault::FailSync,
+        });
     }
 
     fn consume(&mut self, rng: &mut Rng, oracle: &mut Oracle) {
@@ -350,7 +414,7 @@ impl Node {
             let (seq, offset) = self.ids[&id];
             oracle.settled.insert(seq);
             oracle.note(seq, format_args!("acked, settled at offset {offset}"));
-            self.store.settle(&[offset]).unwrap();
+            self.failed |= self.store.settle(&[offset]).is_err();
         } else {
             self.ready.insert(id);
             self.queue
@@ -378,14 +442,19 @@ impl Node {
 
     /// `kill -9`: nothing of the process survives but what it wrote to its files.
     fn crash(self, oracle: &mut Oracle) -> Node {
-        let (dir, clock) = (self.dir.clone(), Arc::clone(&self.clock));
+        let (dir, clock, io) = (
+            self.dir.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.io),
+        );
         // Buffered writes the process had not made are lost.
         self.store.abandon();
-        Node::open(&dir, clock, oracle)
+        Node::open(&dir, clock, io, oracle)
     }
 }
 
-fn run(seed: u64) {
+/// One run; returns how many faults were injected.
+fn run(seed: u64) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let mut rng = Rng(seed);
@@ -393,7 +462,8 @@ fn run(seed: u64) {
         trace: std::env::var("SIM_TRACE").ok().and_then(|s| s.parse().ok()),
         ..Oracle::default()
     };
-    let mut node = Node::open(dir.path(), Arc::clone(&clock), &mut oracle);
+    let io = Arc::new(FaultyIo::default());
+    let mut node = Node::open(dir.path(), Arc::clone(&clock), io, &mut oracle);
     let mut log: VecDeque<&'static str> = VecDeque::new();
     for _ in 0..STEPS {
         let op = match rng.below(100) {
@@ -406,6 +476,7 @@ fn run(seed: u64) {
             72..77 => "requeue",
             77..92 => "advance",
             92..93 => "crash",
+            93..96 => "fault",
             _ => "idle",
         };
         log.push_back(op);
@@ -421,13 +492,14 @@ fn run(seed: u64) {
             "ack" => node.settle_one(&mut rng, &mut oracle, true),
             "requeue" => node.settle_one(&mut rng, &mut oracle, false),
             "advance" => node.advance(&mut rng, &mut oracle),
+            "fault" => node.fault(&mut rng),
             _ => {}
         }));
         if let Err(e) = step {
             eprintln!("simulation failed: seed {seed}, last steps {log:?}");
             std::panic::resume_unwind(e);
         }
-        if op == "crash" {
+        if op == "crash" || node.failed {
             oracle.note(oracle.trace.unwrap_or(u64::MAX), format_args!("crash"));
             let crashed =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.crash(&mut oracle)));
@@ -442,7 +514,8 @@ fn run(seed: u64) {
     }
     // A last crash: everything confirmed and unsettled is still there.
     node.sync(&mut oracle);
-    let _ = node.crash(&mut oracle);
+    let node = node.crash(&mut oracle);
+    node.io.injected()
 }
 
 #[test]
@@ -457,7 +530,9 @@ fn random_runs_keep_every_promise() {
             (0..n).collect()
         }
     };
-    for seed in seeds {
-        run(seed);
-    }
+    let faults: u64 = seeds.into_iter().map(run).sum();
+    assert!(
+        faults > 0,
+        "no write or fsync failed: the fault paths went untested"
+    );
 }

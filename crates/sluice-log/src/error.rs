@@ -23,6 +23,8 @@ pub enum LogError {
         position: u64,
         reason: &'static str,
     },
+    #[error("log in {path} failed an earlier write or fsync; it takes no changes until reopened")]
+    Failed { path: PathBuf },
     #[error("invalid log config: {0}")]
     Config(#[from] ConfigError),
 }

@@ -3,10 +3,9 @@
 //! settled-prefix truncation and the hand-off of fsync to a [`SyncJob`].
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sluice_core::Clock;
@@ -18,6 +17,7 @@ use crate::format::{
     BATCH_HEADER_BYTES, BatchHeader, START_MAGIC, check_file_header, file_header,
     parse_segment_name, u64_at,
 };
+use crate::io::{FileIo, Io};
 use crate::segment::{Segment, remove_segment_files};
 use crate::sendfile::FileSlice;
 
@@ -65,6 +65,9 @@ pub struct SyncJob {
     dir: Option<PathBuf>,
     next_offset: u64,
     fsyncs: Arc<AtomicU64>,
+    io: Arc<dyn Io>,
+    /// Set when this job fails: the log refuses changes from then on.
+    failed: Arc<AtomicBool>,
 }
 
 /// File work of a prefix truncation, taken from a log by
@@ -96,14 +99,22 @@ pub struct Synced {
 impl SyncJob {
     /// Runs the fsyncs. Blocking: call it from a blocking thread, never an async executor.
     pub fn run(self) -> Result<Synced, LogError> {
+        let failed = |e: LogError| {
+            self.failed.store(true, Ordering::Release);
+            e
+        };
         for (path, file) in &self.files {
-            file.sync_data().map_err(LogError::io(path))?;
+            self.io
+                .sync_data(file)
+                .map_err(LogError::io(path))
+                .map_err(failed)?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(dir) = &self.dir {
             File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(LogError::io(dir))?;
+                .map_err(LogError::io(dir))
+                .map_err(failed)?;
         }
         Ok(Synced {
             next_offset: self.next_offset,
@@ -132,6 +143,9 @@ pub struct Log {
     use_counter: u64,
     appends: u64,
     fsyncs: Arc<AtomicU64>,
+    io: Arc<dyn Io>,
+    /// A write or fsync failed: changes are refused until the log is reopened.
+    failed: Arc<AtomicBool>,
 }
 
 impl Log {
@@ -141,6 +155,16 @@ impl Log {
         dir: impl AsRef<Path>,
         config: LogConfig,
         clock: Arc<dyn Clock>,
+    ) -> Result<Log, LogError> {
+        Self::open_with_io(dir, config, clock, Arc::new(FileIo))
+    }
+
+    /// [`Log::open`] with the batch writes and fsyncs going through `io`.
+    pub fn open_with_io(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn Io>,
     ) -> Result<Log, LogError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -211,6 +235,8 @@ impl Log {
             use_counter: 0,
             appends: 0,
             fsyncs: Arc::new(AtomicU64::new(0)),
+            io,
+            failed: Arc::new(AtomicBool::new(false)),
         };
         log.active.created_ms = now;
         Ok(log)
@@ -280,6 +306,7 @@ impl Log {
         record_count: u32,
         max_timestamp_ms: i64,
     ) -> Result<Appended, LogError> {
+        self.usable()?;
         if record_count == 0 {
             return Err(LogError::EmptyBatch);
         }
@@ -306,8 +333,10 @@ impl Log {
             let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
             slices.push(&encoded);
             slices.extend_from_slice(parts);
-            crate::sys::write_all_vectored_at(file, &slices, position)
-                .map_err(LogError::io(&self.active.path))?;
+            if let Err(e) = self.io.write_vectored_at(file, &slices, position) {
+                self.failed.store(true, Ordering::Release);
+                return Err(LogError::io(&self.active.path)(e));
+            }
             self.written = position + frame;
         } else {
             self.buffer.extend_from_slice(&header.encode());
@@ -327,8 +356,25 @@ impl Log {
 
     fn write_at(&self, bytes: &[u8], position: u64) -> Result<(), LogError> {
         let file = self.active_file()?;
-        file.write_all_at(bytes, position)
-            .map_err(LogError::io(&self.active.path))
+        self.io.write_at(file, bytes, position).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            LogError::io(&self.active.path)(e)
+        })
+    }
+
+    /// Whether the log may still change: not after a failed write or fsync.
+    fn usable(&self) -> Result<(), LogError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(LogError::Failed {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a write or fsync of this log failed (it must be reopened).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     fn active_file(&self) -> Result<&Arc<File>, LogError> {
@@ -346,6 +392,7 @@ impl Log {
 
     /// Writes buffered appends to the active segment file (no fsync).
     fn flush_buffer(&mut self) -> Result<(), LogError> {
+        self.usable()?;
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -434,6 +481,8 @@ impl Log {
             dir,
             next_offset: self.active.next_offset,
             fsyncs: Arc::clone(&self.fsyncs),
+            io: Arc::clone(&self.io),
+            failed: Arc::clone(&self.failed),
         }))
     }
 
@@ -684,7 +733,11 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        // Buffered bytes reach the page cache; durability is the owner's call.
+        // Buffered bytes reach the page cache; durability is the owner's call. A failed
+        // log writes nothing more.
+        if self.has_failed() {
+            return;
+        }
         if let Err(e) = self.flush_buffer() {
             tracing::error!(error = %e, "log buffer lost on drop");
         }

@@ -60,7 +60,8 @@ pub enum Outbound {
         credit: Arc<crate::stream_queue::StreamCredit>,
         /// The stream queue's name.
         queue: Arc<str>,
-        delivery: crate::convert::Delivery,
+        /// Boxed: keeps every outbound item (queue deliveries above all) small.
+        delivery: Box<crate::convert::Delivery>,
     },
     /// A reply for a direct reply-to consumer (`amq.rabbitmq.reply-to`).
     Direct {
@@ -1595,5 +1596,15 @@ impl Broker {
         for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
             queue.close_store();
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every delivery to a consumer moves an `Outbound` through a channel: keep it small.
+    #[test]
+    fn outbound_items_stay_small() {
+        let size = std::mem::size_of::<super::Outbound>();
+        assert!(size <= 144, "Outbound is {size} bytes");
     }
 }

@@ -1222,29 +1222,34 @@ impl Channel {
         tag: u64,
         multiple: bool,
     ) -> Result<(Vec<QueueIds>, Vec<StreamUnacked>), AmqpError> {
-        let known = self.unacked.contains_key(&tag) || self.stream_unacked.contains_key(&tag);
-        if !(known || multiple && tag == 0) {
-            return Err(AmqpError::precondition(format!(
-                "unknown delivery tag {tag}"
-            )));
-        }
+        let unknown = || AmqpError::precondition(format!("unknown delivery tag {tag}"));
         let (taken, streams): (Vec<Unacked>, Vec<StreamUnacked>) = if multiple {
+            if tag != 0
+                && !self.unacked.contains_key(&tag)
+                && !self.stream_unacked.contains_key(&tag)
+            {
+                return Err(unknown());
+            }
             let upto = if tag == 0 { u64::MAX } else { tag };
             let rest = self.unacked.split_off(&upto.saturating_add(1));
-            let stream_rest = self.stream_unacked.split_off(&upto.saturating_add(1));
-            (
-                std::mem::replace(&mut self.unacked, rest)
+            let taken = std::mem::replace(&mut self.unacked, rest)
+                .into_values()
+                .collect();
+            let streams = if self.stream_unacked.is_empty() {
+                Vec::new()
+            } else {
+                let rest = self.stream_unacked.split_off(&upto.saturating_add(1));
+                std::mem::replace(&mut self.stream_unacked, rest)
                     .into_values()
-                    .collect(),
-                std::mem::replace(&mut self.stream_unacked, stream_rest)
-                    .into_values()
-                    .collect(),
-            )
+                    .collect()
+            };
+            (taken, streams)
+        } else if let Some(u) = self.unacked.remove(&tag) {
+            (vec![u], Vec::new())
+        } else if let Some(s) = self.stream_unacked.remove(&tag) {
+            (Vec::new(), vec![s])
         } else {
-            (
-                self.unacked.remove(&tag).into_iter().collect(),
-                self.stream_unacked.remove(&tag).into_iter().collect(),
-            )
+            return Err(unknown());
         };
         self.release_credit(&taken);
         Ok((group_by_queue(taken), streams))

@@ -436,7 +436,7 @@ impl StreamReader {
                 }
                 for record in records.drain(..).filter(|r| r.offset >= next) {
                     self.credit.take().await;
-                    let delivery = convert::to_delivery(&record, &self.topic.name);
+                    let delivery = Box::new(convert::to_delivery(&record, &self.topic.name));
                     let item = Outbound::Stream {
                         channel: self.channel,
                         consumer: self.consumer,

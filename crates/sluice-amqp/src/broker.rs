@@ -1013,9 +1013,7 @@ impl VHost {
                     if **name == *source.name && dead.reason != DeathReason::Rejected {
                         continue;
                     }
-                    if let Some(queue) = self.queue(name) {
-                        queue.publish(Arc::clone(&message), None);
-                    }
+                    self.publish_internal(name, &message);
                 }
             }
         }
@@ -1040,14 +1038,26 @@ impl VHost {
         {
             return 0;
         }
-        let mut n = 0;
-        for name in &routed {
-            if let Some(queue) = self.queue(name) {
-                queue.publish(Arc::clone(&message), None);
-                n += 1;
-            }
+        routed
+            .iter()
+            .filter(|name| self.publish_internal(name, &message))
+            .count()
+    }
+
+    /// Puts a message the broker routes itself (dead-lettered, or due from a delayed
+    /// exchange) into the queue or stream queue `name`; false when there is none.
+    fn publish_internal(&self, name: &str, message: &Arc<Message>) -> bool {
+        if let Some(queue) = self.queue(name) {
+            queue.publish(Arc::clone(message), None);
+            return true;
         }
-        n
+        match self.stream(name) {
+            Some((_, partition)) => {
+                let now = SystemClock.now_ms();
+                crate::stream_queue::publish(&partition, message, now).is_ok()
+            }
+            None => false,
+        }
     }
 
     /// Expires due messages in every queue and dead-letters them (timer).

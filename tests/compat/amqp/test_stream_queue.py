@@ -365,3 +365,19 @@ def test_unreadable_offsets_and_ages_are_precondition_failed(connect, name):
     assert code == 406
     ch = connect().channel()
     ch.queue_delete(q)
+
+
+@sluice_only("RabbitMQ 3.10.8 drops messages dead-lettered to a stream queue (checked: none arrive)")
+def test_dead_letters_reach_a_stream_queue(connect, name):
+    s, q = name("stream"), name("q")
+    ch = connect().channel()
+    declare_stream(ch, s)
+    ch.queue_declare(q, arguments={"x-message-ttl": 50, "x-dead-letter-exchange": "",
+                                   "x-dead-letter-routing-key": s})
+    publish(ch, q, [b"late-%d" % i for i in range(3)])
+    got = read(connect, s, "first", expect=3, timeout=10)
+    assert [b for _, _, b in got] == [b"late-%d" % i for i in range(3)]
+    death = got[0][1].headers["x-death"][0]
+    assert (death["reason"], death["queue"]) == ("expired", q)
+    ch.queue_delete(q)
+    ch.queue_delete(s)

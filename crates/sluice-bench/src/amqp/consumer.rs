@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt as _;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -137,12 +137,20 @@ impl Consumer {
             no_ack: !options.manual_ack,
             ..BasicConsumeOptions::default()
         };
+        let mut arguments = FieldTable::default();
+        if options.stream {
+            // The consumers start before the producers: "next" reads all they publish.
+            arguments.insert(
+                ShortString::from("x-stream-offset"),
+                AMQPValue::LongString(LongString::from("next")),
+            );
+        }
         let deliveries = channel
             .basic_consume(
                 self.queue_name.clone(),
                 format!("sluice-bench-{}", self.index).into(),
                 consume,
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         Ok((connection, deliveries))

@@ -109,6 +109,11 @@ pub struct Options {
     #[arg(long)]
     pub manual_ack: bool,
 
+    /// Declare stream queues (x-queue-type: stream, durable), each read by one consumer
+    /// from x-stream-offset "next"; needs --manual-ack and --prefetch, as streams do
+    #[arg(long)]
+    pub stream: bool,
+
     /// After the producers stop, wait at most this long for the messages still on their
     /// way before counting the rest as missing
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -142,6 +147,7 @@ impl Default for Options {
             confirm: 0,
             prefetch: 0,
             manual_ack: false,
+            stream: false,
             drain: 5.0,
             broker_pid: None,
             quiet: false,
@@ -211,6 +217,20 @@ impl Options {
                     self.consumers, self.queues
                 ),
             ));
+        }
+        if self.stream {
+            if !self.manual_ack || self.prefetch == 0 {
+                return Err(invalid(
+                    "stream",
+                    "stream consumers need --manual-ack and --prefetch",
+                ));
+            }
+            if self.consumers != self.queues {
+                return Err(invalid(
+                    "stream",
+                    "every consumer of a stream reads all of it: give one consumer per queue",
+                ));
+            }
         }
         if self.bindings > 0 && self.routing != Routing::Topic {
             return Err(invalid("bindings", "needs --routing topic"));

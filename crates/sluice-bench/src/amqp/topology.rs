@@ -5,7 +5,7 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::options::{Plan, Routing};
@@ -19,6 +19,7 @@ pub struct Topology {
     pub routing_keys: Vec<ShortString>,
     routing: Routing,
     durable: bool,
+    stream: bool,
     bindings: u32,
 }
 
@@ -47,7 +48,8 @@ impl Topology {
             queues,
             routing_keys,
             routing: options.routing,
-            durable: options.durable,
+            durable: options.durable || options.stream,
+            stream: options.stream,
             bindings: options.bindings,
         }
     }
@@ -72,8 +74,15 @@ impl Topology {
                 durable: self.durable,
                 ..QueueDeclareOptions::default()
             };
+            let mut arguments = FieldTable::default();
+            if self.stream {
+                arguments.insert(
+                    ShortString::from("x-queue-type"),
+                    AMQPValue::LongString(LongString::from("stream")),
+                );
+            }
             channel
-                .queue_declare(queue.clone(), options, FieldTable::default())
+                .queue_declare(queue.clone(), options, arguments)
                 .await?;
             let key = match self.routing {
                 Routing::Direct => continue,

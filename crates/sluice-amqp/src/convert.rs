@@ -7,9 +7,9 @@
 //! properties, headers of other types) travels in one more record header, `AMQP_HEADER`:
 //! the exchange name (a length byte, then the name) followed by the content header's
 //! property bytes exactly as published. Reading it back gives an AMQP consumer what was
-//! published. A record without it (written by a Kafka producer) is delivered with its
-//! headers as long strings, its timestamp as the `timestamp` property (seconds), and its
-//! key as routing key.
+//! published. A record without it (written by a Kafka producer, or an AMQP message with
+//! string headers only) is delivered with its headers as long strings and its key as
+//! routing key.
 
 use amq_protocol::protocol::basic::{AMQPProperties, gen_properties, parse_properties};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -115,6 +115,18 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
         .iter()
         .find(|(k, _)| &k[..] == AMQP_HEADER.as_bytes())
         .and_then(|(_, v)| v.as_ref());
+    let offset = record.offset as i64;
+    if let Some((exchange, raw)) = stored.and_then(split_raw)
+        && let Some(properties) = crate::props::with_long_header(&raw, "x-stream-offset", offset)
+    {
+        // What an AMQP publisher sent, spliced without decoding: the common case.
+        return Delivery {
+            exchange,
+            routing_key,
+            properties,
+            body,
+        };
+    }
     let (exchange, mut props) = match stored.and_then(split_stored) {
         Some((exchange, props)) => (exchange, props),
         None => {
@@ -132,16 +144,16 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
                 };
                 table.insert(ShortString::from(k.to_string()), value);
             }
-            let props = AMQPProperties::default()
-                .with_headers(table)
-                .with_timestamp(u64::try_from(record.timestamp / 1000).unwrap_or(0));
+            // No `timestamp` property: a message an AMQP publisher sent with string
+            // headers only is stored the same way, and must read back as it was sent.
+            let props = AMQPProperties::default().with_headers(table);
             (Bytes::new(), props)
         }
     };
     let mut headers = props.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from("x-stream-offset"),
-        AMQPValue::LongLongInt(record.offset as i64),
+        AMQPValue::LongLongInt(offset),
     );
     props = props.with_headers(headers);
     Delivery {
@@ -150,6 +162,13 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
         properties: encode(&props).unwrap_or_default(),
         body,
     }
+}
+
+/// The exchange and the raw property bytes in an `AMQP_HEADER` value.
+fn split_raw(value: &Bytes) -> Option<(Bytes, Bytes)> {
+    let len = usize::from(*value.first()?);
+    std::str::from_utf8(value.get(1..1 + len)?).ok()?;
+    Some((value.slice(1..1 + len), value.slice(1 + len..)))
 }
 
 /// The exchange and the properties in an `AMQP_HEADER` value.
@@ -299,8 +318,8 @@ mod tests {
         assert_eq!(&d.routing_key[..], b"orders");
     }
 
-    /// A record a Kafka producer wrote: headers as long strings, timestamp in seconds,
-    /// the key as routing key (the queue name without one).
+    /// A record a Kafka producer wrote: headers as long strings, the key as routing key
+    /// (the queue name without one).
     #[test]
     fn a_kafka_record_reads_as_an_amqp_message() {
         let record = Record {
@@ -317,7 +336,7 @@ mod tests {
         assert_eq!(&d.routing_key[..], b"events");
         assert!(d.exchange.is_empty());
         let (_, p) = parse_properties(&d.properties[..]).unwrap();
-        assert_eq!(*p.timestamp(), Some(1_700_000_000));
+        assert_eq!(*p.timestamp(), None);
         let h = p.headers().clone().unwrap();
         assert_eq!(h.inner().get("h"), Some(&AMQPValue::LongString("x".into())));
         assert_eq!(h.inner().get("n"), Some(&AMQPValue::Void));

@@ -166,3 +166,107 @@ pub fn with_reply_to(raw: &[u8], reply_to: &str) -> Option<Bytes> {
     .write;
     Some(Bytes::from(encoded))
 }
+
+/// The same property bytes with a long-long header `name` = `value` appended to the
+/// headers table (which is added when absent), without decoding the other properties.
+/// `None` when the bytes are not what a splice can handle (malformed, or a header of that
+/// name already there); the caller decodes and re-encodes them instead.
+pub fn with_long_header(raw: &[u8], name: &str, value: i64) -> Option<Bytes> {
+    const CONTENT_TYPE: u16 = 1 << 15;
+    const CONTENT_ENCODING: u16 = 1 << 14;
+    const HEADERS: u16 = 1 << 13;
+    let flags = u16::from_be_bytes(raw.get(0..2)?.try_into().ok()?);
+    if flags & 1 != 0 || name.len() > 255 {
+        return None;
+    }
+    let mut at = 2usize;
+    for bit in [CONTENT_TYPE, CONTENT_ENCODING] {
+        if flags & bit != 0 {
+            at = at.checked_add(1 + usize::from(*raw.get(at)?))?;
+        }
+    }
+    let mut entry = Vec::with_capacity(name.len() + 10);
+    entry.push(name.len() as u8);
+    entry.extend_from_slice(name.as_bytes());
+    entry.push(b'l');
+    entry.extend_from_slice(&value.to_be_bytes());
+    let mut out = Vec::with_capacity(raw.len() + entry.len() + 4);
+    if flags & HEADERS != 0 {
+        let len = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+        let table = raw.get(at + 4..at.checked_add(4 + len)?)?;
+        // The name with its length byte: present means a header of that name may be.
+        let key = entry.get(..1 + name.len())?;
+        if table.windows(key.len()).any(|w| w == key) {
+            return None;
+        }
+        out.extend_from_slice(raw.get(..at)?);
+        out.extend_from_slice(&u32::try_from(len + entry.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(table);
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(raw.get(at + 4 + len..)?);
+    } else {
+        if at > raw.len() {
+            return None;
+        }
+        out.extend_from_slice(&(flags | HEADERS).to_be_bytes());
+        out.extend_from_slice(raw.get(2..at)?);
+        out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(raw.get(at..)?);
+    }
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::basic::gen_properties;
+
+    fn encode(props: &AMQPProperties) -> Vec<u8> {
+        gen_properties(props)(amq_protocol::frame::WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
+    }
+
+    /// The splice gives what decoding, inserting the header and encoding again gives,
+    /// with or without a headers table and the short strings before it.
+    #[test]
+    fn a_spliced_header_reads_as_an_inserted_one() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongString("x".into()));
+        let cases = [
+            AMQPProperties::default(),
+            AMQPProperties::default().with_content_type("text/plain".into()),
+            AMQPProperties::default()
+                .with_content_type("t".into())
+                .with_content_encoding("gzip".into())
+                .with_priority(4),
+            AMQPProperties::default().with_headers(table.clone()),
+            AMQPProperties::default()
+                .with_content_encoding("e".into())
+                .with_headers(table)
+                .with_message_id("m".into()),
+        ];
+        for props in cases {
+            let spliced = with_long_header(&encode(&props), "x-stream-offset", 42).unwrap();
+            let (rest, got) = parse_properties(&spliced[..]).unwrap();
+            assert!(rest.is_empty());
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+            assert_eq!(got, props.clone().with_headers(headers));
+        }
+    }
+
+    #[test]
+    fn a_header_of_the_same_name_or_bad_bytes_are_left_to_the_decoder() {
+        let mut table = FieldTable::default();
+        table.insert("x-stream-offset".into(), AMQPValue::LongInt(1));
+        let props = AMQPProperties::default().with_headers(table);
+        assert_eq!(
+            with_long_header(&encode(&props), "x-stream-offset", 2),
+            None
+        );
+        assert_eq!(with_long_header(&[0x20, 0x00, 0, 0, 0, 9], "h", 1), None);
+        assert_eq!(with_long_header(&[0x80], "h", 1), None);
+    }
+}

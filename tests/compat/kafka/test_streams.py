@@ -121,7 +121,6 @@ def test_what_kafka_producers_write_amqp_consumers_receive_live(amqp, clients, c
         assert method.exchange == ""
         assert props.headers["x-stream-offset"] == i
         assert props.headers["h"] in ("x", "y")  # long strings; pika decodes UTF-8
-        assert abs(props.timestamp - time.time()) < 60
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])

@@ -273,7 +273,14 @@ pub struct QueueCell {
     dead_letters: Arc<DeadLetters>,
     /// Last time the queue was used (declared, consumed from, read), for `x-expires`.
     last_used_ms: AtomicI64,
+    /// The vhost's expiry timers, and when this queue's fires (`i64::MAX`: not set).
+    timers: Arc<Timers>,
+    timer_at: AtomicI64,
 }
+
+/// A vhost's expiry timers: the queues holding messages with a TTL, by their next
+/// expiry, so an expiry round touches the queues that are due.
+pub type Timers = Mutex<sluice_engine::scheduler::Scheduler<Arc<str>>>;
 
 impl QueueCell {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -309,9 +316,26 @@ impl QueueCell {
         }
     }
 
+    /// Sets the expiry timer for the queue's next expiry when it is earlier than the one
+    /// set (called with the queue locked, after every change to its ready messages).
+    fn note_expiry(&self, state: &QueueState) {
+        let Some(at) = state.queue.next_expiry() else {
+            return;
+        };
+        if at < self.timer_at.load(Ordering::Acquire) {
+            self.timer_at.store(at, Ordering::Release);
+            self.timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .at_most(Arc::clone(&self.name), at);
+        }
+    }
+
     /// Settles messages that left the queue and passes them on for dead-lettering when
-    /// the queue has a dead-letter exchange.
+    /// the queue has a dead-letter exchange; then sets the expiry timer. Every change to
+    /// a queue ends here.
     fn hand_over_dead(self: &Arc<Self>, state: &mut QueueState) {
+        self.note_expiry(state);
         if state.dead.is_empty() {
             return;
         }
@@ -352,9 +376,11 @@ impl QueueCell {
             && self.lock().queue.consumer_count() == 0
     }
 
-    /// Expires due messages (timer).
+    /// Expires due messages (its timer fired).
     pub fn expire_due(self: &Arc<Self>) {
         let mut state = self.lock();
+        // The timer that fired is gone: the next one is set below.
+        self.timer_at.store(i64::MAX, Ordering::Release);
         Self::expire(&mut state);
         self.hand_over_dead(&mut state);
     }
@@ -437,6 +463,7 @@ impl QueueCell {
             }
             if let Outbound::Deliver { entry, .. } = e.into_inner() {
                 state.queue.restore(entry);
+                self.note_expiry(state);
             }
         }
     }
@@ -733,7 +760,9 @@ impl QueueCell {
     }
 
     pub fn restore(&self, entry: Entry) {
-        self.lock().queue.restore(entry);
+        let mut state = self.lock();
+        state.queue.restore(entry);
+        self.note_expiry(&state);
     }
 
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
@@ -853,6 +882,10 @@ pub struct VHost {
     /// Stored bindings whose queue was not known when the vhost opened: bindings to
     /// stream queues, restored once the streams are attached.
     pending_bindings: Mutex<Vec<sluice_engine::routing::Binding>>,
+    /// Queues by their next message expiry.
+    timers: Arc<Timers>,
+    /// Queues with `x-expires`, checked for an ended lease every round.
+    leased: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl VHost {
@@ -867,6 +900,8 @@ impl VHost {
             queues_max: AtomicUsize::new(usize::MAX),
             streams: std::sync::OnceLock::new(),
             pending_bindings: Mutex::new(Vec::new()),
+            timers: Arc::new(Timers::default()),
+            leased: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -1062,16 +1097,22 @@ impl VHost {
 
     /// Expires due messages in every queue and dead-letters them (timer).
     pub fn expire_due(&self) {
-        let queues: Vec<Arc<QueueCell>> = self
-            .queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let now = now_ms();
-        for q in queues {
-            q.expire_due();
+        let mut due = Vec::new();
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_due(now, &mut due);
+        for name in due {
+            if let Some(q) = self.queue(&name) {
+                q.expire_due();
+            }
+        }
+        let leased: Vec<Arc<QueueCell>> = {
+            let names = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().filter_map(|n| self.queue(n)).collect()
+        };
+        for q in leased {
             if q.lease_over(now) {
                 tracing::debug!(queue = %q.name, "queue unused past x-expires; deleting");
                 self.delete_queue(&q.name);
@@ -1192,7 +1233,17 @@ impl VHost {
             }),
             dead_letters: Arc::clone(&self.dead_letters),
             last_used_ms: AtomicI64::new(now_ms()),
+            timers: Arc::clone(&self.timers),
+            timer_at: AtomicI64::new(i64::MAX),
         });
+        // Recovered messages may carry a TTL.
+        cell.note_expiry(&cell.lock());
+        if cell.def.settings.expires_ms.is_some() {
+            self.leased
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Arc::clone(&name));
+        }
         self.queues
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1366,6 +1417,14 @@ impl VHost {
             .remove(name);
         let Some(cell) = removed else { return 0 };
         let _ = self.router_mut().remove_queue(name);
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel(&cell.name);
+        self.leased
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let mut state = cell.lock();
         state.deleted = true;
         let count = state.queue.message_count();

@@ -10,5 +10,6 @@
 pub mod queue;
 mod ready;
 pub mod routing;
+pub mod scheduler;
 pub mod store;
 pub mod stream;

@@ -4,8 +4,9 @@
 //!
 //! It holds routing (`routing`: exchanges, bindings, the topic trie, per virtual host) and
 //! the queue core (`queue`: ready and unacked messages, consumers, fair dispatch), queue
-//! storage (`store`) and streams (`stream`: partitioned logs and committed offsets, which
-//! Kafka topics are); groups and timers come later.
+//! storage (`store`), streams (`stream`: partitioned logs and committed offsets, which
+//! Kafka topics and AMQP stream queues are), timers (`scheduler`) and subscriptions
+//! (`subscription`: a consumer group's leases, retries and dead letters over a stream).
 
 pub mod queue;
 mod ready;
@@ -13,3 +14,4 @@ pub mod routing;
 pub mod scheduler;
 pub mod store;
 pub mod stream;
+pub mod subscription;

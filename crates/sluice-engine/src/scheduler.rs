@@ -33,6 +33,18 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
         self.by_due.insert((due_ms, key));
     }
 
+    /// Makes `key` fire at `due_ms`, whatever it was set to.
+    pub fn set(&mut self, key: K, due_ms: i64) {
+        self.cancel(&key);
+        self.due_of.insert(key.clone(), due_ms);
+        self.by_due.insert((due_ms, key));
+    }
+
+    /// Whether `key` has a timer.
+    pub fn contains(&self, key: &K) -> bool {
+        self.due_of.contains_key(key)
+    }
+
     /// Forgets `key`'s timer.
     pub fn cancel(&mut self, key: &K) {
         if let Some(due) = self.due_of.remove(key) {

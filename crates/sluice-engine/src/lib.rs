@@ -1,12 +1,16 @@
-//! The broker core of Sluice, deterministic by construction: commands in, effects out, no
-//! sockets, no clock, no randomness, so a face, a simulator or (later) Raft replay can
-//! drive it and get the same result.
+//! The broker core of Sluice, under every protocol face.
 //!
-//! It holds routing (`routing`: exchanges, bindings, the topic trie, per virtual host) and
-//! the queue core (`queue`: ready and unacked messages, consumers, fair dispatch), queue
-//! storage (`store`), streams (`stream`: partitioned logs and committed offsets, which
-//! Kafka topics and AMQP stream queues are), timers (`scheduler`) and subscriptions
-//! (`subscription`: a consumer group's leases, retries and dead letters over a stream).
+//! Its state machines are deterministic: commands in with the time as `now`, effects out,
+//! no sockets, no clock, no randomness, so a face, a simulator or (later) Raft replay can
+//! drive them and get the same result. They are routing (`routing`: exchanges, bindings,
+//! the topic trie, per virtual host), the queue core (`queue`: ready and unacked
+//! messages, consumers, fair dispatch, the TTL index), timers (`scheduler`) and
+//! subscriptions (`subscription`: a consumer group's leases, retries and dead letters
+//! over a stream).
+//!
+//! Next to them are the parts that own files: queue storage (`store`: a durable queue's
+//! message and settlement logs) and streams (`stream`: partitioned logs of record
+//! batches and committed offsets, which Kafka topics and AMQP stream queues are).
 
 pub mod queue;
 mod ready;

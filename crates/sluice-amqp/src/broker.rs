@@ -877,8 +877,11 @@ pub struct VHost {
     replies: Mutex<HashMap<Arc<str>, ReplyConsumer>>,
     /// Queues a declare may bring the vhost to (RabbitMQ's vhost `max-queues`).
     queues_max: AtomicUsize,
-    /// The engine's streams, which are this vhost's stream queues (vhost `/` only).
+    /// The engine's streams that are this vhost's stream queues: the Kafka face's topics
+    /// for `/`, a registry of the vhost's own (not seen by Kafka) for the others.
     streams: std::sync::OnceLock<Arc<Topics>>,
+    /// The streams above are this vhost's to flush, trim and close.
+    owns_streams: AtomicBool,
     /// Stored bindings whose queue was not known when the vhost opened: bindings to
     /// stream queues, restored once the streams are attached.
     pending_bindings: Mutex<Vec<sluice_engine::routing::Binding>>,
@@ -899,6 +902,7 @@ impl VHost {
             replies: Mutex::new(HashMap::new()),
             queues_max: AtomicUsize::new(usize::MAX),
             streams: std::sync::OnceLock::new(),
+            owns_streams: AtomicBool::new(false),
             pending_bindings: Mutex::new(Vec::new()),
             timers: Arc::new(Timers::default()),
             leased: Mutex::new(std::collections::HashSet::new()),
@@ -930,6 +934,13 @@ impl VHost {
 
     pub fn streams(&self) -> Option<&Arc<Topics>> {
         self.streams.get()
+    }
+
+    /// The stream registry this vhost keeps itself, if any.
+    fn own_streams(&self) -> Option<&Arc<Topics>> {
+        self.streams
+            .get()
+            .filter(|_| self.owns_streams.load(Ordering::Acquire))
     }
 
     /// The stream queue `name`: a one-partition stream, unless a classic queue has the
@@ -1136,6 +1147,9 @@ impl VHost {
         let defs = Definitions::load(&path).map_err(|e| OpenError::Io(path.clone(), e))?;
         let next_id = defs.queues.iter().map(|q| q.id + 1).max().unwrap_or(1);
         let mut vhost = VHost::new(name);
+        let own_streams = (name != "/")
+            .then(|| open_vhost_streams(dir, &log, Arc::clone(&clock)))
+            .transpose()?;
         vhost.storage = Some(Storage {
             dir: dir.to_path_buf(),
             log,
@@ -1155,6 +1169,12 @@ impl VHost {
         }
         for q in defs.queues {
             vhost.restore_queue(q)?;
+        }
+        // Vhost `/` shares the Kafka face's topics (attached later); the others keep
+        // their stream queues themselves.
+        if let Some(topics) = own_streams {
+            vhost.owns_streams.store(true, Ordering::Release);
+            vhost.set_streams(Arc::new(topics));
         }
         {
             let mut router = vhost.router_mut();
@@ -1564,6 +1584,33 @@ pub struct Broker {
     pub alarms: Alarms,
 }
 
+/// Stream queues of a vhost other than `/`, under its directory: topics of one
+/// partition that Kafka does not see. They keep what their arguments ask for; the rest
+/// of their settings come from the storage defaults.
+fn open_vhost_streams(
+    dir: &Path,
+    log: &LogConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Topics, OpenError> {
+    let defaults = sluice_engine::stream::TopicConfig {
+        segment_bytes: log.segment_bytes,
+        retention_bytes: None,
+        retention_ms: None,
+        flush_sync: log.flush == sluice_engine::stream::FlushPolicy::Sync,
+        ..sluice_engine::stream::TopicConfig::default()
+    };
+    let limit = AmqpLimits::default().queues_max;
+    Topics::open(
+        dir,
+        defaults,
+        log.clone(),
+        clock,
+        i32::try_from(limit).unwrap_or(i32::MAX),
+        limit,
+    )
+    .map_err(|e| OpenError::Io(dir.join("topics"), e))
+}
+
 /// Directory of a virtual host's data: `default` for `/`, else the name in hex (names may
 /// hold any characters).
 fn vhost_dir_name(name: &str) -> String {
@@ -1650,10 +1697,22 @@ impl Broker {
         }
     }
 
-    /// Runs the fsyncs that are due in every durable queue. Blocking.
+    /// Runs the fsyncs that are due in every durable queue and in the stream queues the
+    /// vhosts keep themselves. Blocking.
     pub fn flush_due(&self) {
         for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
             queue.flush_due();
+        }
+        for topics in self.vhosts.values().filter_map(|v| v.own_streams()) {
+            topics.flush_due();
+        }
+    }
+
+    /// Deletes what retention allows from the stream queues the vhosts keep themselves.
+    /// Blocking.
+    pub fn apply_stream_retention(&self) {
+        for topics in self.vhosts.values().filter_map(|v| v.own_streams()) {
+            topics.apply_retention();
         }
     }
 
@@ -1664,6 +1723,9 @@ impl Broker {
         }
         for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
             queue.close_store();
+        }
+        for topics in self.vhosts.values().filter_map(|v| v.own_streams()) {
+            topics.sync_all();
         }
     }
 }

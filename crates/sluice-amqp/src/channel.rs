@@ -1008,9 +1008,9 @@ impl Channel {
         let Some(topics) = ctx.vhost.streams().cloned() else {
             if requested && !d.passive {
                 return Err(AmqpError::precondition(format!(
-                    "stream queues exist in vhost '/' only: Sluice keeps them as Kafka topics (queue '{}' in vhost '{}')",
-                    d.queue.as_str(),
-                    ctx.vhost.name
+                    "stream queues need storage, which vhost '{}' has none of (queue '{}')",
+                    ctx.vhost.name,
+                    d.queue.as_str()
                 )));
             }
             return Ok(false);
@@ -1047,7 +1047,7 @@ impl Channel {
                 )?;
                 if !valid_name(&name) {
                     return Err(AmqpError::precondition(format!(
-                        "invalid stream queue name '{name}': Sluice keeps a stream queue as the Kafka topic of that name, 1 to 249 of [a-zA-Z0-9._-]"
+                        "invalid stream queue name '{name}': Sluice keeps a stream queue as a topic of that name, 1 to 249 of [a-zA-Z0-9._-]"
                     )));
                 }
                 match tokio::task::block_in_place(|| topics.create(&name, 1, overrides)) {

@@ -107,38 +107,19 @@ impl KafkaBroker {
 
     /// Runs the fsyncs due under the async flush policy (blocking).
     pub fn flush_due(&self) {
-        for p in self.topics.all_partitions() {
-            if let Some(job) = p.flush_job() {
-                p.flush_done(job.run());
-            }
-        }
+        self.topics.flush_due();
     }
 
     /// Deletes sealed segments past retention and compacts the consumer offsets log
     /// (blocking).
     pub fn apply_retention(&self) {
         self.groups.compact_store();
-        for t in self.topics.all() {
-            for p in t.read().partitions.iter() {
-                let mut st = p.lock();
-                match st.log.apply_retention() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(topic = %t.name, partition = p.index, segments = n, "retention deleted segments")
-                    }
-                    Err(e) => tracing::error!(topic = %t.name, error = %e, "retention failed"),
-                }
-            }
-        }
+        self.topics.apply_retention();
     }
 
     /// Writes and fsyncs everything (clean shutdown; blocking).
     pub fn close(&self) {
-        for p in self.topics.all_partitions() {
-            if let Err(e) = p.lock().log.sync() {
-                tracing::error!(error = %e, "partition not synced at shutdown");
-            }
-        }
+        self.topics.sync_all();
         self.groups.sync_store();
     }
 }

@@ -141,7 +141,8 @@ async fn listen_until_signal(
         never = flush_loop(Arc::clone(&broker), Arc::clone(&kafka_broker)) => match never {},
         never = expiry_loop(Arc::clone(&broker)) => match never {},
         never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
-        never = kafka_retention_loop(
+        never = retention_loop(
+            Arc::clone(&broker),
             Arc::clone(&kafka_broker),
             Duration::from_millis(config.retention_check_interval_ms),
         ) => match never {},
@@ -205,12 +206,20 @@ async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
 }
 
 /// Deletes segments past retention in topics and stream queues, every `every`.
-async fn kafka_retention_loop(kafka: Arc<KafkaBroker>, every: Duration) -> Infallible {
+async fn retention_loop(
+    broker: Arc<Broker>,
+    kafka: Arc<KafkaBroker>,
+    every: Duration,
+) -> Infallible {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let k = Arc::clone(&kafka);
-        if let Err(e) = tokio::task::spawn_blocking(move || k.apply_retention()).await {
+        let (b, k) = (Arc::clone(&broker), Arc::clone(&kafka));
+        let round = move || {
+            k.apply_retention();
+            b.apply_stream_retention();
+        };
+        if let Err(e) = tokio::task::spawn_blocking(round).await {
             warn!(error = %e, "retention round failed");
         }
     }

@@ -204,3 +204,97 @@ async fn rdkafka_produces_and_a_lapin_stream_consumer_receives_live() {
         .unwrap();
     assert_eq!(n, 20);
 }
+
+async fn read_stream(ch: &Channel, queue: &str, n: usize) -> Vec<Vec<u8>> {
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        out.push(d.data);
+    }
+    out
+}
+
+/// A vhost other than `/` keeps its stream queues itself: same names as in `/` do not
+/// meet, Kafka does not see them, and they survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_queues_of_another_vhost_are_its_own() {
+    let b = Broker::start_env(&[("SLUICE_AMQP_VHOSTS", "/,staging")]);
+    let staging_url = |b: &Broker| format!("amqp://guest:guest@{}/staging", b.amqp);
+    let conn = Connection::connect(&staging_url(&b), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let sch = conn.create_channel().await.unwrap();
+    declare_stream(&sch, "events").await;
+    sch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        sch.basic_publish(
+            "".into(),
+            "events".into(),
+            BasicPublishOptions::default(),
+            format!("staged-{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let (_root, rch) = channel(&b).await;
+    declare_stream(&rch, "events").await;
+    // Kafka sees the `/` stream only: empty.
+    let kafka = b.kafka;
+    let listed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.to_string())
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some("events"), Duration::from_secs(10))
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks("events", 0, Duration::from_secs(10))
+            .unwrap();
+        (md.topics().len(), low, high)
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed, (1, 0, 0));
+    let staged = read_stream(&conn.create_channel().await.unwrap(), "events", 3).await;
+    assert_eq!(
+        staged,
+        [
+            b"staged-0".to_vec(),
+            b"staged-1".to_vec(),
+            b"staged-2".to_vec()
+        ]
+    );
+    drop(conn);
+    let b = b.restart(true);
+    let conn = Connection::connect(&staging_url(&b), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let after = read_stream(&conn.create_channel().await.unwrap(), "events", 3).await;
+    assert_eq!(after, staged);
+}

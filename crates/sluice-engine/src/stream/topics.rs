@@ -300,6 +300,40 @@ impl Topics {
         Ok(())
     }
 
+    /// Runs the fsyncs due under the async flush policy. Blocking.
+    pub fn flush_due(&self) {
+        for p in self.all_partitions() {
+            if let Some(job) = p.flush_job() {
+                p.flush_done(job.run());
+            }
+        }
+    }
+
+    /// Deletes sealed segments past each topic's retention. Blocking.
+    pub fn apply_retention(&self) {
+        for t in self.all() {
+            for p in t.read().partitions.iter() {
+                let mut st = p.lock();
+                match st.log.apply_retention() {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(topic = %t.name, partition = p.index, segments = n, "retention deleted segments")
+                    }
+                    Err(e) => tracing::error!(topic = %t.name, error = %e, "retention failed"),
+                }
+            }
+        }
+    }
+
+    /// Writes and fsyncs every partition (clean shutdown). Blocking.
+    pub fn sync_all(&self) {
+        for p in self.all_partitions() {
+            if let Err(e) = p.lock().log.sync() {
+                tracing::error!(error = %e, "partition not synced at shutdown");
+            }
+        }
+    }
+
     /// Every partition of every topic.
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
         self.all()

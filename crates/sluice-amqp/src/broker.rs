@@ -58,8 +58,9 @@ pub enum Outbound {
         consumer: ConsumerId,
         tag: Arc<str>,
         credit: Arc<crate::stream_queue::StreamCredit>,
-        /// The stream queue's name.
+        /// The stream queue's name and vhost.
         queue: Arc<str>,
+        vhost: Arc<str>,
         /// Boxed: keeps every outbound item (queue deliveries above all) small.
         delivery: Box<crate::convert::Delivery>,
     },
@@ -1430,21 +1431,25 @@ impl VHost {
     /// Deletes a queue: unbinds it, tells its consumers' connections, returns how many
     /// ready messages it held.
     pub fn delete_queue(&self, name: &str) -> u32 {
-        let removed = self
-            .queues
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        let removed = {
+            let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+            let removed = queues.remove(name);
+            if removed.is_some() {
+                // Under the map's lock: a queue declared again under this name right
+                // after keeps its own timer and lease.
+                self.timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .cancel(&Arc::from(name));
+                self.leased
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+            }
+            removed
+        };
         let Some(cell) = removed else { return 0 };
         let _ = self.router_mut().remove_queue(name);
-        self.timers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cancel(&cell.name);
-        self.leased
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
         let mut state = cell.lock();
         state.deleted = true;
         let count = state.queue.message_count();

@@ -129,6 +129,7 @@ impl Source {
 struct StreamUnacked {
     credit: Arc<StreamCredit>,
     queue: Arc<str>,
+    vhost: Arc<str>,
 }
 
 struct Unacked {
@@ -923,6 +924,9 @@ impl Channel {
         let tag = self.consumer_tag(ctx, &c)?;
         let arguments = props::table_from_amqp(&c.arguments);
         let start = stream_queue::start(&arguments, now_ms(), &topic.name, vhost)?;
+        // Resolved now, not when the reader first runs: "next" means what comes after
+        // this consume, as in RabbitMQ, even if a publish overtakes the reader task.
+        let start = stream_queue::first_offset(&partition, start);
         let Some(topics) = ctx.vhost.streams().cloned() else {
             return Err(AmqpError::not_found("queue", &topic.name, vhost));
         };
@@ -938,6 +942,7 @@ impl Channel {
         let consumer = ctx.broker.next_id();
         let reader = stream_queue::StreamReader {
             queue: topic.name.as_str().into(),
+            vhost: vhost.as_str().into(),
             topics,
             topic,
             partition,
@@ -960,6 +965,7 @@ impl Channel {
     }
 
     /// Writes a record of a stream queue to one of this channel's consumers.
+    #[allow(clippy::too_many_arguments)]
     pub fn deliver_stream(
         &mut self,
         out: &mut BytesMut,
@@ -967,12 +973,28 @@ impl Channel {
         tag: &str,
         credit: Arc<StreamCredit>,
         queue: Arc<str>,
+        vhost: &Arc<str>,
         delivery: &convert::Delivery,
     ) {
         let delivery_tag = self.next_delivery_tag;
         self.next_delivery_tag += 1;
-        self.stream_unacked
-            .insert(delivery_tag, StreamUnacked { credit, queue });
+        self.stream_unacked.insert(
+            delivery_tag,
+            StreamUnacked {
+                credit,
+                queue,
+                vhost: Arc::clone(vhost),
+            },
+        );
+        // A content header must fit in one frame: a record whose headers do not is
+        // delivered with its offset alone (a Kafka producer may send large headers).
+        let mut properties = delivery.properties.clone();
+        if frame_max > 0 && properties.len() + 20 > frame_max as usize {
+            tracing::warn!(consumer = %tag, offset = delivery.offset, "record headers larger than the frame size; delivered without them");
+            properties =
+                props::with_long_header(&[0, 0], "x-stream-offset", delivery.offset as i64)
+                    .unwrap_or_default();
+        }
         frame::write_deliver(
             out,
             self.id,
@@ -982,13 +1004,7 @@ impl Channel {
             std::str::from_utf8(&delivery.exchange).unwrap_or_default(),
             std::str::from_utf8(&delivery.routing_key).unwrap_or_default(),
         );
-        frame::write_content(
-            out,
-            self.id,
-            &delivery.properties,
-            &delivery.body,
-            frame_max,
-        );
+        frame::write_content(out, self.id, &properties, &delivery.body, frame_max);
     }
 
     /// A queue a binding may name: a classic queue this connection may use, or a stream
@@ -1324,14 +1340,18 @@ impl Channel {
     }
 
     fn reject(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
-        let (queues, streams) = self.take_unacked(tag, multiple)?;
-        if let Some(s) = streams.first() {
+        // Refused before anything is taken: the classic deliveries it also covers stay
+        // unacked, to be requeued when the connection closes.
+        let upto = if multiple && tag == 0 { u64::MAX } else { tag };
+        let from = if multiple { 0 } else { tag };
+        if let Some((_, s)) = self.stream_unacked.range(from..=upto).next() {
             return Err(stream_queue::not_supported(
                 "basic.nack and basic.reject",
                 &s.queue,
-                "/",
+                &s.vhost,
             ));
         }
+        let (queues, _) = self.take_unacked(tag, multiple)?;
         for (queue, ids) in queues {
             if requeue {
                 queue.requeue(&ids);

@@ -796,6 +796,7 @@ impl Conn {
                 tag,
                 credit,
                 queue,
+                vhost,
                 delivery,
             } => {
                 let live = self
@@ -809,6 +810,7 @@ impl Conn {
                         &tag,
                         credit,
                         queue,
+                        &vhost,
                         &delivery,
                     ),
                     // The consumer went away while this was in flight.

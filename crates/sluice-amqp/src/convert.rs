@@ -23,6 +23,7 @@ pub const AMQP_HEADER: &str = "x-amqp-0-9-1";
 /// A record as an AMQP consumer of a stream queue receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    pub offset: u64,
     pub exchange: Bytes,
     pub routing_key: Bytes,
     /// Encoded properties, with `x-stream-offset` set in the headers.
@@ -110,9 +111,11 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
         .clone()
         .filter(|k| k.len() <= 255 && std::str::from_utf8(k).is_ok())
         .unwrap_or_else(|| Bytes::copy_from_slice(queue.as_bytes()));
+    // The broker writes its header last: a header of that name a client set comes first.
     let stored = record
         .headers
         .iter()
+        .rev()
         .find(|(k, _)| &k[..] == AMQP_HEADER.as_bytes())
         .and_then(|(_, v)| v.as_ref());
     let offset = record.offset as i64;
@@ -121,6 +124,7 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
     {
         // What an AMQP publisher sent, spliced without decoding: the common case.
         return Delivery {
+            offset: record.offset,
             exchange,
             routing_key,
             properties,
@@ -157,6 +161,7 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
     );
     props = props.with_headers(headers);
     Delivery {
+        offset: record.offset,
         exchange,
         routing_key,
         properties: encode(&props).unwrap_or_default(),
@@ -164,11 +169,16 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
     }
 }
 
-/// The exchange and the raw property bytes in an `AMQP_HEADER` value.
+/// The exchange and the raw property bytes in an `AMQP_HEADER` value, when the bytes
+/// are well-formed properties (a Kafka producer may write anything under that name).
 fn split_raw(value: &Bytes) -> Option<(Bytes, Bytes)> {
     let len = usize::from(*value.first()?);
     std::str::from_utf8(value.get(1..1 + len)?).ok()?;
-    Some((value.slice(1..1 + len), value.slice(1 + len..)))
+    let raw = value.slice(1 + len..);
+    if !matches!(parse_properties(&raw[..]), Ok((&[], _))) {
+        return None;
+    }
+    Some((value.slice(1..1 + len), raw))
 }
 
 /// The exchange and the properties in an `AMQP_HEADER` value.

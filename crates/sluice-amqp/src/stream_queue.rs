@@ -363,13 +363,31 @@ impl StreamCredit {
     }
 }
 
+/// The offset a consumer starting at `start` reads first, as the partition is now.
+pub fn first_offset(partition: &Partition, start: Start) -> u64 {
+    let (low, high) = partition.offsets();
+    let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+    match start {
+        Start::First => low,
+        Start::Next => high,
+        Start::Last => partition.last_batch_offset(),
+        Start::Offset(o) => o.clamp(low, high),
+        Start::Time(ms) => match partition.offset_for_time(ms) {
+            Ok(Some((offset, _))) => offset.max(0) as u64,
+            _ => high,
+        },
+    }
+}
+
 /// One stream consumer, reading its partition in a task of its own.
 pub struct StreamReader {
     pub queue: Arc<str>,
+    pub vhost: Arc<str>,
     pub topics: Arc<Topics>,
     pub topic: Arc<Topic>,
     pub partition: Arc<Partition>,
-    pub start: Start,
+    /// The first offset to deliver ([`first_offset`]).
+    pub start: u64,
     pub outbox: Outbox,
     pub channel: u16,
     pub consumer: ConsumerId,
@@ -378,21 +396,6 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
-    fn first_offset(&self) -> u64 {
-        let (start, end) = self.partition.offsets();
-        let (start, end) = (start.max(0) as u64, end.max(0) as u64);
-        match self.start {
-            Start::First => start,
-            Start::Next => end,
-            Start::Last => self.partition.last_batch_offset(),
-            Start::Offset(o) => o.clamp(start, end),
-            Start::Time(ms) => match self.partition.offset_for_time(ms) {
-                Ok(Some((offset, _))) => offset.max(0) as u64,
-                _ => end,
-            },
-        }
-    }
-
     /// Whether the stream this reader follows is still there.
     fn stream_exists(&self) -> bool {
         self.topics
@@ -403,7 +406,7 @@ impl StreamReader {
     /// Delivers records from the start offset on, live, until the consumer goes away
     /// (the task is aborted) or the stream is deleted (the consumer is cancelled).
     pub async fn run(self) {
-        let mut next = self.first_offset();
+        let mut next = self.start;
         let notify = Arc::new(Notify::new());
         let mut records: Vec<Record> = Vec::new();
         loop {
@@ -418,6 +421,10 @@ impl StreamReader {
                     continue;
                 }
                 Err(_) => {
+                    // Unreadable: gone with its stream, or a disk error to wait out.
+                    if !self.stream_exists() {
+                        break;
+                    }
                     tokio::time::sleep(IDLE_CHECK).await;
                     continue;
                 }
@@ -429,13 +436,18 @@ impl StreamReader {
                 let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
                 continue;
             }
+            if !self.stream_exists() {
+                break;
+            }
             for batch in &batches {
                 records.clear();
                 if let Err(e) = read_batch(&batch.payload, &mut records) {
                     tracing::warn!(stream = %self.topic.name, offset = batch.base_offset, error = ?e, "unreadable batch skipped by an AMQP stream consumer");
                 }
                 for record in records.drain(..).filter(|r| r.offset >= next) {
-                    self.credit.take().await;
+                    if !self.credit_or_gone().await {
+                        return self.cancelled().await;
+                    }
                     let delivery = Box::new(convert::to_delivery(&record, &self.topic.name));
                     let item = Outbound::Stream {
                         channel: self.channel,
@@ -443,6 +455,7 @@ impl StreamReader {
                         tag: Arc::clone(&self.tag),
                         credit: Arc::clone(&self.credit),
                         queue: Arc::clone(&self.queue),
+                        vhost: Arc::clone(&self.vhost),
                         delivery,
                     };
                     if self.outbox.send(item).await.is_err() {
@@ -452,6 +465,25 @@ impl StreamReader {
                 next = next.max(batch.next_offset());
             }
         }
+        self.cancelled().await;
+    }
+
+    /// Waits for credit; false when the stream was deleted meanwhile.
+    async fn credit_or_gone(&self) -> bool {
+        loop {
+            tokio::select! {
+                () = self.credit.take() => return true,
+                () = tokio::time::sleep(IDLE_CHECK) => {
+                    if !self.stream_exists() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stream is gone: tell the consumer (`basic.cancel`).
+    async fn cancelled(&self) {
         let _ = self
             .outbox
             .send(Outbound::Cancelled {

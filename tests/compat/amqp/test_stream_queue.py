@@ -402,3 +402,35 @@ def test_retention_by_age_drops_old_segments(connect, name):
     got = wait_for(old_segments_gone, timeout=20, interval=0.5, what="age retention")
     assert sum(1 for _, _, b in got if b.startswith(b"new")) == 30
     ch.queue_delete(q)
+
+
+def test_a_nack_refused_for_a_stream_leaves_classic_deliveries_to_come_back(connect, name):
+    s, q = name("stream"), name("q")
+    setup = connect().channel()
+    declare_stream(setup, s)
+    setup.queue_declare(q)
+    publish(setup, s, [b"streamed"])
+    publish(setup, q, [b"classic"])
+    conn = connect()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))
+    pump(conn, lambda: len(got) == 1, what="the classic delivery")
+    ch.basic_consume(s, lambda c, m, p, b: got.append(m.delivery_tag), arguments={"x-stream-offset": "first"})
+    pump(conn, lambda: len(got) == 2, what="the stream delivery")
+    with pytest.raises(ConnectionClosedByBroker) as e:
+        ch.basic_nack(0, multiple=True, requeue=True)
+        pump(conn, lambda: False, timeout=2, what="the close")
+    assert e.value.reply_code == 540
+    # The classic message was not lost with the refused nack: it is there again.
+    again = connect().channel()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        method, _, body = again.basic_get(q, auto_ack=True)
+        if method:
+            break
+        time.sleep(0.05)
+    assert body == b"classic" and method.redelivered
+    again.queue_delete(q)
+    again.queue_delete(s)

@@ -195,3 +195,19 @@ def test_both_sides_keep_what_they_acknowledged_across_kill9(amqp, clients, name
     ch.confirm_delivery()
     ch.basic_publish("", s, b"after")
     wait_for(lambda: len(consume(clients, "confluent", s, [0], 101)) == 101, what="the new record")
+
+
+def test_odd_records_do_not_break_amqp_consumers(amqp, clients, create_topic):
+    """A Kafka producer may write a forged x-amqp-0-9-1 header or headers too large for
+    one AMQP frame: the AMQP consumer still gets every record, and its connection lives."""
+    topic = create_topic(1)
+    records = [
+        {"key": b"k", "value": b"forged", "headers": [("x-amqp-0-9-1", b"\x05\xff\xfe garbage")], "partition": 0},
+        {"key": b"k", "value": b"huge", "headers": [("big", b"h" * 200_000)], "partition": 0},
+        {"key": b"k", "value": b"plain", "headers": [("h", b"v")], "partition": 0},
+    ]
+    produce(clients, "confluent", topic, records, {"message.max.bytes": 1_000_000})
+    got = amqp.read(topic, "first", 3)
+    assert [b for _, _, b in got] == [b"forged", b"huge", b"plain"]
+    assert got[1][1].headers == {"x-stream-offset": 1}
+    assert got[2][1].headers["h"] == "v"

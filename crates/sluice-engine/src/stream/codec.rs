@@ -7,9 +7,10 @@ use std::io::Read;
 
 use super::batch::BatchError;
 
-/// Most bytes one batch may inflate to (Kafka bounds batches by `max.message.bytes`;
-/// this bounds what a reader of one batch holds).
-pub const INFLATED_MAX: usize = sluice_core::limits::BATCH_BYTES_MAX as usize;
+/// Most bytes one batch may inflate to: what a reader of one batch holds at most (about
+/// twice this while it grows). A batch of the default `max.message.bytes` (1 MiB) may
+/// compress 32:1; one that inflates further is refused as corrupt.
+pub const INFLATED_MAX: usize = 32 << 20;
 
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 

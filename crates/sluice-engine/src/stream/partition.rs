@@ -355,7 +355,10 @@ impl Partition {
         let mut st = self.lock();
         // Fetches that gave up waiting hold no reference any more.
         st.waiters.retain(|w| Arc::strong_count(w) > 1);
-        st.waiters.push(Arc::clone(notify));
+        // A reader that watches again before the next append is registered once.
+        if !st.waiters.iter().any(|w| Arc::ptr_eq(w, notify)) {
+            st.waiters.push(Arc::clone(notify));
+        }
     }
 
     /// The first record at or after `timestamp`: `(offset, its timestamp)`.
@@ -391,7 +394,16 @@ impl Partition {
                     source: std::io::Error::other("too many writers waiting for an fsync"),
                 });
             }
-            group.start(log)?
+            match group.start(log) {
+                Ok(job) => job,
+                Err(e) => {
+                    // No fsync will run for them: fail every waiter now, this one too.
+                    for w in group.fail_all() {
+                        let _ = w.send(false);
+                    }
+                    return Err(e);
+                }
+            }
         };
         if let Some(job) = job {
             // A task of its own: the fsyncs must finish even if this request is dropped.
@@ -548,6 +560,18 @@ mod tests {
         assert!((1..50).contains(&fsyncs), "{fsyncs} fsyncs for 50 writers");
         let st = p.lock();
         assert_eq!(st.log.durable_offset(), st.log.next_offset());
+    }
+
+    /// A reader that watches again and again while nothing is appended stays one waiter.
+    #[test]
+    fn watching_again_registers_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path());
+        let notify = Arc::new(Notify::new());
+        for _ in 0..1_000 {
+            p.watch(&notify);
+        }
+        assert_eq!(p.lock().waiters.len(), 1);
     }
 
     #[test]

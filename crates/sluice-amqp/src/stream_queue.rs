@@ -396,11 +396,12 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
-    /// Whether the stream this reader follows is still there.
+    /// Whether the stream this reader follows is still a stream queue: not deleted, and
+    /// not grown to more partitions.
     fn stream_exists(&self) -> bool {
         self.topics
             .get(&self.topic.name)
-            .is_some_and(|t| Arc::ptr_eq(&t, &self.topic))
+            .is_some_and(|t| Arc::ptr_eq(&t, &self.topic) && t.partition_count() == 1)
     }
 
     /// Delivers records from the start offset on, live, until the consumer goes away

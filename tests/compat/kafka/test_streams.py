@@ -211,3 +211,20 @@ def test_odd_records_do_not_break_amqp_consumers(amqp, clients, create_topic):
     assert [b for _, _, b in got] == [b"forged", b"huge", b"plain"]
     assert got[1][1].headers == {"x-stream-offset": 1}
     assert got[2][1].headers["h"] == "v"
+
+
+def test_growing_a_stream_queue_topic_cancels_its_amqp_consumers(amqp, clients, create_topic):
+    from confluent_kafka.admin import NewPartitions
+
+    topic = create_topic(1)
+    ch = amqp.channel()
+    ch.queue_declare(topic, durable=True, arguments=STREAM)
+    cancelled = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume(topic, lambda *a: None, consumer_tag="reader")
+    clients.admin().create_partitions([NewPartitions(topic, 2)])[topic].result(timeout=10)
+    deadline = time.monotonic() + 10
+    while not cancelled and time.monotonic() < deadline:
+        ch.connection.process_data_events(time_limit=0.1)
+    assert cancelled == ["reader"]

@@ -131,6 +131,19 @@ pub fn to_delivery(record: &Record, queue: &str) -> Delivery {
             body,
         };
     }
+    if record.headers.is_empty() {
+        // Nothing but the offset: no table to build.
+        if let Some(properties) = crate::props::with_long_header(&[0, 0], "x-stream-offset", offset)
+        {
+            return Delivery {
+                offset: record.offset,
+                exchange: Bytes::new(),
+                routing_key,
+                properties,
+                body,
+            };
+        }
+    }
     let (exchange, mut props) = match stored.and_then(split_stored) {
         Some((exchange, props)) => (exchange, props),
         None => {

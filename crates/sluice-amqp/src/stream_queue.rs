@@ -349,15 +349,15 @@ impl StreamCredit {
         }
     }
 
+    /// Takes one credit if there is one.
+    fn try_take(&self) -> bool {
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1))
+            .is_ok()
+    }
+
     async fn take(&self) {
-        loop {
-            let took = self
-                .available
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1))
-                .is_ok();
-            if took {
-                return;
-            }
+        while !self.try_take() {
             self.ready.notified().await;
         }
     }
@@ -471,6 +471,10 @@ impl StreamReader {
 
     /// Waits for credit; false when the stream was deleted meanwhile.
     async fn credit_or_gone(&self) -> bool {
+        // The common case, without a timer.
+        if self.credit.try_take() {
+            return true;
+        }
         loop {
             tokio::select! {
                 () = self.credit.take() => return true,

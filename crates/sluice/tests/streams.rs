@@ -298,3 +298,95 @@ async fn stream_queues_of_another_vhost_are_its_own() {
     let after = read_stream(&conn.create_channel().await.unwrap(), "events", 3).await;
     assert_eq!(after, staged);
 }
+
+/// Retention reaches the stream queues a vhost keeps itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_the_stream_queues_of_another_vhost() {
+    let b = Broker::start_env(&[
+        ("SLUICE_AMQP_VHOSTS", "/,staging"),
+        ("SLUICE_STORAGE_RETENTION_CHECK_INTERVAL_MS", "200"),
+    ]);
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@{}/staging", b.amqp),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = stream_args();
+    args.insert(
+        ShortString::from("x-max-length-bytes"),
+        AMQPValue::LongLongInt(2_000),
+    );
+    args.insert(
+        ShortString::from("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(1_000),
+    );
+    ch.queue_declare(
+        "trimmed".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        ch.basic_publish(
+            "".into(),
+            "trimmed".into(),
+            BasicPublishOptions::default(),
+            &[b'x'; 100],
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let consumer = conn.create_channel().await.unwrap();
+        consumer
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut offset_args = FieldTable::default();
+        offset_args.insert(
+            ShortString::from("x-stream-offset"),
+            AMQPValue::LongString(LongString::from("first")),
+        );
+        let mut c = consumer
+            .basic_consume(
+                "trimmed".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                offset_args,
+            )
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(WAIT, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let headers = d.properties.headers().clone().unwrap();
+        let first_offset = match headers.inner().get("x-stream-offset") {
+            Some(AMQPValue::LongLongInt(o)) => *o,
+            other => panic!("{other:?}"),
+        };
+        let _ = consumer.close(200, "done".into()).await;
+        if first_offset > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never trimmed the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -56,6 +56,26 @@ async fn declare_stream(ch: &Channel, name: &str) {
     .unwrap();
 }
 
+/// A consumer of stream queue `queue` from `x-stream-offset: first`.
+async fn consume_from_first(ch: &Channel, queue: &str, prefetch: u16) -> lapin::Consumer {
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        args,
+    )
+    .await
+    .unwrap()
+}
+
 fn kafka(b: &Broker) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", b.kafka.to_string());
@@ -144,21 +164,7 @@ async fn rdkafka_produces_and_a_lapin_stream_consumer_receives_live() {
     let b = Broker::start();
     let (_conn, ch) = channel(&b).await;
     declare_stream(&ch, "events").await;
-    ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            "events".into(),
-            "reader".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_from_first(&ch, "events", 10).await;
     let producer: FutureProducer = kafka(&b).set("linger.ms", "5").create().unwrap();
     for i in 0..20 {
         let value = format!("e{i}");
@@ -206,21 +212,7 @@ async fn rdkafka_produces_and_a_lapin_stream_consumer_receives_live() {
 }
 
 async fn read_stream(ch: &Channel, queue: &str, n: usize) -> Vec<Vec<u8>> {
-    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_from_first(ch, queue, 100).await;
     let mut out = Vec::new();
     while out.len() < n {
         let d = tokio::time::timeout(WAIT, consumer.next())
@@ -351,24 +343,7 @@ async fn retention_trims_the_stream_queues_of_another_vhost() {
     let deadline = Instant::now() + WAIT;
     loop {
         let consumer = conn.create_channel().await.unwrap();
-        consumer
-            .basic_qos(1, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let mut offset_args = FieldTable::default();
-        offset_args.insert(
-            ShortString::from("x-stream-offset"),
-            AMQPValue::LongString(LongString::from("first")),
-        );
-        let mut c = consumer
-            .basic_consume(
-                "trimmed".into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                offset_args,
-            )
-            .await
-            .unwrap();
+        let mut c = consume_from_first(&consumer, "trimmed", 1).await;
         let d = tokio::time::timeout(WAIT, c.next())
             .await
             .unwrap()

@@ -77,6 +77,45 @@ pub enum LeaseError {
     UnknownReceipt,
 }
 
+/// What a consumer asks of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// At most `max` deliveries, invisible for `invisible_ms`; new ones below `end`.
+    Receive {
+        max: usize,
+        invisible_ms: u64,
+        end: u64,
+    },
+    Ack {
+        offset: u64,
+        receipt: u64,
+    },
+    Nack {
+        offset: u64,
+        receipt: u64,
+    },
+    Extend {
+        offset: u64,
+        receipt: u64,
+        invisible_ms: u64,
+    },
+    /// Time passed: end leases, make retries due.
+    Tick,
+}
+
+/// What the owner carries out after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Read the record at the lease's offset and hand it to the consumer.
+    Deliver(Lease),
+    /// The command named a delivery that is not in flight.
+    Refused(LeaseError),
+    /// Move the record at this offset to the dead-letter destination.
+    DeadLetter(u64),
+    /// Store this committed offset (it moved).
+    Commit(u64),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     attempt: u32,
@@ -114,6 +153,43 @@ impl Subscription {
             done: BTreeSet::new(),
             next_receipt: 1,
             dead: Vec::new(),
+        }
+    }
+
+    /// Applies one command at `now_ms`; the effects come out in the order to carry them
+    /// out.
+    pub fn apply(&mut self, command: Command, now_ms: i64, effects: &mut Vec<Effect>) {
+        let committed = self.committed;
+        let refused = match command {
+            Command::Receive {
+                max,
+                invisible_ms,
+                end,
+            } => {
+                let received = self.receive(max, invisible_ms, end, now_ms);
+                effects.extend(received.leases.into_iter().map(Effect::Deliver));
+                Ok(())
+            }
+            Command::Ack { offset, receipt } => self.ack(offset, receipt),
+            Command::Nack { offset, receipt } => self.nack(offset, receipt, now_ms),
+            Command::Extend {
+                offset,
+                receipt,
+                invisible_ms,
+            } => self
+                .extend(offset, receipt, invisible_ms, now_ms)
+                .map(|lease| effects.push(Effect::Deliver(lease))),
+            Command::Tick => {
+                self.tick(now_ms);
+                Ok(())
+            }
+        };
+        if let Err(e) = refused {
+            effects.push(Effect::Refused(e));
+        }
+        effects.extend(self.take_dead().into_iter().map(Effect::DeadLetter));
+        if self.committed != committed {
+            effects.push(Effect::Commit(self.committed));
         }
     }
 
@@ -325,6 +401,59 @@ mod tests {
         );
         s.ack(5, e.receipt).unwrap();
         assert_eq!(s.committed(), 6);
+    }
+
+    /// The same run through `apply`: deliveries, a refusal, a dead letter, commits.
+    #[test]
+    fn commands_in_effects_out() {
+        let mut s = Subscription::new(policy(), 0);
+        let mut fx = Vec::new();
+        s.apply(
+            Command::Receive {
+                max: 2,
+                invisible_ms: 100,
+                end: 2,
+            },
+            0,
+            &mut fx,
+        );
+        let leases: Vec<Lease> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Deliver(l) => Some(*l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(leases.len(), 2);
+        fx.clear();
+        s.apply(
+            Command::Ack {
+                offset: 1,
+                receipt: leases[1].receipt,
+            },
+            10,
+            &mut fx,
+        );
+        assert!(fx.is_empty(), "offset 0 still open: nothing to commit");
+        s.apply(
+            Command::Ack {
+                offset: 1,
+                receipt: leases[1].receipt,
+            },
+            10,
+            &mut fx,
+        );
+        assert_eq!(fx, vec![Effect::Refused(LeaseError::UnknownReceipt)]);
+        fx.clear();
+        s.apply(
+            Command::Ack {
+                offset: 0,
+                receipt: leases[0].receipt,
+            },
+            20,
+            &mut fx,
+        );
+        assert_eq!(fx, vec![Effect::Commit(2)]);
     }
 
     proptest! {

@@ -124,10 +124,7 @@ mod tests {
     use super::*;
 
     fn table(entries: &[(&str, Value)]) -> Table {
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
+        Table::from_pairs(entries)
     }
 
     #[test]

@@ -844,13 +844,7 @@ impl Channel {
         // consume-ok goes out before the first delivery, which the queue may send at once.
         let mark = ctx.out.len();
         if !c.nowait {
-            frame::write_method(
-                ctx.out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            );
+            write_consume_ok(ctx.out, self.id, &tag);
         }
         if let Err(e) = queue.consume(
             consumer,
@@ -931,13 +925,7 @@ impl Channel {
             return Err(AmqpError::not_found("queue", &topic.name, vhost));
         };
         if !c.nowait {
-            frame::write_method(
-                ctx.out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            );
+            write_consume_ok(ctx.out, self.id, &tag);
         }
         let consumer = ctx.broker.next_id();
         let reader = stream_queue::StreamReader {
@@ -1869,6 +1857,17 @@ fn check_equivalent(queue: &QueueCell, requested: &QueueDef, vhost: &str) -> Res
         }
     }
     Ok(())
+}
+
+/// `basic.consume-ok` for consumer `tag`.
+fn write_consume_ok(out: &mut BytesMut, channel: u16, tag: &str) {
+    frame::write_method(
+        out,
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+            consumer_tag: short(tag),
+        })),
+    );
 }
 
 /// The name of a queue being created: the client's (not in the reserved `amq.*`

@@ -68,6 +68,14 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table of `pairs`, in order (tests and hand-built arguments).
+    pub fn from_pairs(pairs: &[(&str, Value)]) -> Table {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+
     pub fn new() -> Self {
         Table::default()
     }

@@ -121,6 +121,26 @@ mod tests {
         assert_eq!(inflate(4, frame).unwrap(), b"hello, stream\n");
     }
 
+    /// A small batch that would inflate past the bound is refused, not held.
+    #[test]
+    fn inflating_past_the_bound_is_refused() {
+        let zeros = vec![0u8; INFLATED_MAX + 1];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&zeros).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < INFLATED_MAX / 100);
+        assert!(inflate(1, &bomb).is_err());
+        // Snappy announces its length first: refused before anything is allocated.
+        let mut claim = Vec::new();
+        let mut n = (INFLATED_MAX + 1) as u64;
+        while n >= 0x80 {
+            claim.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        claim.push(n as u8);
+        assert!(inflate(2, &claim).is_err());
+    }
+
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
         for codec in 0..8 {

@@ -6,26 +6,9 @@ use std::sync::Arc;
 
 use sluice_core::{Table, Value};
 use sluice_engine::queue::{Limits, Overflow};
+pub use sluice_engine::vhost::QueueSettings;
 
 use crate::error::AmqpError;
-
-/// What a queue's arguments ask for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueueSettings {
-    pub limits: Limits,
-    pub dead_letter_exchange: Option<Arc<str>>,
-    pub dead_letter_routing_key: Option<Arc<str>>,
-    /// Delete the queue after it has been unused this long (`x-expires`).
-    pub expires_ms: Option<u64>,
-    /// The hidden queue of a delayed exchange: messages leave it when due and are routed
-    /// through `dead_letter_exchange` unchanged.
-    pub delay: bool,
-    /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
-    pub quorum: bool,
-}
-
-/// Internal argument marking the hidden queue of an `x-delayed-message` exchange.
-pub const DELAY_ARGUMENT: &str = "x-sluice-delay-for";
 
 fn invalid(arg: &str, why: &str) -> AmqpError {
     AmqpError::precondition(format!("invalid arg '{arg}' for queue: {why}"))
@@ -114,7 +97,7 @@ pub fn queue_settings(
         dead_letter_exchange: text(args, "x-dead-letter-exchange")?.map(Arc::from),
         dead_letter_routing_key: text(args, "x-dead-letter-routing-key")?.map(Arc::from),
         expires_ms,
-        delay: args.get(DELAY_ARGUMENT).is_some(),
+        delay: false,
         quorum,
     })
 }

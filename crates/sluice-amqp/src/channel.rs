@@ -18,8 +18,8 @@ use sluice_engine::stream::{Partition, RefusalKind, Topic, valid_name};
 use crate::args;
 use crate::auth::Access;
 use crate::broker::{
-    Broker, ChannelCredit, Confirm, Confirms, ConnectionId, Flow, OpenError, Outbox, QueueCell,
-    QueueDef, VHost,
+    Broker, ChannelCredit, Confirm, Confirms, ConnectionId, ConsumerSink, DirectReply, Flow,
+    OpenError, Outbox, QueueCell, QueueDef, VHost,
 };
 use crate::convert;
 use crate::error::{AmqpError, codes};
@@ -321,7 +321,7 @@ impl Channel {
                     };
                     let created = ctx.vhost.router_mut().declare_exchange(def)?;
                     if delayed && created {
-                        declare_delay_queue(ctx, name, d.durable)?;
+                        declare_delayed(ctx, name, d.durable)?;
                     }
                 }
                 ok_unless(
@@ -341,8 +341,7 @@ impl Channel {
                 ctx.vhost
                     .router_mut()
                     .delete_exchange(d.exchange.as_str(), when)?;
-                ctx.vhost
-                    .delete_queue(&delay_queue_name(d.exchange.as_str()));
+                ctx.vhost.delete_delayed(d.exchange.as_str());
                 ok_unless(
                     d.nowait,
                     ctx.out,
@@ -754,9 +753,11 @@ impl Channel {
         let address: Arc<str> = server_name(&format!("{REPLY_TO}."), ctx.broker.next_id()).into();
         ctx.vhost.add_reply_consumer(
             Arc::clone(&address),
-            ctx.outbox.clone(),
-            self.id,
-            Arc::clone(&tag),
+            Box::new(DirectReply {
+                outbox: ctx.outbox.clone(),
+                channel: self.id,
+                tag: Arc::clone(&tag),
+            }),
         );
         self.reply_consumer = Some((address, Arc::clone(&tag)));
         if c.nowait {
@@ -846,13 +847,16 @@ impl Channel {
         if !c.nowait {
             write_consume_ok(ctx.out, self.id, &tag);
         }
-        if let Err(e) = queue.consume(
-            consumer,
-            ctx.outbox.clone(),
-            self.id,
-            Arc::new(Flow::default()),
-            Arc::clone(&self.credit),
-        ) {
+        let flow = Arc::new(Flow::default());
+        let sink = Box::new(ConsumerSink {
+            outbox: ctx.outbox.clone(),
+            channel: self.id,
+            tag: Arc::clone(&consumer.tag),
+            no_ack: consumer.no_ack,
+            flow: Arc::clone(&flow),
+            credit: (!consumer.no_ack).then(|| Arc::clone(&self.credit)),
+        });
+        if let Err(e) = queue.consume(consumer, sink, flow, Arc::clone(&self.credit)) {
             ctx.out.truncate(mark);
             return Err(e.into());
         }
@@ -1530,7 +1534,7 @@ impl Channel {
             .and_then(|h| h.get("x-delay"))
             .and_then(Value::as_i64)
             && delay_ms > 0
-            && let Some(hold) = ctx.vhost.queue(&delay_queue_name(&message.exchange))
+            && ctx.vhost.is_delayed(&message.exchange)
         {
             // A delayed exchange holds the message until it is due, then routes it.
             let seq = if self.confirm {
@@ -1539,14 +1543,15 @@ impl Channel {
             } else {
                 0
             };
-            let confirm =
-                (self.confirm && message.persistent && hold.store_id.is_some()).then(|| Confirm {
-                    confirms: Arc::clone(ctx.confirms),
-                    channel: self.id,
-                    seq,
-                });
-            let due = now_ms().saturating_add(delay_ms);
-            let (waiting, _) = hold.publish_at(message, confirm, Some(due));
+            let confirm = self.confirm.then(|| Confirm {
+                confirms: Arc::clone(ctx.confirms),
+                channel: self.id,
+                seq,
+            });
+            let waiting = ctx
+                .vhost
+                .publish_delayed(message, delay_ms, confirm)
+                .unwrap_or(false);
             if waiting {
                 self.unconfirmed.insert(seq, 1);
             }
@@ -1747,31 +1752,14 @@ type QueueIds = (Arc<QueueCell>, Vec<MessageId>);
 /// The exchange type of delayed delivery (as RabbitMQ's delayed-message plugin names it).
 const DELAYED_TYPE: &str = "x-delayed-message";
 
-/// The hidden queue that holds a delayed exchange's messages until they are due.
-fn delay_queue_name(exchange: &str) -> String {
-    format!("amq.sluice.delayed.{exchange}")
-}
-
 fn now_ms() -> i64 {
     sluice_core::Clock::now_ms(&sluice_core::SystemClock)
 }
 
-/// Creates the hidden queue of a delayed exchange: durable with the exchange, routed to
-/// nothing, dead-lettering due messages into the exchange.
-fn declare_delay_queue(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Result<(), AmqpError> {
-    let mut arguments = Table::new();
-    arguments.insert("x-dead-letter-exchange", Value::string(exchange));
-    arguments.insert(args::DELAY_ARGUMENT, Value::string(exchange));
-    let settings = args::queue_settings(&arguments, durable, false, false)?;
-    let def = QueueDef {
-        durable,
-        exclusive_owner: None,
-        auto_delete: false,
-        arguments,
-        settings,
-    };
+/// Gives a delayed exchange its store of messages waiting to be due.
+fn declare_delayed(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Result<(), AmqpError> {
     ctx.vhost
-        .declare_queue(delay_queue_name(exchange).into(), def)
+        .declare_delayed(exchange, durable)
         .map_err(|e| match e {
             OpenError::Limit(text) => AmqpError::precondition(text),
             e => {
@@ -1781,8 +1769,7 @@ fn declare_delay_queue(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Resu
                     "INTERNAL_ERROR - cannot create delayed exchange storage",
                 )
             }
-        })?;
-    Ok(())
+        })
 }
 
 /// The pseudo-queue of direct reply-to.

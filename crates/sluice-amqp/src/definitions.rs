@@ -13,27 +13,12 @@ use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use sluice_core::Table;
 use sluice_engine::routing::{Binding, Destination, ExchangeDef, ExchangeKind};
+use sluice_engine::vhost::{Definitions, QueueRecord};
 
 use crate::props::{table_from_amqp, table_to_amqp};
 
 const MAGIC: &[u8; 8] = b"SLUICEDF";
 const VERSION: u32 = 1;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueRecord {
-    pub name: String,
-    /// Directory of the queue's storage under `queues/`.
-    pub id: u64,
-    pub auto_delete: bool,
-    pub arguments: Table,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Definitions {
-    pub exchanges: Vec<ExchangeDef>,
-    pub queues: Vec<QueueRecord>,
-    pub bindings: Vec<Binding>,
-}
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -76,159 +61,157 @@ fn tables<'a>(t: &'a FieldTable, k: &str) -> Vec<&'a FieldTable> {
     }
 }
 
-impl Definitions {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut root = FieldTable::default();
-        let exchanges: Vec<AMQPValue> = self
-            .exchanges
-            .iter()
-            .map(|e| {
-                let mut t = FieldTable::default();
-                t.insert(key("name"), text(&e.name));
-                t.insert(key("type"), text(e.kind.as_str()));
-                t.insert(key("auto_delete"), AMQPValue::Boolean(e.auto_delete));
-                t.insert(key("internal"), AMQPValue::Boolean(e.internal));
-                t.insert(
-                    key("arguments"),
-                    AMQPValue::FieldTable(table_to_amqp(&e.arguments)),
-                );
-                AMQPValue::FieldTable(t)
-            })
-            .collect();
-        let queues: Vec<AMQPValue> = self
-            .queues
-            .iter()
-            .map(|q| {
-                let mut t = FieldTable::default();
-                t.insert(key("name"), text(&q.name));
-                t.insert(key("id"), AMQPValue::LongLongInt(q.id as i64));
-                t.insert(key("auto_delete"), AMQPValue::Boolean(q.auto_delete));
-                t.insert(
-                    key("arguments"),
-                    AMQPValue::FieldTable(table_to_amqp(&q.arguments)),
-                );
-                AMQPValue::FieldTable(t)
-            })
-            .collect();
-        let bindings: Vec<AMQPValue> = self
-            .bindings
-            .iter()
-            .map(|b| {
-                let mut t = FieldTable::default();
-                t.insert(key("source"), text(&b.source));
-                t.insert(key("destination"), text(b.destination.name()));
-                t.insert(key("destination_type"), text(b.destination.kind()));
-                t.insert(key("routing_key"), text(&b.routing_key));
-                t.insert(
-                    key("arguments"),
-                    AMQPValue::FieldTable(table_to_amqp(&b.arguments)),
-                );
-                AMQPValue::FieldTable(t)
-            })
-            .collect();
-        root.insert(
-            key("exchanges"),
-            AMQPValue::FieldArray(FieldArray::from(exchanges)),
-        );
-        root.insert(
-            key("queues"),
-            AMQPValue::FieldArray(FieldArray::from(queues)),
-        );
-        root.insert(
-            key("bindings"),
-            AMQPValue::FieldArray(FieldArray::from(bindings)),
-        );
-        let body = match gen_field_table(&root)(WriteContext::from(Vec::new())) {
-            Ok(ctx) => ctx.write,
-            Err(_) => Vec::new(),
+pub fn encode(defs: &Definitions) -> Vec<u8> {
+    let mut root = FieldTable::default();
+    let exchanges: Vec<AMQPValue> = defs
+        .exchanges
+        .iter()
+        .map(|e| {
+            let mut t = FieldTable::default();
+            t.insert(key("name"), text(&e.name));
+            t.insert(key("type"), text(e.kind.as_str()));
+            t.insert(key("auto_delete"), AMQPValue::Boolean(e.auto_delete));
+            t.insert(key("internal"), AMQPValue::Boolean(e.internal));
+            t.insert(
+                key("arguments"),
+                AMQPValue::FieldTable(table_to_amqp(&e.arguments)),
+            );
+            AMQPValue::FieldTable(t)
+        })
+        .collect();
+    let queues: Vec<AMQPValue> = defs
+        .queues
+        .iter()
+        .map(|q| {
+            let mut t = FieldTable::default();
+            t.insert(key("name"), text(&q.name));
+            t.insert(key("id"), AMQPValue::LongLongInt(q.id as i64));
+            t.insert(key("auto_delete"), AMQPValue::Boolean(q.auto_delete));
+            t.insert(
+                key("arguments"),
+                AMQPValue::FieldTable(table_to_amqp(&q.arguments)),
+            );
+            AMQPValue::FieldTable(t)
+        })
+        .collect();
+    let bindings: Vec<AMQPValue> = defs
+        .bindings
+        .iter()
+        .map(|b| {
+            let mut t = FieldTable::default();
+            t.insert(key("source"), text(&b.source));
+            t.insert(key("destination"), text(b.destination.name()));
+            t.insert(key("destination_type"), text(b.destination.kind()));
+            t.insert(key("routing_key"), text(&b.routing_key));
+            t.insert(
+                key("arguments"),
+                AMQPValue::FieldTable(table_to_amqp(&b.arguments)),
+            );
+            AMQPValue::FieldTable(t)
+        })
+        .collect();
+    root.insert(
+        key("exchanges"),
+        AMQPValue::FieldArray(FieldArray::from(exchanges)),
+    );
+    root.insert(
+        key("queues"),
+        AMQPValue::FieldArray(FieldArray::from(queues)),
+    );
+    root.insert(
+        key("bindings"),
+        AMQPValue::FieldArray(FieldArray::from(bindings)),
+    );
+    let body = match gen_field_table(&root)(WriteContext::from(Vec::new())) {
+        Ok(ctx) => ctx.write,
+        Err(_) => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32c_of(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// `None` when the bytes are not a whole, valid definitions file.
+pub fn decode(bytes: &[u8]) -> Option<Definitions> {
+    if bytes.get(..8)? != MAGIC || bytes.get(8..12)? != VERSION.to_le_bytes() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
+    let body = bytes.get(16..)?;
+    if crc32c_of(body) != crc {
+        return None;
+    }
+    let (_, root) = parse_field_table(body).ok()?;
+    let mut defs = Definitions::default();
+    for t in tables(&root, "exchanges") {
+        let kind: ExchangeKind = get_text(t, "type")?.parse().ok()?;
+        defs.exchanges.push(ExchangeDef {
+            name: get_text(t, "name")?.into(),
+            kind,
+            durable: true,
+            auto_delete: get_bool(t, "auto_delete"),
+            internal: get_bool(t, "internal"),
+            arguments: get_table(t, "arguments"),
+        });
+    }
+    for t in tables(&root, "queues") {
+        let id = match t.inner().get("id") {
+            Some(AMQPValue::LongLongInt(v)) => u64::try_from(*v).ok()?,
+            _ => return None,
         };
-        let mut out = Vec::with_capacity(body.len() + 16);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32c_of(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        defs.queues.push(QueueRecord {
+            name: get_text(t, "name")?,
+            id,
+            auto_delete: get_bool(t, "auto_delete"),
+            arguments: get_table(t, "arguments"),
+        });
     }
-
-    /// `None` when the bytes are not a whole, valid definitions file.
-    pub fn decode(bytes: &[u8]) -> Option<Definitions> {
-        if bytes.get(..8)? != MAGIC || bytes.get(8..12)? != VERSION.to_le_bytes() {
-            return None;
-        }
-        let crc = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
-        let body = bytes.get(16..)?;
-        if crc32c_of(body) != crc {
-            return None;
-        }
-        let (_, root) = parse_field_table(body).ok()?;
-        let mut defs = Definitions::default();
-        for t in tables(&root, "exchanges") {
-            let kind: ExchangeKind = get_text(t, "type")?.parse().ok()?;
-            defs.exchanges.push(ExchangeDef {
-                name: get_text(t, "name")?.into(),
-                kind,
-                durable: true,
-                auto_delete: get_bool(t, "auto_delete"),
-                internal: get_bool(t, "internal"),
-                arguments: get_table(t, "arguments"),
-            });
-        }
-        for t in tables(&root, "queues") {
-            let id = match t.inner().get("id") {
-                Some(AMQPValue::LongLongInt(v)) => u64::try_from(*v).ok()?,
-                _ => return None,
-            };
-            defs.queues.push(QueueRecord {
-                name: get_text(t, "name")?,
-                id,
-                auto_delete: get_bool(t, "auto_delete"),
-                arguments: get_table(t, "arguments"),
-            });
-        }
-        for t in tables(&root, "bindings") {
-            let dest = get_text(t, "destination")?;
-            let destination = match get_text(t, "destination_type")?.as_str() {
-                "queue" => Destination::Queue(dest.into()),
-                _ => Destination::Exchange(dest.into()),
-            };
-            defs.bindings.push(Binding {
-                source: get_text(t, "source")?.into(),
-                destination,
-                routing_key: get_text(t, "routing_key")?.into(),
-                arguments: get_table(t, "arguments"),
-            });
-        }
-        Some(defs)
+    for t in tables(&root, "bindings") {
+        let dest = get_text(t, "destination")?;
+        let destination = match get_text(t, "destination_type")?.as_str() {
+            "queue" => Destination::Queue(dest.into()),
+            _ => Destination::Exchange(dest.into()),
+        };
+        defs.bindings.push(Binding {
+            source: get_text(t, "source")?.into(),
+            destination,
+            routing_key: get_text(t, "routing_key")?.into(),
+            arguments: get_table(t, "arguments"),
+        });
     }
+    Some(defs)
+}
 
-    /// Writes the file atomically. Blocking.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&self.encode())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+/// Writes the file atomically. Blocking.
+pub fn save(defs: &Definitions, path: &Path) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&encode(defs))?;
+        file.sync_all()?;
     }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
-    /// Reads the file; a missing one is empty definitions.
-    pub fn load(path: &Path) -> std::io::Result<Definitions> {
-        match std::fs::read(path) {
-            Ok(bytes) => Definitions::decode(&bytes).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is damaged", path.display()),
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
-            Err(e) => Err(e),
-        }
+/// Reads the file; a missing one is empty definitions.
+pub fn load(path: &Path) -> std::io::Result<Definitions> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode(&bytes).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is damaged", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
+        Err(e) => Err(e),
     }
 }
 
@@ -267,12 +250,12 @@ mod tests {
                 arguments: Table::new(),
             }],
         };
-        let bytes = defs.encode();
-        assert_eq!(Definitions::decode(&bytes), Some(defs));
+        let bytes = encode(&defs);
+        assert_eq!(decode(&bytes), Some(defs));
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        assert_eq!(Definitions::decode(&damaged), None);
+        assert_eq!(decode(&damaged), None);
         assert_eq!(crc32c_of(b"123456789"), 0xE306_9283);
     }
 }

@@ -248,14 +248,7 @@ pub fn check_equivalent(
 }
 
 /// A stream queue: a topic of exactly one partition.
-pub fn partition(topics: &Topics, name: &str) -> Option<(Arc<Topic>, Arc<Partition>)> {
-    let topic = topics.get(name)?;
-    if topic.partition_count() != 1 {
-        return None;
-    }
-    let partition = topic.partition(0)?;
-    Some((topic, partition))
-}
+pub use sluice_engine::vhost::stream_partition as partition;
 
 /// Appends a published message to a stream queue. Returns the offset past it, which a
 /// confirm on a `flush=sync` topic waits for.

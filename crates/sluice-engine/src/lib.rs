@@ -11,6 +11,10 @@
 //! Next to them are the parts that own files: queue storage (`store`: a durable queue's
 //! message and settlement logs) and streams (`stream`: partitioned logs of record
 //! batches and committed offsets, which Kafka topics and AMQP stream queues are).
+//!
+//! `vhost` puts them together as the broker the faces drive: virtual hosts with their
+//! routing, queues (each a `QueueCell`: queue state, log, consumers, group fsyncs),
+//! dead-letter hand-off, expiry timers, definitions and stream queues.
 
 pub mod queue;
 mod ready;
@@ -19,3 +23,4 @@ pub mod scheduler;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod vhost;

@@ -1,0 +1,684 @@
+//! A queue as the engine runs it: the queue's state machine (`Queue`), its durable log,
+//! its consumers' links to their connections, group fsyncs, expiry and the hand-off of
+//! dead messages, behind one mutex taken for one short, I/O-free operation at a time
+//! (fsyncs run as jobs outside it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_core::{Clock, Message, Table};
+
+use super::flow::{ChannelCredit, Confirm, Flow};
+use crate::queue::{
+    Accepted, Consumer, ConsumerId, Dead, DeathReason, Delivery, Entry, MessageId, Overflow, Queue,
+    QueueError,
+};
+use crate::store::{QueueStore, Synced};
+
+pub type ConnectionId = u64;
+
+/// Where a consumer's deliveries go: its connection, in the face's terms.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Hands a delivery to the consumer's connection; gives the entry back when the
+    /// connection is gone or cannot take more now.
+    fn deliver(
+        &self,
+        queue: &Arc<QueueCell>,
+        consumer: ConsumerId,
+        entry: Entry,
+    ) -> Result<(), Entry>;
+    /// The queue went away (deleted): the consumer is cancelled.
+    fn cancelled(&self, consumer: ConsumerId);
+}
+
+/// What a queue's arguments ask for (each face reads them from its own declaration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub limits: crate::queue::Limits,
+    pub dead_letter_exchange: Option<Arc<str>>,
+    pub dead_letter_routing_key: Option<Arc<str>>,
+    /// Delete the queue after it has been unused this long (`x-expires`).
+    pub expires_ms: Option<u64>,
+    /// The hidden queue of a delayed exchange: messages leave it when due and are routed
+    /// through `dead_letter_exchange` unchanged.
+    pub delay: bool,
+    /// A quorum queue: deliveries carry their delivery count.
+    pub quorum: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) sink: Box<dyn Sink>,
+    no_ack: bool,
+    flow: Arc<Flow>,
+    /// The channel-wide prefetch (`basic.qos` global), for manual-ack consumers.
+    credit: Option<Arc<ChannelCredit>>,
+}
+
+impl Link {
+    fn reserve(&self) -> bool {
+        if !self.flow.reserve() {
+            return false;
+        }
+        if let Some(credit) = &self.credit
+            && !credit.reserve()
+        {
+            self.flow.release();
+            return false;
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDef {
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnectionId>,
+    pub auto_delete: bool,
+    pub arguments: Table,
+    /// Limits and dead-lettering read from `arguments`.
+    pub settings: QueueSettings,
+}
+
+/// Messages that left their queues and wait to be dead-lettered (or dropped).
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    pub(super) pending: std::sync::atomic::AtomicBool,
+    pub(super) items: Mutex<Vec<(Arc<QueueCell>, Dead)>>,
+}
+
+#[derive(Debug)]
+pub struct QueueState {
+    pub queue: Queue,
+    pub(super) links: HashMap<ConsumerId, Link>,
+    pub deleted: bool,
+    /// Disk storage of a durable queue's persistent messages.
+    pub(super) store: Option<QueueStore<Confirm>>,
+    pub(super) syncing: bool,
+    /// Messages that left the queue during the current operation.
+    pub(super) dead: Vec<Dead>,
+}
+
+impl QueueState {
+    /// Records settled entries in the store (acknowledged, dropped or auto-acked).
+    fn settle(&mut self, entries: impl IntoIterator<Item = Option<u64>>) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let offsets: Vec<u64> = entries.into_iter().flatten().collect();
+        if let Err(e) = store.settle(&offsets) {
+            tracing::error!(error = %e, "cannot record settled messages");
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct QueueCell {
+    pub name: Arc<str>,
+    pub def: QueueDef,
+    /// Storage directory id of a durable queue.
+    pub store_id: Option<u64>,
+    pub(super) state: Mutex<QueueState>,
+    pub(super) dead_letters: Arc<DeadLetters>,
+    /// Last time the queue was used (declared, consumed from, read), for `x-expires`.
+    pub(super) last_used_ms: AtomicI64,
+    /// The vhost's expiry timers, and when this queue's fires (`i64::MAX`: not set).
+    pub(super) timers: Arc<Timers>,
+    pub(super) timer_at: AtomicI64,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+/// A vhost's expiry timers: the queues holding messages with a TTL, by their next
+/// expiry, so an expiry round touches the queues that are due.
+pub type Timers = Mutex<crate::scheduler::Scheduler<Arc<str>>>;
+
+impl QueueCell {
+    pub(super) fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Queue operations leave the state consistent at every step; a panic elsewhere
+        // while holding the lock does not make it unusable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `op` on the queue, then sends the deliveries it made to their connections.
+    fn run<R>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&mut Queue, Reserve2<'_>, &mut Vec<Delivery>) -> R,
+    ) -> R {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        self.expire(&mut state);
+        let result = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            op(queue, &mut reserve, &mut out)
+        };
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
+        result
+    }
+
+    /// Expires what is due before an operation sees the queue.
+    fn expire(&self, state: &mut QueueState) {
+        let now = self.clock.now_ms();
+        if state.queue.next_expiry().is_some_and(|at| at <= now) {
+            let QueueState { queue, dead, .. } = state;
+            queue.expire(now, dead);
+        }
+    }
+
+    /// Sets the expiry timer for the queue's next expiry when it is earlier than the one
+    /// set (called with the queue locked, after every change to its ready messages).
+    pub(super) fn note_expiry(&self, state: &QueueState) {
+        let Some(at) = state.queue.next_expiry() else {
+            return;
+        };
+        if at < self.timer_at.load(Ordering::Acquire) {
+            self.timer_at.store(at, Ordering::Release);
+            self.timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .at_most(Arc::clone(&self.name), at);
+        }
+    }
+
+    /// Settles messages that left the queue and passes them on for dead-lettering when
+    /// the queue has a dead-letter exchange; then sets the expiry timer. Every change to
+    /// a queue ends here.
+    fn hand_over_dead(self: &Arc<Self>, state: &mut QueueState) {
+        self.note_expiry(state);
+        if state.dead.is_empty() {
+            return;
+        }
+        let mut dead = std::mem::take(&mut state.dead);
+        if self.def.settings.dead_letter_exchange.is_none() {
+            state.settle(dead.iter().map(|d| d.entry.stored));
+            return;
+        }
+        // Bodies are read back before settling lets the log drop them.
+        let readable: Vec<bool> = dead
+            .iter_mut()
+            .map(|d| self.load(state, &mut d.entry))
+            .collect();
+        state.settle(dead.iter().map(|d| d.entry.stored));
+        let mut readable = readable.into_iter();
+        dead.retain(|_| readable.next().unwrap_or(false));
+        let mut items = self
+            .dead_letters
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        items.extend(dead.into_iter().map(|d| (Arc::clone(self), d)));
+        self.dead_letters.pending.store(true, Ordering::Release);
+    }
+
+    /// Marks the queue used now (for `x-expires`).
+    pub fn touch(&self) {
+        self.last_used_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether an `x-expires` queue has been unused for its whole lease.
+    pub(super) fn lease_over(&self, now: i64) -> bool {
+        let Some(expires) = self.def.settings.expires_ms else {
+            return false;
+        };
+        let idle = now.saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
+        idle >= i64::try_from(expires).unwrap_or(i64::MAX)
+            && self.lock().queue.consumer_count() == 0
+    }
+
+    /// Expires due messages (its timer fired).
+    pub fn expire_due(self: &Arc<Self>) {
+        let mut state = self.lock();
+        // The timer that fired is gone: the next one is set below.
+        self.timer_at.store(i64::MAX, Ordering::Release);
+        self.expire(&mut state);
+        self.hand_over_dead(&mut state);
+    }
+
+    fn send_all(self: &Arc<Self>, state: &mut QueueState, out: Vec<Delivery>) {
+        for delivery in out {
+            self.send(state, delivery);
+        }
+    }
+
+    /// Reads a paged-out message back from the store; `false` if it cannot be read (the
+    /// error is logged).
+    fn load(&self, state: &mut QueueState, entry: &mut Entry) -> bool {
+        if !entry.paged {
+            return true;
+        }
+        let (Some(store), Some(offset)) = (state.store.as_mut(), entry.stored) else {
+            return false;
+        };
+        match store.read(offset) {
+            Ok(message) => {
+                entry.message = Arc::new(message);
+                entry.paged = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(queue = %self.name, offset, error = %e, "stored message unreadable; dropped");
+                false
+            }
+        }
+    }
+
+    /// Drops a delivered message that could not be read back: out of the unacked set and
+    /// settled on disk, so it cannot block the consumer or come back.
+    fn drop_unreadable(state: &mut QueueState, entry: &Entry) {
+        state
+            .queue
+            .settle_many(&[entry.id], &mut |_| false, &mut Vec::new());
+        state.settle([entry.stored]);
+    }
+
+    fn send(self: &Arc<Self>, state: &mut QueueState, mut delivery: Delivery) {
+        if !self.load(state, &mut delivery.entry) {
+            if let Some(link) = state.links.get(&delivery.consumer) {
+                link.flow.release();
+                if let Some(credit) = &link.credit {
+                    credit.release(1);
+                }
+            }
+            Self::drop_unreadable(state, &delivery.entry);
+            return;
+        }
+        let Some(link) = state.links.get(&delivery.consumer) else {
+            state.queue.restore(delivery.entry);
+            return;
+        };
+        if link.no_ack && delivery.entry.stored.is_some() {
+            // Settled on send: the client never acknowledges it.
+            let stored = delivery.entry.stored;
+            state.settle([stored]);
+        }
+        let Some(link) = state.links.get(&delivery.consumer) else {
+            return;
+        };
+        if let Err(entry) = link.sink.deliver(self, delivery.consumer, delivery.entry) {
+            // The connection is gone or over its bound: the message stays in the queue.
+            link.flow.release();
+            if let Some(credit) = &link.credit {
+                credit.release(1);
+            }
+            state.queue.restore(entry);
+            self.note_expiry(state);
+        }
+    }
+
+    /// Enqueues a message. A persistent message in a durable queue is written to its log
+    /// first; `confirm` is then told when it is on disk. Returns whether `confirm` was
+    /// taken (otherwise the publish needs no wait for this queue).
+    pub fn publish(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        confirm: Option<Confirm>,
+    ) -> (bool, Accepted) {
+        self.publish_at(message, confirm, None)
+    }
+
+    /// Like [`QueueCell::publish`]; a `due_at` time replaces the TTL expiry (the hidden
+    /// queue of a delayed exchange holds each message until it is due).
+    pub fn publish_at(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        confirm: Option<Confirm>,
+        due_at: Option<i64>,
+    ) -> (bool, Accepted) {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        self.expire(&mut state);
+        let now = self.clock.now_ms();
+        let expires_at = due_at.or_else(|| state.queue.expiry_for(&message, now));
+        if state.queue.would_reject(&message) {
+            if state.queue.limits().overflow == Overflow::RejectPublishDlx {
+                state.dead.push(Dead {
+                    entry: Entry {
+                        id: 0,
+                        size: u32::try_from(message.body_len()).unwrap_or(u32::MAX),
+                        paged: false,
+                        message,
+                        redelivered: false,
+                        stored: None,
+                        expires_at: None,
+                        returns: 0,
+                    },
+                    reason: DeathReason::MaxLen,
+                });
+                self.hand_over_dead(&mut state);
+            }
+            return (false, Accepted::Rejected);
+        }
+        let mut stored = None;
+        let mut waiting = false;
+        if message.persistent
+            && let Some(store) = state.store.as_mut()
+        {
+            match store.append(&message, expires_at) {
+                Ok(offset) => {
+                    stored = Some(offset);
+                    if let Some(c) = confirm {
+                        match store.wait(offset, c) {
+                            Ok(()) => waiting = true,
+                            Err(c) => c.done(false),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot store message");
+                    if let Some(c) = confirm {
+                        c.done(false);
+                        waiting = true;
+                    }
+                }
+            }
+        }
+        let accepted = {
+            let QueueState {
+                queue, links, dead, ..
+            } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            queue.publish(
+                message,
+                stored,
+                expires_at,
+                now,
+                &mut reserve,
+                &mut out,
+                dead,
+            )
+        };
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
+        if waiting {
+            self.start_sync(&mut state);
+        }
+        (waiting, accepted)
+    }
+
+    /// Starts the next group fsync if writers wait and none runs.
+    fn start_sync(self: &Arc<Self>, state: &mut QueueState) {
+        if state.syncing {
+            return;
+        }
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        match store.sync_job() {
+            Ok(Some(job)) => {
+                state.syncing = true;
+                let cell = Arc::clone(self);
+                tokio::task::spawn_blocking(move || cell.run_syncs(job));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
+                for c in store.sync_failed() {
+                    c.done(false);
+                }
+            }
+        }
+    }
+
+    /// Runs group fsyncs on this blocking thread while writers wait: each finished one
+    /// releases the confirms it covers, and the next is taken here rather than handed to
+    /// another thread, which saves a thread hand-off per fsync on the confirm path.
+    fn run_syncs(self: &Arc<Self>, mut job: crate::store::SyncJob) {
+        loop {
+            let result = job.run();
+            let mut state = self.lock();
+            self.finish_sync(&mut state, result);
+            let Some(store) = state.store.as_mut() else {
+                return;
+            };
+            match store.sync_job() {
+                Ok(Some(next)) => {
+                    state.syncing = true;
+                    job = next;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
+                    for c in store.sync_failed() {
+                        c.done(false);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish_sync(&self, state: &mut QueueState, result: Result<Synced, crate::store::LogError>) {
+        state.syncing = false;
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        let waiters = match result {
+            Ok(synced) => store
+                .synced(synced)
+                .into_iter()
+                .map(|c| (c, true))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "fsync failed");
+                store
+                    .sync_failed()
+                    .into_iter()
+                    .map(|c| (c, false))
+                    .collect()
+            }
+        };
+        for (c, ok) in waiters {
+            c.done(ok);
+        }
+    }
+
+    /// Runs the background work of the queue's storage: buffered settlements written,
+    /// segments below the settled head freed, the settlement log compacted, and the
+    /// fsyncs that are due (async flush policy, settlements), recorded so they release
+    /// the confirms they cover. File work runs outside the queue's lock. Blocking: called
+    /// from the flusher's blocking thread, one round at a time.
+    pub fn flush_due(self: &Arc<Self>) {
+        let (jobs, maintenance) = {
+            let mut state = self.lock();
+            let Some(store) = state.store.as_mut() else {
+                return;
+            };
+            if let Err(e) = store.write_settlements() {
+                tracing::error!(queue = %self.name, error = %e, "cannot write settlements");
+            }
+            let maintenance = store.maintenance().unwrap_or_else(|e| {
+                tracing::error!(queue = %self.name, error = %e, "cannot plan storage maintenance");
+                Vec::new()
+            });
+            match store.flush_jobs() {
+                Ok(jobs) => (jobs, maintenance),
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot flush");
+                    (Vec::new(), maintenance)
+                }
+            }
+        };
+        // Segment deletions and start-offset writes, outside the queue's lock.
+        for job in maintenance {
+            if let Err(e) = job.run() {
+                tracing::error!(queue = %self.name, error = %e, "storage maintenance failed");
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let results: Vec<_> = jobs
+            .into_iter()
+            .map(|(which, job)| (which, job.run()))
+            .collect();
+        let mut state = self.lock();
+        let Some(store) = state.store.as_mut() else {
+            return;
+        };
+        let mut waiters = Vec::new();
+        for (which, result) in results {
+            waiters.extend(store.flushed(which, result));
+        }
+        for (c, ok) in waiters {
+            c.done(ok);
+        }
+        // Writers that came after the flush job started wait for a job of their own.
+        self.start_sync(&mut state);
+    }
+
+    /// Makes the queue's storage durable (clean shutdown). Blocking.
+    pub fn close_store(&self) {
+        let mut state = self.lock();
+        if let Some(store) = state.store.as_mut()
+            && let Err(e) = store.close()
+        {
+            tracing::error!(queue = %self.name, error = %e, "cannot close queue storage");
+        }
+    }
+
+    pub fn dispatch(self: &Arc<Self>) {
+        self.run(|q, reserve, out| q.dispatch(reserve, out));
+    }
+
+    pub fn ack(self: &Arc<Self>, ids: &[MessageId]) {
+        self.settle_with(|q, reserve, out| q.settle_many(ids, reserve, out));
+    }
+
+    pub fn requeue(self: &Arc<Self>, ids: &[MessageId]) {
+        let mut dead = Vec::new();
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            queue.requeue(ids, self.clock.now_ms(), &mut reserve, &mut out, &mut dead);
+        }
+        state.dead.extend(dead);
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
+    }
+
+    /// Rejects without requeue: the messages are dead-lettered (reason `rejected`).
+    pub fn discard(self: &Arc<Self>, ids: &[MessageId]) {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        let dropped = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            queue.settle_many(ids, &mut reserve, &mut out)
+        };
+        state.dead.extend(dropped.into_iter().map(|entry| Dead {
+            entry,
+            reason: DeathReason::Rejected,
+        }));
+        self.send_all(&mut state, out);
+        self.hand_over_dead(&mut state);
+    }
+
+    /// Runs an operation that settles entries, records them, and returns them.
+    fn settle_with(
+        self: &Arc<Self>,
+        op: impl FnOnce(&mut Queue, Reserve2<'_>, &mut Vec<Delivery>) -> Vec<Entry>,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        let settled = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            op(queue, &mut reserve, &mut out)
+        };
+        state.settle(settled.iter().map(|e| e.stored));
+        self.send_all(&mut state, out);
+        settled
+    }
+
+    pub fn restore(&self, entry: Entry) {
+        let mut state = self.lock();
+        state.queue.restore(entry);
+        self.note_expiry(&state);
+    }
+
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
+        let mut state = self.lock();
+        self.expire(&mut state);
+        self.hand_over_dead(&mut state);
+        let mut entry = state.queue.get(no_ack)?;
+        if !self.load(&mut state, &mut entry) {
+            if no_ack {
+                state.settle([entry.stored]);
+            } else {
+                Self::drop_unreadable(&mut state, &entry);
+            }
+            return None;
+        }
+        if no_ack {
+            state.settle([entry.stored]);
+        }
+        Some((entry, state.queue.message_count()))
+    }
+
+    pub fn purge(&self) -> u32 {
+        let mut state = self.lock();
+        let purged = state.queue.purge();
+        state.settle(purged.iter().map(|e| e.stored));
+        u32::try_from(purged.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn counts(self: &Arc<Self>) -> (u32, u32) {
+        let mut state = self.lock();
+        self.expire(&mut state);
+        self.hand_over_dead(&mut state);
+        (state.queue.message_count(), state.queue.consumer_count())
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.lock().deleted
+    }
+
+    /// Adds a consumer whose deliveries go to `sink`; `credit` is its channel's
+    /// prefetch, which only manual-ack consumers count against.
+    pub fn consume(
+        self: &Arc<Self>,
+        consumer: Consumer,
+        sink: Box<dyn Sink>,
+        flow: Arc<Flow>,
+        credit: Arc<ChannelCredit>,
+    ) -> Result<(), QueueError> {
+        let id = consumer.id;
+        let link = Link {
+            sink,
+            no_ack: consumer.no_ack,
+            flow,
+            credit: (!consumer.no_ack).then_some(credit),
+        };
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        self.expire(&mut state);
+        self.hand_over_dead(&mut state);
+        state.links.insert(id, link);
+        let result = {
+            let QueueState { queue, links, .. } = &mut *state;
+            let mut reserve = |c: ConsumerId| links.get(&c).is_some_and(|l| l.reserve());
+            queue.consume(consumer, &mut reserve, &mut out)
+        };
+        if result.is_err() {
+            state.links.remove(&id);
+        }
+        self.send_all(&mut state, out);
+        result
+    }
+
+    /// Removes a consumer; returns whether the queue is now an unused auto-delete queue.
+    pub fn cancel(&self, consumer: ConsumerId) -> bool {
+        self.touch();
+        let mut state = self.lock();
+        state.links.remove(&consumer);
+        state.queue.cancel(consumer);
+        self.def.auto_delete && state.queue.unused_after_consumers()
+    }
+}
+
+type Reserve2<'a> = &'a mut dyn FnMut(ConsumerId) -> bool;

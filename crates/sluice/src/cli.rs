@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:9092] [env: SLUICE_KAFKA_LISTEN] [file key: kafka.listen]
     #[arg(long, value_name = "IP:PORT")]
     pub kafka_listen: Option<String>,
+
+    /// Address for RocketMQ 5 clients (gRPC), an IP address and a port (0 picks a free
+    /// port) [default: 127.0.0.1:8081] [env: SLUICE_ROCKETMQ_LISTEN] [file key:
+    /// rocketmq.listen]
+    #[arg(long, value_name = "IP:PORT")]
+    pub grpc_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -59,6 +65,7 @@ impl ServeArgs {
             "data_dir" => self.data_dir.clone(),
             "amqp.listen" => self.amqp_listen.clone(),
             "kafka.listen" => self.kafka_listen.clone(),
+            "rocketmq.listen" => self.grpc_listen.clone(),
             _ => None,
         }
     }
@@ -116,6 +123,7 @@ mod tests {
             "data_dir" => defaults.data_dir.display().to_string(),
             "amqp.listen" => defaults.amqp_listen.to_string(),
             "kafka.listen" => defaults.kafka_listen.to_string(),
+            "rocketmq.listen" => defaults.rocketmq_listen.to_string(),
             other => panic!("no default listed for {other}"),
         };
         let command = Cli::command();

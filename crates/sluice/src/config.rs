@@ -35,6 +35,8 @@ pub struct Config {
     pub amqp_permissions: String,
     /// Where Kafka clients connect.
     pub kafka_listen: SocketAddr,
+    /// Where RocketMQ 5 clients connect (gRPC).
+    pub rocketmq_listen: SocketAddr,
     /// Host given to Kafka clients in Metadata; empty means the listen address's IP.
     pub kafka_advertised_host: String,
     /// Metadata requests create missing topics (Kafka's `auto.create.topics.enable`).
@@ -79,6 +81,7 @@ impl Default for Config {
             amqp_users: "guest:guest".to_owned(),
             amqp_permissions: String::new(),
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
+            rocketmq_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             kafka_advertised_host: String::new(),
             kafka_auto_create_topics: true,
             kafka_default_partitions: 1,
@@ -175,6 +178,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--kafka-listen"),
         set: |d, v| {
             d.config.kafka_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rocketmq.listen",
+        env: "SLUICE_ROCKETMQ_LISTEN",
+        flag: Some("--grpc-listen"),
+        set: |d, v| {
+            d.config.rocketmq_listen = parse_socket_addr(v)?;
             Ok(())
         },
     },

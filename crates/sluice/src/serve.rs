@@ -7,7 +7,9 @@
 //! The AMQP listener serves AMQP 0-9-1; durable definitions and persistent messages live
 //! under `data_dir/amqp` and are replayed before the listeners open. The Kafka listener
 //! serves the Kafka protocol; topics and committed offsets live under `data_dir/kafka`,
-//! opened once the Kafka port is bound (Metadata advertises the bound port).
+//! opened once the Kafka port is bound (Metadata advertises the bound port). The
+//! RocketMQ listener serves RocketMQ 5's gRPC protocol on the same topics; its consumer
+//! groups' offsets live under `data_dir/rocketmq`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,9 +19,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_amqp::{Broker, ConnectionConfig, serve_connection};
+use sluice_core::SystemClock;
 use sluice_core::admission::{Admission, Ticket};
 use sluice_kafka::{KafkaBroker, KafkaConfig, TopicConfig};
 use sluice_log::FlushPolicy;
+use sluice_rocketmq::{RocketBroker, RocketConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -123,6 +127,7 @@ async fn listen_until_signal(
     let mut signals = Signals::install()?;
     let amqp = bind("amqp.listen", config.amqp_listen).await?;
     let kafka = bind("kafka.listen", config.kafka_listen).await?;
+    let rocketmq = bind("rocketmq.listen", config.rocketmq_listen).await?;
     let kafka_dir = config.data_dir.join("kafka");
     let kafka_config = kafka_config(config, kafka.local_addr);
     let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
@@ -131,9 +136,27 @@ async fn listen_until_signal(
     // One-partition topics are the stream queues of AMQP's vhost `/`.
     broker.attach_streams(Arc::clone(&kafka_broker.topics));
     *kafka_out = Some(Arc::clone(&kafka_broker));
+    let rocketmq_dir = config.data_dir.join("rocketmq");
+    let rocketmq_config = RocketConfig {
+        advertised_host: rocketmq.local_addr.ip().to_string(),
+        advertised_port: rocketmq.local_addr.port(),
+        max_body_bytes: ROCKETMQ_BODY_MAX,
+    };
+    let rocketmq_broker = tokio::task::block_in_place(|| {
+        RocketBroker::open(
+            &rocketmq_dir,
+            &config.storage,
+            Arc::clone(&kafka_broker.topics),
+            rocketmq_config,
+            Arc::new(SystemClock),
+        )
+    })
+    .with_context(|| format!("cannot open RocketMQ data in {}", rocketmq_dir.display()))?;
+    let rocketmq_broker = Arc::new(rocketmq_broker);
     let admission = Admission::new(config.admission);
     info!(amqp = %amqp.local_addr, "listening");
     info!(kafka = %kafka.local_addr, "listening");
+    info!(rocketmq = %rocketmq.local_addr, "listening");
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
     let signal = tokio::select! {
@@ -149,7 +172,9 @@ async fn listen_until_signal(
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
         never = kafka_accept_loop(kafka.listener, kafka_broker, admission) => match never {},
+        never = rocketmq_loop(rocketmq.listener, Arc::clone(&rocketmq_broker)) => match never {},
     };
+    tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
     Ok(())
 }
@@ -191,6 +216,17 @@ async fn flush_loop(broker: Arc<Broker>, kafka: Arc<KafkaBroker>) -> Infallible 
             warn!(error = %e, "flush round failed");
         }
     }
+}
+
+/// Largest message body a RocketMQ producer may send (the Apache proxy's default).
+const ROCKETMQ_BODY_MAX: usize = 4 << 20;
+
+/// Serves RocketMQ 5 clients over gRPC.
+async fn rocketmq_loop(listener: TcpListener, broker: Arc<RocketBroker>) -> Infallible {
+    if let Err(e) = sluice_rocketmq::serve(listener, broker).await {
+        tracing::error!(error = %e, "the RocketMQ listener failed");
+    }
+    std::future::pending().await
 }
 
 /// How often consumer groups are checked for expired sessions and finished rebalances.

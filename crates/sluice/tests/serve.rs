@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 /// awaited line or exit arrives.
 const WAIT: Duration = Duration::from_secs(30);
 
-const FREE_PORTS: [&str; 4] = [
+const FREE_PORTS: [&str; 6] = [
     "--amqp-listen",
     "127.0.0.1:0",
     "--kafka-listen",
+    "127.0.0.1:0",
+    "--grpc-listen",
     "127.0.0.1:0",
 ];
 
@@ -154,16 +156,19 @@ fn args_with_data_dir<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
-fn serve_speaks_amqp_and_kafka_on_their_listeners() {
+fn serve_speaks_amqp_kafka_and_rocketmq_on_their_listeners() {
     let temp = tempfile::tempdir().unwrap();
     let dir = data_dir(&temp);
     let mut server = Server::start(temp.path(), &args_with_data_dir(&dir, &FREE_PORTS), &[]);
     let amqp = server.listening("amqp");
     let kafka = server.listening("kafka");
+    let rocketmq = server.listening("rocketmq");
     assert_ne!(amqp.port(), 0);
     assert_ne!(kafka.port(), 0);
+    assert_ne!(rocketmq.port(), 0);
     assert_answers_amqp_handshake(amqp);
     assert_answers_kafka_api_versions(kafka);
+    assert_answers_http2(rocketmq);
     assert!(dir.join(".lock").is_file());
 }
 
@@ -180,6 +185,20 @@ fn assert_answers_kafka_api_versions(addr: SocketAddr) {
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head[4..8], &[0, 0, 0, 7], "correlation id");
     assert_eq!(&head[8..10], &[0, 0], "error code NONE");
+}
+
+/// The gRPC listener speaks HTTP/2: a client preface and an empty SETTINGS frame are
+/// answered with the server's SETTINGS frame.
+fn assert_answers_http2(addr: SocketAddr) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame");
 }
 
 /// A client's protocol header is answered with `connection.start` (a method frame on
@@ -257,7 +276,14 @@ fn a_taken_address_exits_1_naming_the_key_and_address() {
     let addr = taken.local_addr().unwrap().to_string();
     let args = args_with_data_dir(
         &dir,
-        &["--amqp-listen", &addr, "--kafka-listen", "127.0.0.1:0"],
+        &[
+            "--amqp-listen",
+            &addr,
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ],
     );
     let (code, stderr) = run_to_exit(temp.path(), &args, &[]);
     assert_eq!(code, Some(1));

@@ -74,7 +74,8 @@ class Sluice:
         env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"), **self.extra_env)
         self.proc = subprocess.Popen(
             [SLUICE_BIN, "serve", "--data-dir", self.data_dir,
-             "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"],
+             "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0",
+             "--grpc-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )
         found = queue.Queue()

@@ -107,6 +107,8 @@ class SluiceProcess:
                 "127.0.0.1:0",
                 "--kafka-listen",
                 kafka_listen,
+                "--grpc-listen",
+                "127.0.0.1:0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -51,6 +51,8 @@ impl Broker {
                 "127.0.0.1:0",
                 "--kafka-listen",
                 "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)

@@ -1,0 +1,314 @@
+//! What the RocketMQ face keeps: the engine's streams (a RocketMQ topic's message queues
+//! are a stream's partitions, shared with Kafka), one engine `Subscription` per consumer
+//! group and queue (receive with an invisible time, ack by receipt, redelivery with an
+//! attempt count), and the groups' committed offsets, stored so a restart resumes where
+//! they were acknowledged.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_core::Clock;
+use sluice_engine::stream::offsets::{Change, Committed, OffsetStore};
+use sluice_engine::stream::record::{Record, read_batch};
+use sluice_engine::stream::{LogConfig, LogError, Partition, Topics};
+use sluice_engine::subscription::{Command, Effect, LeaseError, Policy, Subscription};
+
+/// Bytes read from a partition at a time to find leased records.
+const READ_BYTES: usize = 1 << 20;
+
+/// Where the face listens and what it tells clients.
+#[derive(Debug, Clone)]
+pub struct RocketConfig {
+    /// Host and port the route names (this node's gRPC endpoint).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// Largest message body a producer may send.
+    pub max_body_bytes: usize,
+}
+
+/// One consumer group's state on one message queue.
+#[derive(Debug)]
+pub struct QueueSub {
+    pub sub: Subscription,
+    /// Decoded records of the last batches read, by offset, so the leases of one receive
+    /// do not read the same batch again.
+    cache: Vec<Record>,
+}
+
+type SubKey = (Arc<str>, Arc<str>, i32);
+
+#[derive(Debug)]
+pub struct RocketBroker {
+    pub topics: Arc<Topics>,
+    pub config: RocketConfig,
+    pub clock: Arc<dyn Clock>,
+    subs: Mutex<HashMap<SubKey, Arc<Mutex<QueueSub>>>>,
+    /// Committed offsets as stored when the face opened, for subscriptions made later.
+    stored: Mutex<HashMap<SubKey, u64>>,
+    offsets: OffsetStore,
+}
+
+/// What a consumer gets for one leased record.
+#[derive(Debug)]
+pub struct Leased {
+    pub record: Record,
+    pub attempt: u32,
+    pub receipt: u64,
+}
+
+impl RocketBroker {
+    /// Opens the face's stored offsets under `dir`. Blocking.
+    pub fn open(
+        dir: &Path,
+        log: &LogConfig,
+        topics: Arc<Topics>,
+        config: RocketConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let (offsets, stored) = OffsetStore::open(dir, log, Arc::clone(&clock))?;
+        let mut committed = HashMap::new();
+        for (group, per) in stored.offsets {
+            let group: Arc<str> = group.as_str().into();
+            for ((topic, partition), c) in per {
+                let offset = u64::try_from(c.offset).unwrap_or(0);
+                committed.insert(
+                    (Arc::clone(&group), topic.as_str().into(), partition),
+                    offset,
+                );
+            }
+        }
+        Ok(RocketBroker {
+            topics,
+            config,
+            clock,
+            subs: Mutex::new(HashMap::new()),
+            stored: Mutex::new(committed),
+            offsets,
+        })
+    }
+
+    fn subs(&self) -> MutexGuard<'_, HashMap<SubKey, Arc<Mutex<QueueSub>>>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group's subscription to one queue, made on first use from the stored
+    /// committed offset (or the queue's start: a new group reads what is retained).
+    pub fn subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: &Partition,
+        index: i32,
+    ) -> Arc<Mutex<QueueSub>> {
+        let key: SubKey = (group.into(), topic.into(), index);
+        if let Some(s) = self.subs().get(&key) {
+            return Arc::clone(s);
+        }
+        let (log_start, _) = partition.offsets();
+        let committed = self
+            .stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+            .max(u64::try_from(log_start).unwrap_or(0));
+        // Redelivery follows the invisible time the consumer chose, with no backoff of
+        // its own; nothing is given up on until dead-letter queues exist.
+        let policy = Policy {
+            max_attempts: u32::MAX,
+            backoff_ms: 0,
+            multiplier: 1,
+            backoff_max_ms: 0,
+        };
+        let made = Arc::new(Mutex::new(QueueSub {
+            sub: Subscription::new(policy, committed),
+            cache: Vec::new(),
+        }));
+        Arc::clone(self.subs().entry(key).or_insert(made))
+    }
+
+    /// Leases up to `max` records of `partition` for `invisible_ms`: due redeliveries
+    /// first, then new records. Effects other than deliveries (commits) are returned
+    /// for storing.
+    pub fn receive(
+        &self,
+        sub: &Mutex<QueueSub>,
+        partition: &Partition,
+        max: usize,
+        invisible_ms: u64,
+        commits: &mut Vec<u64>,
+    ) -> Vec<Leased> {
+        let now = self.clock.now_ms();
+        let (start, end) = partition.offsets();
+        let start = u64::try_from(start).unwrap_or(0);
+        let end = u64::try_from(end).unwrap_or(0);
+        let mut guard = sub.lock().unwrap_or_else(|p| p.into_inner());
+        let qs = &mut *guard;
+        let mut effects = Vec::new();
+        qs.sub.apply(
+            Command::Receive {
+                max,
+                invisible_ms,
+                end,
+            },
+            now,
+            &mut effects,
+        );
+        let mut out = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Deliver(lease) => {
+                    // Below the log start (removed by retention before it was read), or
+                    // a control record or hole (a transaction marker takes an offset and
+                    // holds no message): nothing to hand out, so done for this group.
+                    let record = (lease.offset >= start)
+                        .then(|| read_at(partition, &mut qs.cache, lease.offset))
+                        .flatten();
+                    match record {
+                        Some(record) => out.push(Leased {
+                            record,
+                            attempt: lease.attempt,
+                            receipt: lease.receipt,
+                        }),
+                        None => {
+                            let mut done = Vec::new();
+                            let ack = Command::Ack {
+                                offset: lease.offset,
+                                receipt: lease.receipt,
+                            };
+                            qs.sub.apply(ack, now, &mut done);
+                            commits.extend(done.iter().filter_map(commit_of));
+                        }
+                    }
+                }
+                Effect::Commit(c) => commits.push(c),
+                Effect::Refused(_) | Effect::DeadLetter(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Applies an ack or an extension; `Ok` with the new receipt for an extension.
+    pub fn settle(
+        &self,
+        sub: &Mutex<QueueSub>,
+        command: Command,
+        commits: &mut Vec<u64>,
+    ) -> Result<Option<u64>, LeaseError> {
+        let now = self.clock.now_ms();
+        let mut qs = sub.lock().unwrap_or_else(|p| p.into_inner());
+        let mut effects = Vec::new();
+        qs.sub.apply(command, now, &mut effects);
+        let mut receipt = None;
+        for effect in effects {
+            match effect {
+                Effect::Refused(e) => return Err(e),
+                Effect::Deliver(lease) => receipt = Some(lease.receipt),
+                Effect::Commit(c) => commits.push(c),
+                Effect::DeadLetter(_) => {}
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// When the group's next lease on this queue ends (a redelivery becomes due).
+    pub fn next_due(sub: &Mutex<QueueSub>) -> Option<i64> {
+        sub.lock().unwrap_or_else(|p| p.into_inner()).sub.next_due()
+    }
+
+    /// Stores a group's committed offset on a queue (fsynced before it returns).
+    pub async fn commit(&self, group: &str, topic: &str, partition: i32, offset: u64) {
+        let change = Change::Commit {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partition,
+            committed: Committed {
+                offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                leader_epoch: -1,
+                metadata: None,
+            },
+        };
+        if let Err(e) = self.offsets.persist(&[change]).await {
+            tracing::error!(group, topic, partition, error = %e, "cannot store a RocketMQ group's offset");
+        }
+    }
+
+    /// Makes the stored offsets durable (clean shutdown). Blocking.
+    pub fn close(&self) {
+        if let Err(e) = self.offsets.sync() {
+            tracing::error!(error = %e, "cannot sync RocketMQ offsets");
+        }
+    }
+
+    /// Compacts the offsets log when it has grown. Blocking.
+    pub fn maintain(&self) {
+        if let Err(e) = self.offsets.compact_if_due() {
+            tracing::error!(error = %e, "cannot compact RocketMQ offsets");
+        }
+    }
+}
+
+fn commit_of(effect: &Effect) -> Option<u64> {
+    match effect {
+        Effect::Commit(c) => Some(*c),
+        _ => None,
+    }
+}
+
+/// The record at `offset`, from `cache` or read into it.
+fn read_at(partition: &Partition, cache: &mut Vec<Record>, offset: u64) -> Option<Record> {
+    let cached = |cache: &Vec<Record>| {
+        cache
+            .binary_search_by_key(&offset, |r| r.offset)
+            .ok()
+            .and_then(|i| cache.get(i).cloned())
+    };
+    if let Some(r) = cached(cache) {
+        return Some(r);
+    }
+    let batches = partition.read_batches(offset, READ_BYTES).ok()?;
+    cache.clear();
+    for batch in &batches {
+        if let Err(e) = read_batch(&batch.payload, cache) {
+            tracing::warn!(offset = batch.base_offset, error = ?e, "unreadable batch skipped by a RocketMQ consumer");
+        }
+    }
+    cached(cache)
+}
+
+/// Receipt handles name the queue, the offset and the lease: `<queue>.<offset>.<receipt>`
+/// in hex, so an ack finds its subscription without a lookup table.
+pub fn receipt_handle(queue: i32, offset: u64, receipt: u64) -> String {
+    format!("{queue:x}.{offset:x}.{receipt:x}")
+}
+
+pub fn parse_receipt_handle(handle: &str) -> Option<(i32, u64, u64)> {
+    let mut parts = handle.split('.');
+    let queue = i32::from_str_radix(parts.next()?, 16).ok()?;
+    let offset = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let receipt = u64::from_str_radix(parts.next()?, 16).ok()?;
+    if parts.next().is_some() || queue < 0 {
+        return None;
+    }
+    Some((queue, offset, receipt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_handles_round_trip_and_garbage_is_refused() {
+        let h = receipt_handle(3, 0xdead_beef, 42);
+        assert_eq!(parse_receipt_handle(&h), Some((3, 0xdead_beef, 42)));
+        for bad in ["", "1.2", "1.2.3.4", "x.1.1", "-1.1.1", "1..1"] {
+            assert_eq!(parse_receipt_handle(bad), None, "{bad}");
+        }
+    }
+}

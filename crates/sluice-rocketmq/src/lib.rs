@@ -1,0 +1,30 @@
+//! RocketMQ 5 face of Sluice: the gRPC `apache.rocketmq.v2.MessagingService` that the
+//! official RocketMQ 5 clients speak, on the engine's streams (a topic's message queues
+//! are a stream's partitions) and subscriptions (receive with an invisible time, ack by
+//! receipt handle, redelivery with an attempt count).
+
+pub mod broker;
+pub mod convert;
+mod service;
+
+pub use broker::{RocketBroker, RocketConfig};
+pub use service::Service;
+
+/// The protocol's messages and the generated server, from `proto/`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod pb {
+    tonic::include_proto!("apache.rocketmq.v2");
+}
+
+/// Serves the RocketMQ face on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: std::sync::Arc<RocketBroker>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(pb::messaging_service_server::MessagingServiceServer::new(
+            Service::new(broker),
+        ))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}

@@ -1,0 +1,939 @@
+//! `apache.rocketmq.v2.MessagingService` on the engine: Sluice answers as name server and
+//! broker at once (the route names this endpoint). Failures a client should act on come
+//! back as RocketMQ status codes inside the response, as the Apache proxy answers them;
+//! gRPC errors are only for what the protocol has no response for.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_engine::stream::batch::BatchInfo;
+use sluice_engine::stream::record::BatchBuilder;
+use sluice_engine::stream::{Partition, Topic};
+use sluice_engine::subscription::Command;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::broker::{RocketBroker, parse_receipt_handle, receipt_handle};
+use crate::convert::{self, Delivered};
+use crate::pb::{self, Code, messaging_service_server::MessagingService};
+
+/// Shortest invisible time a receive may ask for (the Apache proxy's minimum).
+const INVISIBLE_MIN_MS: u64 = 10_000;
+/// Longest invisible time (the Apache proxy's maximum).
+const INVISIBLE_MAX_MS: u64 = 12 * 60 * 60 * 1000;
+/// Invisible time of a push consumer's receive, which names none.
+const PUSH_INVISIBLE_MS: u64 = 60_000;
+/// Longest long poll, and the one a receive gets when it names none.
+const LONG_POLL_MAX: Duration = Duration::from_secs(20);
+/// Messages one receive hands out at most.
+const RECEIVE_BATCH_MAX: usize = 32;
+
+fn status(code: Code, message: impl Into<String>) -> Option<pb::Status> {
+    Some(pb::Status {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+fn ok() -> Option<pb::Status> {
+    status(Code::Ok, "OK")
+}
+
+/// A request refused with a RocketMQ code.
+struct Refused(Code, String);
+
+impl Refused {
+    fn status(self) -> Option<pb::Status> {
+        status(self.0, self.1)
+    }
+}
+
+/// Every call names its client; the Apache proxy refuses calls that do not.
+fn check_client<T>(request: &Request<T>) -> Result<(), Refused> {
+    match request
+        .metadata()
+        .get("x-mq-client-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() => Ok(()),
+        _ => Err(Refused(
+            Code::ClientIdRequired,
+            "x-mq-client-id header is required".into(),
+        )),
+    }
+}
+
+fn name(resource: Option<&pb::Resource>) -> &str {
+    resource.map_or("", |r| r.name.as_str())
+}
+
+pub struct Service {
+    broker: Arc<RocketBroker>,
+    /// Where the next receive starts among a topic's queues, so consumers share them.
+    next_queue: AtomicUsize,
+}
+
+impl Service {
+    pub fn new(broker: Arc<RocketBroker>) -> Self {
+        Service {
+            broker,
+            next_queue: AtomicUsize::new(0),
+        }
+    }
+
+    fn topic(&self, resource: Option<&pb::Resource>) -> Result<Arc<Topic>, Refused> {
+        let topic = name(resource);
+        if topic.is_empty() {
+            return Err(Refused(Code::IllegalTopic, "topic name is required".into()));
+        }
+        self.broker
+            .topics
+            .get(topic)
+            .ok_or_else(|| Refused(Code::TopicNotFound, format!("topic not found: {topic}")))
+    }
+
+    fn endpoints(&self, asked: Option<&pb::Endpoints>) -> pb::Endpoints {
+        // As the Apache proxy does: a client is sent back to the address it came in by,
+        // which survives NAT and port forwarding; without one, the advertised address.
+        if let Some(e) = asked
+            && !e.addresses.is_empty()
+        {
+            return e.clone();
+        }
+        let host = &self.broker.config.advertised_host;
+        let scheme = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            pb::AddressScheme::IPv4
+        } else if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            pb::AddressScheme::IPv6
+        } else {
+            pb::AddressScheme::DomainName
+        };
+        pb::Endpoints {
+            scheme: scheme as i32,
+            addresses: vec![pb::Address {
+                host: host.clone(),
+                port: i32::from(self.broker.config.advertised_port),
+            }],
+        }
+    }
+
+    fn queues(
+        &self,
+        topic: &Topic,
+        resource: &pb::Resource,
+        endpoints: &pb::Endpoints,
+    ) -> Vec<pb::MessageQueue> {
+        (0..topic.partition_count())
+            .map(|id| pb::MessageQueue {
+                topic: Some(resource.clone()),
+                id,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(pb::Broker {
+                    name: "sluice".into(),
+                    id: 0,
+                    endpoints: Some(endpoints.clone()),
+                }),
+                accept_message_types: vec![pb::MessageType::Normal as i32],
+            })
+            .collect()
+    }
+
+    fn send(&self, request: &pb::SendMessageRequest) -> Result<Vec<pb::SendResultEntry>, Refused> {
+        let first = request
+            .messages
+            .first()
+            .ok_or_else(|| Refused(Code::BadRequest, "no message to send".into()))?;
+        let topic = self.topic(first.topic.as_ref())?;
+        let partitions = topic.partition_count();
+        let now = self.broker.clock.now_ms();
+        let mut by_queue: BTreeMap<i32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
+        for (i, message) in request.messages.iter().enumerate() {
+            if name(message.topic.as_ref()) != topic.name {
+                return Err(Refused(
+                    Code::BadRequest,
+                    "messages of one request must share a topic".into(),
+                ));
+            }
+            let system = message.system_properties.as_ref().ok_or_else(|| {
+                Refused(Code::BadRequest, "system properties are required".into())
+            })?;
+            if system.message_id.is_empty() {
+                return Err(Refused(
+                    Code::IllegalMessageId,
+                    "message id is required".into(),
+                ));
+            }
+            if message.body.len() > self.broker.config.max_body_bytes {
+                return Err(Refused(
+                    Code::MessageBodyTooLarge,
+                    format!(
+                        "message body is {} bytes, more than {}",
+                        message.body.len(),
+                        self.broker.config.max_body_bytes
+                    ),
+                ));
+            }
+            let kind = pb::MessageType::try_from(system.message_type).unwrap_or_default();
+            let normal = matches!(kind, pb::MessageType::Normal)
+                && system.message_group.is_none()
+                && system.delivery_timestamp.is_none();
+            if !normal {
+                return Err(Refused(
+                    Code::MessagePropertyConflictWithType,
+                    format!(
+                        "topic {} accepts NORMAL messages; this one is {}",
+                        topic.name,
+                        kind.as_str_name()
+                    ),
+                ));
+            }
+            let queue = if (0..partitions).contains(&system.queue_id) {
+                system.queue_id
+            } else {
+                let n = usize::try_from(partitions.max(1)).unwrap_or(1);
+                i32::try_from(self.next_queue.fetch_add(1, Ordering::Relaxed) % n).unwrap_or(0)
+            };
+            let (batch, members) = by_queue.entry(queue).or_default();
+            convert::push(batch, message, system, now);
+            members.push(i);
+        }
+        let mut entries: Vec<pb::SendResultEntry> = request
+            .messages
+            .iter()
+            .map(|m| pb::SendResultEntry {
+                status: ok(),
+                message_id: m
+                    .system_properties
+                    .as_ref()
+                    .map(|s| s.message_id.clone())
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        for (queue, (batch, members)) in by_queue {
+            let partition = topic.partition(queue).ok_or_else(|| {
+                Refused(
+                    Code::TopicNotFound,
+                    format!("topic not found: {}", topic.name),
+                )
+            })?;
+            let bytes = Bytes::from(batch.finish());
+            let info = BatchInfo {
+                start: 0,
+                len: bytes.len(),
+                offsets: u32::try_from(members.len()).unwrap_or(u32::MAX),
+                max_timestamp: now,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                transactional: false,
+            };
+            let produced = partition.append(&bytes, &[info], None).map_err(|e| {
+                tracing::error!(topic = %topic.name, queue, error = ?e, "RocketMQ send not stored");
+                Refused(Code::InternalServerError, "message not stored".into())
+            })?;
+            for (k, i) in members.into_iter().enumerate() {
+                if let Some(entry) = entries.get_mut(i) {
+                    entry.offset = produced.base_offset + i64::try_from(k).unwrap_or(0);
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn settle_entries(
+        &self,
+        request: &pb::AckMessageRequest,
+    ) -> Result<Vec<pb::AckMessageResultEntry>, Refused> {
+        let group = name(request.group.as_ref());
+        if group.is_empty() {
+            return Err(Refused(
+                Code::IllegalConsumerGroup,
+                "consumer group is required".into(),
+            ));
+        }
+        let topic = self.topic(request.topic.as_ref())?;
+        let mut commits: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut results = Vec::with_capacity(request.entries.len());
+        for entry in &request.entries {
+            let settled =
+                parse_receipt_handle(&entry.receipt_handle).and_then(|(queue, offset, receipt)| {
+                    let partition = topic.partition(queue)?;
+                    let sub = self
+                        .broker
+                        .subscription(group, &topic.name, &partition, queue);
+                    let mut moved = Vec::new();
+                    self.broker
+                        .settle(&sub, Command::Ack { offset, receipt }, &mut moved)
+                        .ok()?;
+                    if let Some(c) = moved.last() {
+                        commits.insert(queue, *c);
+                    }
+                    Some(())
+                });
+            results.push(pb::AckMessageResultEntry {
+                message_id: entry.message_id.clone(),
+                receipt_handle: entry.receipt_handle.clone(),
+                status: match settled {
+                    Some(()) => ok(),
+                    None => status(
+                        Code::InvalidReceiptHandle,
+                        "receipt handle is invalid or expired",
+                    ),
+                },
+            });
+        }
+        for (queue, offset) in commits {
+            self.broker.commit(group, &topic.name, queue, offset).await;
+        }
+        Ok(results)
+    }
+
+    /// One receive: leases messages from the topic's queues, waiting up to `wait` for
+    /// some to arrive or come due.
+    async fn receive(
+        &self,
+        request: &pb::ReceiveMessageRequest,
+        wait: Duration,
+    ) -> Result<Vec<pb::Message>, Refused> {
+        let group = name(request.group.as_ref());
+        if group.is_empty() {
+            return Err(Refused(
+                Code::IllegalConsumerGroup,
+                "consumer group is required".into(),
+            ));
+        }
+        let topic = self.topic(
+            request
+                .message_queue
+                .as_ref()
+                .and_then(|q| q.topic.as_ref()),
+        )?;
+        let filter = Filter::parse(request.filter_expression.as_ref())?;
+        let invisible_ms = match request
+            .invisible_duration
+            .as_ref()
+            .map(convert::duration_ms)
+        {
+            Some(ms) if (INVISIBLE_MIN_MS..=INVISIBLE_MAX_MS).contains(&ms) => ms,
+            Some(ms) => {
+                return Err(Refused(
+                    Code::IllegalInvisibleTime,
+                    format!(
+                        "invisible time {ms} ms is out of range [{INVISIBLE_MIN_MS}, {INVISIBLE_MAX_MS}]"
+                    ),
+                ));
+            }
+            None if request.auto_renew => PUSH_INVISIBLE_MS,
+            None => {
+                return Err(Refused(
+                    Code::IllegalInvisibleTime,
+                    "invisible time is required".into(),
+                ));
+            }
+        };
+        let max = usize::try_from(request.batch_size)
+            .unwrap_or(1)
+            .clamp(1, RECEIVE_BATCH_MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = Arc::new(Notify::new());
+        let store_host = format!(
+            "{}:{}",
+            self.broker.config.advertised_host, self.broker.config.advertised_port
+        );
+        loop {
+            let count = topic.partition_count();
+            let partitions: Vec<(i32, Arc<Partition>)> = (0..count)
+                .filter_map(|i| Some((i, topic.partition(i)?)))
+                .collect();
+            for (_, p) in &partitions {
+                p.watch(&notify);
+            }
+            let n = partitions.len().max(1);
+            let first = self.next_queue.fetch_add(1, Ordering::Relaxed) % n;
+            let mut out = Vec::new();
+            let mut next_due: Option<i64> = None;
+            for k in 0..partitions.len() {
+                let Some((index, partition)) = partitions.get((first + k) % n) else {
+                    continue;
+                };
+                if out.len() >= max {
+                    break;
+                }
+                let sub = self
+                    .broker
+                    .subscription(group, &topic.name, partition, *index);
+                let mut commits = Vec::new();
+                let leased = self.broker.receive(
+                    &sub,
+                    partition,
+                    max - out.len(),
+                    invisible_ms,
+                    &mut commits,
+                );
+                for l in leased {
+                    let message_tag = tag_of(&l.record);
+                    if !filter.accepts(message_tag.as_deref()) {
+                        // Not for this group's filter: done for it, as RocketMQ skips it.
+                        let _ = self.broker.settle(
+                            &sub,
+                            Command::Ack {
+                                offset: l.record.offset,
+                                receipt: l.receipt,
+                            },
+                            &mut commits,
+                        );
+                        continue;
+                    }
+                    let handle = receipt_handle(*index, l.record.offset, l.receipt);
+                    out.push(convert::to_message(
+                        &l.record,
+                        Delivered {
+                            topic: &topic.name,
+                            queue_id: *index,
+                            receipt_handle: &handle,
+                            attempt: l.attempt,
+                            invisible_ms,
+                            store_host: &store_host,
+                        },
+                    ));
+                }
+                if let Some(c) = commits.last() {
+                    self.broker.commit(group, &topic.name, *index, *c).await;
+                }
+                if let Some(due) = RocketBroker::next_due(&sub) {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            // Woken by an append, by a lease that ends (a redelivery), or by the deadline.
+            let mut until = deadline;
+            if let Some(due) = next_due {
+                let wait_ms = due.saturating_sub(self.broker.clock.now_ms()).max(1);
+                until = until.min(now + Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1)));
+            }
+            let _ = tokio::time::timeout_at(until, notify.notified()).await;
+        }
+    }
+}
+
+/// The first tag of a record's system properties, if it was sent over RocketMQ.
+fn tag_of(record: &sluice_engine::stream::record::Record) -> Option<String> {
+    use prost::Message as _;
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k.as_ref() == convert::SYSTEM_HEADER)
+        .and_then(|(_, v)| pb::SystemProperties::decode(v.as_ref()?.as_ref()).ok())
+        .and_then(|s| s.tag)
+}
+
+/// A consumer group's tag filter: `*` (or empty) takes everything, `a || b` those tags.
+#[derive(Debug, PartialEq, Eq)]
+enum Filter {
+    All,
+    Tags(HashSet<String>),
+}
+
+impl Filter {
+    fn parse(expression: Option<&pb::FilterExpression>) -> Result<Filter, Refused> {
+        let Some(e) = expression else {
+            return Ok(Filter::All);
+        };
+        match pb::FilterType::try_from(e.r#type).unwrap_or_default() {
+            pb::FilterType::Tag | pb::FilterType::Unspecified => {}
+            pb::FilterType::Sql => {
+                return Err(Refused(
+                    Code::Unsupported,
+                    "SQL92 filter expressions are not supported yet".into(),
+                ));
+            }
+        }
+        let expr = e.expression.trim();
+        if expr.is_empty() || expr == "*" {
+            return Ok(Filter::All);
+        }
+        let tags: HashSet<String> = expr
+            .split("||")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if tags.is_empty() {
+            return Err(Refused(
+                Code::IllegalFilterExpression,
+                format!("illegal tag expression: {expr}"),
+            ));
+        }
+        Ok(Filter::Tags(tags))
+    }
+
+    fn accepts(&self, tag: Option<&str>) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Tags(tags) => tag.is_some_and(|t| tags.contains(t)),
+        }
+    }
+}
+
+/// What the server answers a client's settings with: the client's own, completed with
+/// the server's side (limits, retry policy, receive defaults), as the Apache proxy does.
+fn settings_reply(client: &pb::Settings, max_body_bytes: usize) -> pb::Settings {
+    let mut reply = client.clone();
+    match reply.pub_sub.as_mut() {
+        Some(pb::settings::PubSub::Publishing(p)) => {
+            p.max_body_size = i32::try_from(max_body_bytes).unwrap_or(i32::MAX);
+            p.validate_message_type = true;
+            reply.backoff_policy = Some(pb::RetryPolicy {
+                max_attempts: 3,
+                strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(
+                    pb::ExponentialBackoff {
+                        initial: Some(convert::duration(10)),
+                        max: Some(convert::duration(1_000)),
+                        multiplier: 2.0,
+                    },
+                )),
+            });
+        }
+        Some(pb::settings::PubSub::Subscription(s)) => {
+            s.fifo = Some(false);
+            s.receive_batch_size = Some(i32::try_from(RECEIVE_BATCH_MAX).unwrap_or(32));
+            s.long_polling_timeout = Some(convert::duration(
+                u64::try_from(LONG_POLL_MAX.as_millis()).unwrap_or(20_000),
+            ));
+            // RocketMQ's redelivery delays, used by push consumers between attempts.
+            let delays_s = [
+                1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600,
+                7200,
+            ];
+            reply.backoff_policy = Some(pb::RetryPolicy {
+                max_attempts: 17,
+                strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
+                    pb::CustomizedBackoff {
+                        next: delays_s
+                            .iter()
+                            .map(|s| convert::duration(s * 1000))
+                            .collect(),
+                    },
+                )),
+            });
+        }
+        None => {}
+    }
+    reply
+}
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl MessagingService for Service {
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let answer = (|| -> Result<_, Refused> {
+            check_client(&request)?;
+            let r = request.get_ref();
+            let topic = self.topic(r.topic.as_ref())?;
+            let resource = r.topic.clone().unwrap_or_default();
+            let endpoints = self.endpoints(r.endpoints.as_ref());
+            Ok(self.queues(&topic, &resource, &endpoints))
+        })();
+        Ok(Response::new(match answer {
+            Ok(message_queues) => pb::QueryRouteResponse {
+                status: ok(),
+                message_queues,
+            },
+            Err(e) => pb::QueryRouteResponse {
+                status: e.status(),
+                message_queues: Vec::new(),
+            },
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let status = match check_client(&request) {
+            Ok(()) => ok(),
+            Err(e) => e.status(),
+        };
+        Ok(Response::new(pb::HeartbeatResponse { status }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let answer = check_client(&request).and_then(|()| self.send(request.get_ref()));
+        Ok(Response::new(match answer {
+            Ok(entries) => pb::SendMessageResponse {
+                status: ok(),
+                entries,
+            },
+            Err(e) => pb::SendMessageResponse {
+                status: e.status(),
+                entries: Vec::new(),
+            },
+        }))
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<pb::QueryAssignmentRequest>,
+    ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        let answer = (|| -> Result<_, Refused> {
+            check_client(&request)?;
+            let r = request.get_ref();
+            let topic = self.topic(r.topic.as_ref())?;
+            let resource = r.topic.clone().unwrap_or_default();
+            let endpoints = self.endpoints(r.endpoints.as_ref());
+            Ok(self.queues(&topic, &resource, &endpoints))
+        })();
+        Ok(Response::new(match answer {
+            Ok(queues) => pb::QueryAssignmentResponse {
+                status: ok(),
+                assignments: queues
+                    .into_iter()
+                    .map(|q| pb::Assignment {
+                        message_queue: Some(q),
+                    })
+                    .collect(),
+            },
+            Err(e) => pb::QueryAssignmentResponse {
+                status: e.status(),
+                assignments: Vec::new(),
+            },
+        }))
+    }
+
+    type ReceiveMessageStream = Stream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        let checked = check_client(&request);
+        let wait = request
+            .get_ref()
+            .long_polling_timeout
+            .as_ref()
+            .map_or(LONG_POLL_MAX, |d| {
+                Duration::from_millis(convert::duration_ms(d))
+            })
+            .min(LONG_POLL_MAX);
+        let result = match checked {
+            Ok(()) => self.receive(request.get_ref(), wait).await,
+            Err(e) => Err(e),
+        };
+        let mut items = Vec::new();
+        match result {
+            Ok(messages) if messages.is_empty() => {
+                items.push(pb::receive_message_response::Content::Status(pb::Status {
+                    code: Code::MessageNotFound as i32,
+                    message: "no new message".into(),
+                }));
+            }
+            Ok(messages) => {
+                items.push(pb::receive_message_response::Content::Status(pb::Status {
+                    code: Code::Ok as i32,
+                    message: "OK".into(),
+                }));
+                items.extend(
+                    messages
+                        .into_iter()
+                        .map(pb::receive_message_response::Content::Message),
+                );
+            }
+            Err(Refused(code, message)) => {
+                items.push(pb::receive_message_response::Content::Status(pb::Status {
+                    code: code as i32,
+                    message,
+                }));
+            }
+        }
+        items.push(pb::receive_message_response::Content::DeliveryTimestamp(
+            convert::timestamp(self.broker.clock.now_ms()),
+        ));
+        let (tx, rx) = mpsc::channel(items.len().max(1));
+        for content in items {
+            // The channel holds every item: nothing waits here.
+            let _ = tx.try_send(Ok(pb::ReceiveMessageResponse {
+                content: Some(content),
+            }));
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> Result<Response<pb::AckMessageResponse>, Status> {
+        let answer = match check_client(&request) {
+            Ok(()) => self.settle_entries(request.get_ref()).await,
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(match answer {
+            Ok(entries) => {
+                let failed = entries
+                    .iter()
+                    .filter(|e| e.status.as_ref().is_some_and(|s| s.code != Code::Ok as i32))
+                    .count();
+                let status = if failed == 0 {
+                    ok()
+                } else if failed == entries.len() {
+                    entries.first().and_then(|e| e.status.clone())
+                } else {
+                    status(Code::MultipleResults, "some messages were not acknowledged")
+                };
+                pb::AckMessageResponse { status, entries }
+            }
+            Err(e) => pb::AckMessageResponse {
+                status: e.status(),
+                entries: Vec::new(),
+            },
+        }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
+            status: status(
+                Code::NotImplemented,
+                "dead-letter queues are not supported yet",
+            ),
+        }))
+    }
+
+    type PullMessageStream = Stream<pb::PullMessageResponse>;
+
+    async fn pull_message(
+        &self,
+        _request: Request<pb::PullMessageRequest>,
+    ) -> Result<Response<Self::PullMessageStream>, Status> {
+        Err(Status::unimplemented("PullMessage is not supported yet"))
+    }
+
+    async fn update_offset(
+        &self,
+        _request: Request<pb::UpdateOffsetRequest>,
+    ) -> Result<Response<pb::UpdateOffsetResponse>, Status> {
+        Ok(Response::new(pb::UpdateOffsetResponse {
+            status: status(Code::NotImplemented, "pull consumers are not supported yet"),
+        }))
+    }
+
+    async fn get_offset(
+        &self,
+        _request: Request<pb::GetOffsetRequest>,
+    ) -> Result<Response<pb::GetOffsetResponse>, Status> {
+        Ok(Response::new(pb::GetOffsetResponse {
+            status: status(Code::NotImplemented, "pull consumers are not supported yet"),
+            offset: 0,
+        }))
+    }
+
+    async fn query_offset(
+        &self,
+        _request: Request<pb::QueryOffsetRequest>,
+    ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
+        Ok(Response::new(pb::QueryOffsetResponse {
+            status: status(Code::NotImplemented, "pull consumers are not supported yet"),
+            offset: 0,
+        }))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        Ok(Response::new(pb::EndTransactionResponse {
+            status: status(
+                Code::NotImplemented,
+                "transactional messages are not supported yet",
+            ),
+        }))
+    }
+
+    type TelemetryStream = Stream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        request: Request<Streaming<pb::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        let refused = check_client(&request).err();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let max_body = self.broker.config.max_body_bytes;
+        tokio::spawn(async move {
+            if let Some(e) = refused {
+                let _ = tx
+                    .send(Ok(pb::TelemetryCommand {
+                        status: e.status(),
+                        command: None,
+                    }))
+                    .await;
+                return;
+            }
+            // Each settings report is answered with the server's settings; the stream
+            // stays open for commands the server pushes, until the client ends it.
+            while let Ok(Some(command)) = inbound.message().await {
+                if let Some(pb::telemetry_command::Command::Settings(s)) = command.command {
+                    let reply = pb::TelemetryCommand {
+                        status: ok(),
+                        command: Some(pb::telemetry_command::Command::Settings(settings_reply(
+                            &s, max_body,
+                        ))),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        let status = match check_client(&request) {
+            Ok(()) => ok(),
+            Err(e) => e.status(),
+        };
+        Ok(Response::new(pb::NotifyClientTerminationResponse {
+            status,
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
+        let answer = (|| -> Result<_, Refused> {
+            check_client(&request)?;
+            let r = request.get_ref();
+            let group = name(r.group.as_ref());
+            if group.is_empty() {
+                return Err(Refused(
+                    Code::IllegalConsumerGroup,
+                    "consumer group is required".into(),
+                ));
+            }
+            let topic = self.topic(r.topic.as_ref())?;
+            let invisible_ms = r
+                .invisible_duration
+                .as_ref()
+                .map_or(0, convert::duration_ms);
+            if invisible_ms > INVISIBLE_MAX_MS {
+                return Err(Refused(
+                    Code::IllegalInvisibleTime,
+                    format!("invisible time {invisible_ms} ms is over {INVISIBLE_MAX_MS}"),
+                ));
+            }
+            let invalid = || {
+                Refused(
+                    Code::InvalidReceiptHandle,
+                    "receipt handle is invalid or expired".into(),
+                )
+            };
+            let (queue, offset, receipt) =
+                parse_receipt_handle(&r.receipt_handle).ok_or_else(invalid)?;
+            let partition = topic.partition(queue).ok_or_else(invalid)?;
+            let sub = self
+                .broker
+                .subscription(group, &topic.name, &partition, queue);
+            let mut commits = Vec::new();
+            let renewed = self
+                .broker
+                .settle(
+                    &sub,
+                    Command::Extend {
+                        offset,
+                        receipt,
+                        invisible_ms,
+                    },
+                    &mut commits,
+                )
+                .map_err(|_| invalid())?
+                .ok_or_else(invalid)?;
+            Ok(receipt_handle(queue, offset, renewed))
+        })();
+        Ok(Response::new(match answer {
+            Ok(receipt_handle) => pb::ChangeInvisibleDurationResponse {
+                status: ok(),
+                receipt_handle,
+            },
+            Err(e) => pb::ChangeInvisibleDurationResponse {
+                status: e.status(),
+                receipt_handle: String::new(),
+            },
+        }))
+    }
+
+    async fn recall_message(
+        &self,
+        _request: Request<pb::RecallMessageRequest>,
+    ) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        Ok(Response::new(pb::RecallMessageResponse {
+            status: status(
+                Code::NotImplemented,
+                "recalling messages is not supported yet",
+            ),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _request: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> Result<Response<pb::SyncLiteSubscriptionResponse>, Status> {
+        Ok(Response::new(pb::SyncLiteSubscriptionResponse {
+            status: status(Code::NotImplemented, "lite topics are not supported"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag_filter(expression: &str) -> Option<pb::FilterExpression> {
+        Some(pb::FilterExpression {
+            r#type: pb::FilterType::Tag as i32,
+            expression: expression.into(),
+        })
+    }
+
+    #[test]
+    fn tag_expressions_select_as_rocketmq_reads_them() {
+        let all = Filter::parse(tag_filter("*").as_ref()).ok();
+        assert_eq!(all, Some(Filter::All));
+        let some = Filter::parse(tag_filter(" TagA || TagB ").as_ref()).ok();
+        let Some(some) = some else {
+            unreachable!("a valid expression")
+        };
+        assert!(some.accepts(Some("TagA")) && some.accepts(Some("TagB")));
+        assert!(!some.accepts(Some("TagC")) && !some.accepts(None));
+        assert!(Filter::parse(tag_filter("||").as_ref()).is_err());
+        let sql = pb::FilterExpression {
+            r#type: pb::FilterType::Sql as i32,
+            expression: "a > 1".into(),
+        };
+        assert!(Filter::parse(Some(&sql)).is_err());
+    }
+}

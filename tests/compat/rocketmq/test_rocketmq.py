@@ -1,0 +1,226 @@
+"""The official RocketMQ 5 Python client (rocketmq-python-client) against Sluice's gRPC
+face: send, SimpleConsumer receive with an invisible time, ack, change of invisible
+time, redelivery with an attempt count, tag filters, consumer groups, errors with
+RocketMQ's codes, acknowledged progress across a kill -9, and one log shared with Kafka.
+"""
+
+import contextlib
+import time
+
+import grpc
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
+from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code, MessagingServiceStub,
+                                    QueryRouteRequest, Resource)
+
+INVISIBLE_S = 15
+AWAIT_S = 2
+
+
+def config(sluice):
+    return ClientConfiguration(sluice.endpoint, Credentials())
+
+
+@contextlib.contextmanager
+def producer(sluice, topic):
+    p = Producer(config(sluice), (topic,))
+    p.startup()
+    try:
+        yield p
+    finally:
+        p.shutdown()
+
+
+@contextlib.contextmanager
+def consumer(sluice, group, topic, expression="*"):
+    c = SimpleConsumer(config(sluice), group, {topic: FilterExpression(expression)}, await_duration=AWAIT_S)
+    c.startup()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def message(topic, body, tag=None, key=None, properties=None):
+    m = Message()
+    m.topic = topic
+    m.body = body
+    if tag:
+        m.tag = tag
+    if key:
+        m.keys = key
+    for k, v in (properties or {}).items():
+        m.add_property(k, v)
+    return m
+
+
+def receive_all(c, expected, invisible=INVISIBLE_S, deadline_s=20):
+    """Receives until `expected` messages arrived (or the deadline passed)."""
+    got = []
+    deadline = time.monotonic() + deadline_s
+    while len(got) < expected and time.monotonic() < deadline:
+        got.extend(c.receive(32, invisible))
+    return got
+
+
+def test_sent_messages_are_received_with_what_the_producer_set_and_acked_once(sluice, make_topic, group):
+    topic = make_topic(4)
+    sent = {}
+    with producer(sluice, topic) as p:
+        for i in range(20):
+            body = f"order-{i}".encode()
+            receipt = p.send(message(topic, body, tag="TagA", key=f"key-{i}", properties={"n": str(i)}))
+            sent[receipt.message_id] = (body, i)
+    assert len(sent) == 20
+    with consumer(sluice, group, topic) as c:
+        got = receive_all(c, 20)
+        assert sorted(m.message_id for m in got) == sorted(sent)
+        for m in got:
+            body, i = sent[m.message_id]
+            assert m.body == body
+            assert m.tag == "TagA"
+            assert f"key-{i}" in m.keys
+            assert m.properties.get("n") == str(i)
+            assert m.delivery_attempt == 1
+            assert m.topic == topic
+            c.ack(m)
+        # Acknowledged: nothing comes back, not even after the invisible time.
+        assert c.receive(32, INVISIBLE_S) == []
+
+
+def test_tag_expression_delivers_only_matching_tags(sluice, make_topic, group):
+    topic = make_topic(2)
+    with producer(sluice, topic) as p:
+        for tag in ["TagA", "TagB", "TagC", "TagA"]:
+            p.send(message(topic, tag.encode(), tag=tag))
+        p.send(message(topic, b"untagged"))
+    with consumer(sluice, group, topic, "TagA || TagC") as c:
+        got = receive_all(c, 3)
+        assert sorted(m.tag for m in got) == ["TagA", "TagA", "TagC"]
+        for m in got:
+            c.ack(m)
+        assert c.receive(32, INVISIBLE_S) == []
+
+
+def test_each_group_receives_everything_and_a_group_shares_its_messages(sluice, make_topic, group):
+    topic = make_topic(4)
+    with producer(sluice, topic) as p:
+        ids = {p.send(message(topic, f"m{i}".encode())).message_id for i in range(12)}
+    other = group + "-other"
+    with consumer(sluice, group, topic) as a1, consumer(sluice, group, topic) as a2, \
+            consumer(sluice, other, topic) as b:
+        first = a1.receive(5, INVISIBLE_S)
+        rest = receive_all(a2, 12 - len(first))
+        shared = [m.message_id for m in first + rest]
+        assert sorted(shared) == sorted(ids), "each message to one consumer of the group"
+        assert sorted(m.message_id for m in receive_all(b, 12)) == sorted(ids)
+
+
+@pytest.mark.timeout(90)
+def test_an_unacknowledged_message_comes_back_after_its_invisible_time(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        sent_id = p.send(message(topic, b"retry me")).message_id
+    with consumer(sluice, group, topic) as c:
+        [first] = receive_all(c, 1, invisible=10)
+        assert first.message_id == sent_id and first.delivery_attempt == 1
+        # Invisible to the group until the deadline.
+        assert c.receive(32, 10) == []
+        again = receive_all(c, 1, invisible=10, deadline_s=30)
+        assert [m.message_id for m in again] == [sent_id]
+        assert again[0].delivery_attempt == 2
+        # The first delivery's receipt is stale now.
+        with pytest.raises(Exception) as refused:
+            c.ack(first)
+        assert getattr(refused.value, "code", None) == Code.INVALID_RECEIPT_HANDLE
+        c.ack(again[0])
+
+
+@pytest.mark.timeout(90)
+def test_change_invisible_duration_renews_the_receipt(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        p.send(message(topic, b"slow job"))
+    with consumer(sluice, group, topic) as c:
+        [m] = receive_all(c, 1, invisible=10)
+        old_handle = m.receipt_handle
+        c.change_invisible_duration(m, 30)
+        assert m.receipt_handle != old_handle
+        # Past the first deadline it stays invisible: the new one holds.
+        time.sleep(11)
+        assert c.receive(32, 10) == []
+        c.ack(m)
+
+
+def raw_call(sluice, method, request, client_id="raw-test-client"):
+    """One unary call with the official client's generated stub; -> the response."""
+    metadata = [("x-mq-language", "PYTHON"), ("x-mq-protocol", "GRPC_V2")]
+    if client_id:
+        metadata.append(("x-mq-client-id", client_id))
+    with grpc.insecure_channel(sluice.endpoint) as channel:
+        stub = MessagingServiceStub(channel)
+        return getattr(stub, method)(request, metadata=metadata, timeout=5)
+
+
+def test_errors_come_back_with_rocketmq_codes(sluice, make_topic, group):
+    topic = make_topic(1)
+    missing = Resource(name=f"{topic}-missing")
+    route = raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=missing))
+    assert route.status.code == Code.TOPIC_NOT_FOUND and not route.message_queues
+    anonymous = raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=Resource(name=topic)), client_id=None)
+    assert anonymous.status.code == Code.CLIENT_ID_REQUIRED
+    ok = raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=Resource(name=topic)))
+    assert ok.status.code == Code.OK and len(ok.message_queues) == 1
+    ack = raw_call(sluice, "AckMessage", AckMessageRequest(
+        group=Resource(name=group), topic=Resource(name=topic),
+        entries=[AckMessageEntry(message_id="x", receipt_handle="not-a-handle")]))
+    assert ack.status.code == Code.INVALID_RECEIPT_HANDLE
+    with producer(sluice, topic) as p:
+        with pytest.raises(Exception, match="route"):
+            p.send(message(f"{topic}-missing", b"x"))
+    with consumer(sluice, group, topic) as c:
+        with pytest.raises(Exception) as short:
+            c.receive(1, 5)
+        assert getattr(short.value, "code", None) == Code.ILLEGAL_INVISIBLE_TIME
+
+
+def test_acknowledged_progress_survives_kill_9(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        ids = [p.send(message(topic, f"m{i}".encode())).message_id for i in range(10)]
+    with consumer(sluice, group, topic) as c:
+        got = receive_all(c, 10)
+        got.sort(key=lambda m: ids.index(m.message_id))
+        for m in got[:6]:
+            c.ack(m)
+    sluice.kill9_restart()
+    with consumer(sluice, group, topic) as c:
+        after = receive_all(c, 4)
+        assert sorted(m.message_id for m in after) == sorted(ids[6:])
+
+
+def test_kafka_and_rocketmq_read_each_others_messages(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        p.send(message(topic, b"from rocketmq", tag="T", key="order-1", properties={"region": "eu"}))
+    kp = KafkaProducer(bootstrap_servers=sluice.bootstrap)
+    kp.send(topic, key=b"k2", value=b"from kafka", headers=[("source", b"kafka")]).get(timeout=10)
+    kp.close()
+
+    kc = KafkaConsumer(topic, bootstrap_servers=sluice.bootstrap, auto_offset_reset="earliest",
+                       consumer_timeout_ms=5000, enable_auto_commit=False)
+    records = list(kc)
+    kc.close()
+    assert [r.value for r in records] == [b"from rocketmq", b"from kafka"]
+    assert records[0].key == b"order-1"
+    assert ("region", b"eu") in records[0].headers
+
+    with consumer(sluice, group, topic) as c:
+        got = receive_all(c, 2)
+        by_body = {m.body: m for m in got}
+        assert set(by_body) == {b"from rocketmq", b"from kafka"}
+        assert by_body[b"from rocketmq"].tag == "T"
+        k = by_body[b"from kafka"]
+        assert "k2" in k.keys
+        assert k.properties.get("source") == "kafka"

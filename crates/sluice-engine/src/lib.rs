@@ -9,13 +9,15 @@
 //! over a stream).
 //!
 //! Next to them are the parts that own files: queue storage (`store`: a durable queue's
-//! message and settlement logs) and streams (`stream`: partitioned logs of record
+//! message and settlement logs), messages held until a delivery time (`delay`: a store
+//! plus a scheduler, surviving restarts) and streams (`stream`: partitioned logs of record
 //! batches and committed offsets, which Kafka topics and AMQP stream queues are).
 //!
 //! `vhost` puts them together as the broker the faces drive: virtual hosts with their
 //! routing, queues (each a `QueueCell`: queue state, log, consumers, group fsyncs),
 //! dead-letter hand-off, expiry timers, definitions and stream queues.
 
+pub mod delay;
 pub mod queue;
 mod ready;
 pub mod routing;

@@ -54,10 +54,17 @@ impl<K: Ord + Hash + Clone> Scheduler<K> {
 
     /// Takes every key due at `now_ms` (due time at or before it), earliest first.
     pub fn pop_due(&mut self, now_ms: i64, out: &mut Vec<K>) {
+        self.pop_due_max(now_ms, usize::MAX, out);
+    }
+
+    /// Like [`Scheduler::pop_due`], taking at most `max` keys; the rest stay due.
+    pub fn pop_due_max(&mut self, now_ms: i64, max: usize, out: &mut Vec<K>) {
+        let mut taken = 0;
         while let Some((due, _)) = self.by_due.first() {
-            if *due > now_ms {
+            if *due > now_ms || taken == max {
                 break;
             }
+            taken += 1;
             if let Some((_, key)) = self.by_due.pop_first() {
                 self.due_of.remove(&key);
                 out.push(key);

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_core::Clock;
+use sluice_engine::delay::DelayStore;
+use sluice_engine::stream::batch::BatchInfo;
 use sluice_engine::stream::offsets::{Change, Committed, OffsetStore};
+use sluice_engine::stream::record::BatchBuilder;
 use sluice_engine::stream::record::{Record, read_batch};
 use sluice_engine::stream::{LogConfig, LogError, Partition, Topics};
 use sluice_engine::subscription::{Command, Effect, LeaseError, Policy, Subscription};
@@ -47,6 +50,18 @@ pub struct RocketBroker {
     /// Committed offsets as stored when the face opened, for subscriptions made later.
     stored: Mutex<HashMap<SubKey, u64>>,
     offsets: OffsetStore,
+    /// Delayed messages until their delivery time.
+    delayed: Mutex<DelayStore>,
+    /// Wakes the delivery of delayed messages when one is held.
+    delay_wake: tokio::sync::Notify,
+}
+
+/// Why a message could not be appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendFailed {
+    /// The topic or the queue does not exist (any more).
+    NoQueue,
+    Storage,
 }
 
 /// What a consumer gets for one leased record.
@@ -71,6 +86,11 @@ impl RocketBroker {
             source: e,
         })?;
         let (offsets, stored) = OffsetStore::open(dir, log, Arc::clone(&clock))?;
+        let delayed = DelayStore::open(&dir.join("delayed"), log.clone(), Arc::clone(&clock))
+            .map_err(|e| LogError::Io {
+                path: dir.join("delayed"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let mut committed = HashMap::new();
         for (group, per) in stored.offsets {
             let group: Arc<str> = group.as_str().into();
@@ -89,7 +109,129 @@ impl RocketBroker {
             subs: Mutex::new(HashMap::new()),
             stored: Mutex::new(committed),
             offsets,
+            delayed: Mutex::new(delayed),
+            delay_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Appends `messages` (with their system properties) to queue `queue` of `topic` as
+    /// one batch; returns the offset of the first.
+    pub fn append(
+        &self,
+        topic: &str,
+        queue: i32,
+        messages: &[(&crate::pb::Message, &crate::pb::SystemProperties)],
+    ) -> Result<i64, AppendFailed> {
+        let partition = self
+            .topics
+            .get(topic)
+            .and_then(|t| t.partition(queue))
+            .ok_or(AppendFailed::NoQueue)?;
+        let now = self.clock.now_ms();
+        let mut batch = BatchBuilder::default();
+        for (message, system) in messages {
+            crate::convert::push(&mut batch, message, system, now);
+        }
+        let bytes = bytes::Bytes::from(batch.finish());
+        let info = BatchInfo {
+            start: 0,
+            len: bytes.len(),
+            offsets: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+            max_timestamp: now,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            transactional: false,
+        };
+        let produced = partition.append(&bytes, &[info], None).map_err(|e| {
+            tracing::error!(topic, queue, error = ?e, "RocketMQ message not stored");
+            AppendFailed::Storage
+        })?;
+        Ok(produced.base_offset)
+    }
+
+    /// Holds a delayed message until `due_ms`, then appends it to queue `queue` of
+    /// `topic`.
+    pub fn hold(
+        &self,
+        message: &crate::pb::Message,
+        topic: &str,
+        queue: i32,
+        due_ms: i64,
+    ) -> Result<(), AppendFailed> {
+        let held = crate::convert::to_held(message, topic, queue);
+        self.delayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hold(&held, due_ms)
+            .map_err(|e| {
+                tracing::error!(topic, error = %e, "delayed RocketMQ message not stored");
+                AppendFailed::Storage
+            })?;
+        self.delay_wake.notify_one();
+        Ok(())
+    }
+
+    /// Delivers the delayed messages that are due, as they come due, for ever.
+    pub async fn run_delays(self: Arc<Self>) {
+        const ROUND_MAX: usize = 1024;
+        loop {
+            let broker = Arc::clone(&self);
+            // Reads from the store and appends: file work, off the async workers.
+            let next = tokio::task::spawn_blocking(move || broker.deliver_due(ROUND_MAX))
+                .await
+                .unwrap_or(None);
+            let now = self.clock.now_ms();
+            let wait = match next {
+                Some(due) if due <= now => continue,
+                Some(due) => {
+                    std::time::Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
+                }
+                None => std::time::Duration::from_secs(3600),
+            };
+            let _ = tokio::time::timeout(wait, self.delay_wake.notified()).await;
+        }
+    }
+
+    /// One round: appends up to `max` due messages to their queues and releases them;
+    /// returns when the next one is due. Blocking.
+    pub fn deliver_due(&self, max: usize) -> Option<i64> {
+        let now = self.clock.now_ms();
+        let mut due = Vec::new();
+        self.delayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(now, max, &mut due);
+        let mut done = Vec::with_capacity(due.len());
+        let mut failed = Vec::new();
+        for (offset, held) in &due {
+            let Some((topic, queue, message)) = crate::convert::from_held(held) else {
+                tracing::error!(offset, "undecodable delayed RocketMQ message dropped");
+                done.push(*offset);
+                continue;
+            };
+            let system = message.system_properties.clone().unwrap_or_default();
+            match self.append(&topic, queue, &[(&message, &system)]) {
+                Ok(_) => done.push(*offset),
+                Err(AppendFailed::NoQueue) => {
+                    tracing::warn!(topic, queue, "delayed message's queue is gone; dropped");
+                    done.push(*offset);
+                }
+                Err(AppendFailed::Storage) => failed.push(*offset),
+            }
+        }
+        let mut delayed = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        // Tried again in a second: the log may recover (or the process restarts).
+        for offset in failed {
+            delayed.again(offset, now.saturating_add(1_000));
+        }
+        if let Err(e) = delayed.release(&done) {
+            tracing::error!(error = %e, "cannot release delivered delayed messages");
+        }
+        if !done.is_empty() {
+            delayed.maintain();
+        }
+        delayed.next_due()
     }
 
     fn subs(&self) -> MutexGuard<'_, HashMap<SubKey, Arc<Mutex<QueueSub>>>> {
@@ -239,10 +381,14 @@ impl RocketBroker {
         }
     }
 
-    /// Makes the stored offsets durable (clean shutdown). Blocking.
+    /// Makes the stored offsets and delayed messages durable (clean shutdown). Blocking.
     pub fn close(&self) {
         if let Err(e) = self.offsets.sync() {
             tracing::error!(error = %e, "cannot sync RocketMQ offsets");
+        }
+        let mut delayed = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = delayed.close() {
+            tracing::error!(error = %e, "cannot sync delayed RocketMQ messages");
         }
     }
 

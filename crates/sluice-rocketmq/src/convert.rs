@@ -32,6 +32,7 @@ pub fn push(
         born_host: system.born_host.clone(),
         message_group: system.message_group.clone(),
         trace_context: system.trace_context.clone(),
+        delivery_timestamp: system.delivery_timestamp,
         ..Default::default()
     }
     .encode_to_vec();
@@ -123,6 +124,45 @@ fn md5_hex(body: &[u8]) -> String {
         out.push_str(&format!("{b:02X}"));
     }
     out
+}
+
+/// A message held for a later delivery, in the engine's message: the destination queue
+/// in `exchange` (topic) and `routing_key` (queue id), the RocketMQ message without its
+/// body as the properties (the original encoding), the body as the body.
+pub fn to_held(message: &pb::Message, topic: &str, queue: i32) -> sluice_core::Message {
+    let properties = pb::Message {
+        body: bytes::Bytes::new(),
+        ..message.clone()
+    }
+    .encode_to_vec();
+    sluice_core::Message {
+        exchange: topic.into(),
+        routing_key: queue.to_string().into(),
+        properties: properties.into(),
+        body: message.body.clone(),
+        persistent: true,
+        priority: 0,
+        expiration_ms: None,
+    }
+}
+
+/// Back from [`to_held`]: the topic, the queue and the message.
+pub fn from_held(held: &sluice_core::Message) -> Option<(String, i32, pb::Message)> {
+    let mut message = pb::Message::decode(held.properties.as_ref()).ok()?;
+    message.body = held.body.clone();
+    let queue = held.routing_key.parse().ok()?;
+    Some((held.exchange.to_string(), queue, message))
+}
+
+/// Milliseconds of a delivery time. The Python client 5.1.2 puts milliseconds into the
+/// seconds field (its docs and tests pass milliseconds); a seconds value past the year
+/// 5000 can only be that, and is read as milliseconds.
+pub fn delivery_ms(t: &prost_types::Timestamp) -> i64 {
+    const SECONDS_MAX: i64 = 100_000_000_000;
+    if t.seconds > SECONDS_MAX {
+        return t.seconds;
+    }
+    timestamp_ms(t)
 }
 
 pub fn timestamp_ms(t: &prost_types::Timestamp) -> i64 {
@@ -222,6 +262,36 @@ mod tests {
             prop_assert_eq!(sys.delivery_attempt, Some(1));
             prop_assert_eq!(sys.receipt_handle.as_deref(), Some("h"));
         }
+    }
+
+    #[test]
+    fn a_held_message_comes_back_whole_with_its_destination() {
+        let message = pb::Message {
+            topic: Some(pb::Resource {
+                resource_namespace: String::new(),
+                name: "orders".into(),
+            }),
+            user_properties: [("k".to_string(), "v".to_string())].into(),
+            system_properties: Some(pb::SystemProperties {
+                message_id: "01AB".into(),
+                delivery_timestamp: Some(timestamp(1_800_000)),
+                ..Default::default()
+            }),
+            body: Bytes::from_static(b"close order 42"),
+        };
+        let held = to_held(&message, "orders", 3);
+        assert_eq!(from_held(&held), Some(("orders".to_string(), 3, message)));
+    }
+
+    #[test]
+    fn a_delivery_time_in_milliseconds_in_the_seconds_field_is_read_as_milliseconds() {
+        let ms = 1_764_000_000_123;
+        assert_eq!(delivery_ms(&timestamp(ms)), ms);
+        let python_5_1_2 = prost_types::Timestamp {
+            seconds: ms,
+            nanos: 0,
+        };
+        assert_eq!(delivery_ms(&python_5_1_2), ms);
     }
 
     #[test]

@@ -16,11 +16,13 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
-/// Serves the RocketMQ face on `listener` until the process ends.
+/// Serves the RocketMQ face on `listener` until the process ends, and delivers delayed
+/// messages as they come due.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: std::sync::Arc<RocketBroker>,
 ) -> Result<(), tonic::transport::Error> {
+    tokio::spawn(std::sync::Arc::clone(&broker).run_delays());
     tonic::transport::Server::builder()
         .add_service(pb::messaging_service_server::MessagingServiceServer::new(
             Service::new(broker),

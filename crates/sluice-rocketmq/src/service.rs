@@ -8,16 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use sluice_engine::stream::batch::BatchInfo;
-use sluice_engine::stream::record::BatchBuilder;
 use sluice_engine::stream::{Partition, Topic};
 use sluice_engine::subscription::Command;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::broker::{RocketBroker, parse_receipt_handle, receipt_handle};
+use crate::broker::{AppendFailed, RocketBroker, parse_receipt_handle, receipt_handle};
 use crate::convert::{self, Delivered};
 use crate::pb::{self, Code, messaging_service_server::MessagingService};
 
@@ -137,7 +134,7 @@ impl Service {
                     id: 0,
                     endpoints: Some(endpoints.clone()),
                 }),
-                accept_message_types: vec![pb::MessageType::Normal as i32],
+                accept_message_types: ACCEPTED_TYPES.iter().map(|t| *t as i32).collect(),
             })
             .collect()
     }
@@ -150,7 +147,9 @@ impl Service {
         let topic = self.topic(first.topic.as_ref())?;
         let partitions = topic.partition_count();
         let now = self.broker.clock.now_ms();
-        let mut by_queue: BTreeMap<i32, (BatchBuilder, Vec<usize>)> = BTreeMap::new();
+        // Checked whole before anything is stored: a refused request stores nothing.
+        let mut now_queues: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        let mut held: Vec<(usize, i32, i64)> = Vec::new();
         for (i, message) in request.messages.iter().enumerate() {
             if name(message.topic.as_ref()) != topic.name {
                 return Err(Refused(
@@ -177,29 +176,17 @@ impl Service {
                     ),
                 ));
             }
-            let kind = pb::MessageType::try_from(system.message_type).unwrap_or_default();
-            let normal = matches!(kind, pb::MessageType::Normal)
-                && system.message_group.is_none()
-                && system.delivery_timestamp.is_none();
-            if !normal {
-                return Err(Refused(
-                    Code::MessagePropertyConflictWithType,
-                    format!(
-                        "topic {} accepts NORMAL messages; this one is {}",
-                        topic.name,
-                        kind.as_str_name()
-                    ),
-                ));
-            }
+            let due = delivery_time(system, now)?;
             let queue = if (0..partitions).contains(&system.queue_id) {
                 system.queue_id
             } else {
                 let n = usize::try_from(partitions.max(1)).unwrap_or(1);
                 i32::try_from(self.next_queue.fetch_add(1, Ordering::Relaxed) % n).unwrap_or(0)
             };
-            let (batch, members) = by_queue.entry(queue).or_default();
-            convert::push(batch, message, system, now);
-            members.push(i);
+            match due {
+                Some(at) if at > now => held.push((i, queue, at)),
+                _ => now_queues.entry(queue).or_default().push(i),
+            }
         }
         let mut entries: Vec<pb::SendResultEntry> = request
             .messages
@@ -211,35 +198,43 @@ impl Service {
                     .as_ref()
                     .map(|s| s.message_id.clone())
                     .unwrap_or_default(),
+                // A held message has no offset until it is delivered.
+                offset: -1,
                 ..Default::default()
             })
             .collect();
-        for (queue, (batch, members)) in by_queue {
-            let partition = topic.partition(queue).ok_or_else(|| {
-                Refused(
-                    Code::TopicNotFound,
-                    format!("topic not found: {}", topic.name),
-                )
-            })?;
-            let bytes = Bytes::from(batch.finish());
-            let info = BatchInfo {
-                start: 0,
-                len: bytes.len(),
-                offsets: u32::try_from(members.len()).unwrap_or(u32::MAX),
-                max_timestamp: now,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-                transactional: false,
-            };
-            let produced = partition.append(&bytes, &[info], None).map_err(|e| {
-                tracing::error!(topic = %topic.name, queue, error = ?e, "RocketMQ send not stored");
+        let refused = |e: AppendFailed| match e {
+            AppendFailed::NoQueue => Refused(
+                Code::TopicNotFound,
+                format!("topic not found: {}", topic.name),
+            ),
+            AppendFailed::Storage => {
                 Refused(Code::InternalServerError, "message not stored".into())
-            })?;
+            }
+        };
+        for (queue, members) in now_queues {
+            let batch: Vec<(&pb::Message, &pb::SystemProperties)> = members
+                .iter()
+                .filter_map(|&i| {
+                    let m = request.messages.get(i)?;
+                    Some((m, m.system_properties.as_ref()?))
+                })
+                .collect();
+            let base = self
+                .broker
+                .append(&topic.name, queue, &batch)
+                .map_err(refused)?;
             for (k, i) in members.into_iter().enumerate() {
                 if let Some(entry) = entries.get_mut(i) {
-                    entry.offset = produced.base_offset + i64::try_from(k).unwrap_or(0);
+                    entry.offset = base + i64::try_from(k).unwrap_or(0);
                 }
+            }
+        }
+        for (i, queue, at) in held {
+            if let Some(message) = request.messages.get(i) {
+                self.broker
+                    .hold(message, &topic.name, queue, at)
+                    .map_err(refused)?;
             }
         }
         Ok(entries)
@@ -424,6 +419,54 @@ impl Service {
             }
             let _ = tokio::time::timeout_at(until, notify.notified()).await;
         }
+    }
+}
+
+/// The message types topics accept (Apache RocketMQ's topics of type MIXED accept all).
+const ACCEPTED_TYPES: [pb::MessageType; 2] = [pb::MessageType::Normal, pb::MessageType::Delay];
+
+/// Longest delay (the Apache broker's `timerMaxDelaySec` default: 3 days).
+const DELAY_MAX_MS: i64 = 3 * 24 * 60 * 60 * 1000;
+
+/// Checks a message's type against its properties, as the Apache proxy does; returns
+/// its delivery time if it is a delayed message.
+fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i64>, Refused> {
+    let kind = pb::MessageType::try_from(system.message_type).unwrap_or_default();
+    let conflict = |why: &str| {
+        Err(Refused(
+            Code::MessagePropertyConflictWithType,
+            format!("{} message {why}", kind.as_str_name()),
+        ))
+    };
+    match kind {
+        pb::MessageType::Normal => {
+            if system.message_group.is_some() {
+                return conflict("has a message group");
+            }
+            if system.delivery_timestamp.is_some() {
+                return conflict("has a delivery time");
+            }
+            Ok(None)
+        }
+        pb::MessageType::Delay => {
+            if system.message_group.is_some() {
+                return conflict("has a message group");
+            }
+            let Some(at) = system.delivery_timestamp.as_ref().map(convert::delivery_ms) else {
+                return conflict("has no delivery time");
+            };
+            if at > now_ms.saturating_add(DELAY_MAX_MS) {
+                return Err(Refused(
+                    Code::IllegalDeliveryTime,
+                    format!("delivery time {at} is more than 3 days ahead"),
+                ));
+            }
+            Ok(Some(at))
+        }
+        other => Err(Refused(
+            Code::MessagePropertyConflictWithType,
+            format!("{} messages are not supported yet", other.as_str_name()),
+        )),
     }
 }
 

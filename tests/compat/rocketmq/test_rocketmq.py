@@ -224,3 +224,74 @@ def test_kafka_and_rocketmq_read_each_others_messages(sluice, make_topic, group)
         k = by_body[b"from kafka"]
         assert "k2" in k.keys
         assert k.properties.get("source") == "kafka"
+
+
+def delayed(topic, body, delay_ms):
+    m = message(topic, body)
+    # rocketmq-python-client 5.1.2 takes milliseconds (and sends them as seconds: Sluice
+    # reads a seconds value past the year 5000 as milliseconds).
+    m.delivery_timestamp = int(time.time() * 1000) + delay_ms
+    return m
+
+
+def test_a_delayed_message_is_delivered_at_its_time_and_not_before(sluice, make_topic, group):
+    topic = make_topic(2)
+    with producer(sluice, topic) as p:
+        sent_at = time.time()
+        receipt = p.send(delayed(topic, b"close order 7", 3000))
+    with consumer(sluice, group, topic) as c:
+        early = c.receive(32, INVISIBLE_S)
+        assert early == [] and time.time() - sent_at < 3, "held until its delivery time"
+        [m] = receive_all(c, 1)
+        assert time.time() - sent_at >= 2.9
+        assert m.message_id == receipt.message_id and m.body == b"close order 7"
+        assert m.delivery_timestamp is not None
+        c.ack(m)
+
+
+def test_delayed_messages_survive_kill_9(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        ids = {p.send(delayed(topic, f"order-{i}".encode(), 4000)).message_id for i in range(3)}
+    sluice.kill9_restart()
+    with consumer(sluice, group, topic) as c:
+        got = receive_all(c, 3, deadline_s=25)
+        assert {m.message_id for m in got} == ids
+
+
+def test_the_unpaid_order_example_closes_the_unpaid_orders(sluice, make_topic):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "unpaid_order_close_rocketmq.py")
+    spec = importlib.util.spec_from_file_location("unpaid_order_close_rocketmq", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        orders = [{"id": f"o{i}"} for i in range(3)]
+        for order in orders:
+            example.send_delayed(p, topic, order, 1500)
+    with consumer(sluice, "payment-checker-test", topic, "order-created") as c:
+        closed, kept = example.close_unpaid(c, {"o1"}, 20, 3)
+    assert sorted(closed) == ["o0", "o2"] and kept == ["o1"]
+
+
+def test_message_types_are_checked_against_their_properties(sluice, make_topic):
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rocketmq.grpc_protocol import MessageType, SendMessageRequest
+    from rocketmq.grpc_protocol.definition_pb2 import Message as PbMessage
+    from rocketmq.grpc_protocol.definition_pb2 import SystemProperties
+    topic = make_topic(1)
+
+    def send(**system):
+        msg = PbMessage(topic=Resource(name=topic), body=b"x",
+                        system_properties=SystemProperties(message_id="01TEST", **system))
+        return raw_call(sluice, "SendMessage", SendMessageRequest(messages=[msg])).status.code
+
+    later = Timestamp(seconds=int(time.time()) + 60)
+    assert send(message_type=MessageType.NORMAL, delivery_timestamp=later) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.DELAY) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.FIFO, message_group="g") == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    too_late = Timestamp(seconds=int(time.time()) + 4 * 24 * 3600)
+    assert send(message_type=MessageType.DELAY, delivery_timestamp=too_late) == Code.ILLEGAL_DELIVERY_TIME
+    assert send(message_type=MessageType.DELAY, delivery_timestamp=later) == Code.OK

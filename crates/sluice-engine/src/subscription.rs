@@ -6,10 +6,14 @@
 //! make the committed offset, which is all that must be stored: after a restart the
 //! messages in flight are simply delivered again, with their attempt count from then on.
 //!
-//! Pure: commands in with `now_ms`, effects out; reading the stream is the owner's job,
-//! told by [`Receive::read_from`].
+//! Ordered messages (RocketMQ's FIFO message groups): once the owner has read a leased
+//! record and found its group, [`Subscription::claim`] lets the group's earliest
+//! unfinished message out and parks the later ones, so a group has one message in
+//! flight at a time, in offset order; finishing it lets the next one out.
+//!
+//! Pure: commands in with `now_ms`, effects out; reading the stream is the owner's job.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::scheduler::Scheduler;
 
@@ -138,6 +142,13 @@ pub struct Subscription {
     done: BTreeSet<u64>,
     next_receipt: u64,
     dead: Vec<u64>,
+    /// Unfinished offsets of each message group, in order: the first may be handed out,
+    /// the others are parked behind it.
+    groups: HashMap<u64, VecDeque<u64>>,
+    /// The group of each offset in `groups`.
+    group_of: HashMap<u64, u64>,
+    /// Parked offsets, with the attempts they had before they were parked.
+    parked: BTreeMap<u64, u32>,
 }
 
 impl Subscription {
@@ -153,7 +164,42 @@ impl Subscription {
             done: BTreeSet::new(),
             next_receipt: 1,
             dead: Vec::new(),
+            groups: HashMap::new(),
+            group_of: HashMap::new(),
+            parked: BTreeMap::new(),
         }
+    }
+
+    /// The delivery `offset` / `receipt` holds a message of ordered group `group`: `true`
+    /// if it may go to the consumer (it is the group's earliest unfinished message),
+    /// `false` if it is parked behind an earlier one and must not be handed out (its
+    /// attempt is given back; it comes out as a retry once the earlier one is done).
+    pub fn claim(&mut self, offset: u64, receipt: u64, group: u64) -> bool {
+        if let Some(g) = self.group_of.get(&offset) {
+            let head = self.groups.get(g).and_then(|q| q.front()).copied();
+            return head == Some(offset);
+        }
+        let Ok(lease) = self.find(offset, receipt) else {
+            return false;
+        };
+        let queue = self.groups.entry(group).or_default();
+        self.group_of.insert(offset, group);
+        if queue.is_empty() {
+            queue.push_back(offset);
+            return true;
+        }
+        // Offsets reach a group in order (new ones come from the cursor, upwards).
+        let at = queue.partition_point(|&o| o < offset);
+        queue.insert(at, offset);
+        self.in_flight.remove(&offset);
+        self.timers.cancel(&offset);
+        self.parked.insert(offset, lease.attempt.saturating_sub(1));
+        false
+    }
+
+    /// Messages waiting behind an earlier one of their group.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Applies one command at `now_ms`; the effects come out in the order to carry them
@@ -332,6 +378,23 @@ impl Subscription {
     fn finish(&mut self, offset: u64) {
         self.retrying.remove(&offset);
         self.timers.cancel(&offset);
+        if let Some(group) = self.group_of.remove(&offset)
+            && let Some(queue) = self.groups.get_mut(&group)
+        {
+            queue.retain(|&o| o != offset);
+            match queue.front() {
+                // The next of the group comes out: ready now, as a retry with the
+                // attempts it had.
+                Some(&next) => {
+                    if let Some(attempts) = self.parked.remove(&next) {
+                        self.retrying.insert(next, attempts);
+                    }
+                }
+                None => {
+                    self.groups.remove(&group);
+                }
+            }
+        }
         if offset == self.committed {
             self.committed += 1;
             while self.done.remove(&self.committed) {
@@ -456,7 +519,96 @@ mod tests {
         assert_eq!(fx, vec![Effect::Commit(2)]);
     }
 
+    #[test]
+    fn a_message_group_has_one_message_out_at_a_time_in_order() {
+        let mut s = Subscription::new(policy(), 0);
+        // Offsets 0, 2, 3 are group 7; 1 is group 8.
+        let group = |o: u64| if o == 1 { 8 } else { 7 };
+        let mut out = Vec::new();
+        for l in s.receive(10, 1_000, 4, 0).leases {
+            if s.claim(l.offset, l.receipt, group(l.offset)) {
+                out.push(l);
+            }
+        }
+        assert_eq!(out.iter().map(|l| l.offset).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(s.parked(), 2);
+        s.ack(1, out[1].receipt).unwrap();
+        // Nothing of group 7 comes out while 0 is in flight.
+        assert!(s.receive(10, 1_000, 4, 10).leases.is_empty());
+        s.ack(0, out[0].receipt).unwrap();
+        let next = s.receive(10, 1_000, 4, 20).leases;
+        assert_eq!(next.len(), 1);
+        assert_eq!(
+            (next[0].offset, next[0].attempt),
+            (2, 1),
+            "first delivery of 2"
+        );
+        assert!(s.claim(next[0].offset, next[0].receipt, 7));
+        // 2's lease ends: 2 comes back before 3 (after its backoff).
+        s.tick(1_020);
+        let again = s.receive(10, 1_000, 4, 1_120).leases;
+        assert_eq!((again[0].offset, again[0].attempt), (2, 2));
+        assert!(s.claim(2, again[0].receipt, 7));
+        s.ack(2, again[0].receipt).unwrap();
+        let last = s.receive(10, 1_000, 4, 1_130).leases;
+        assert_eq!(last[0].offset, 3);
+        assert!(s.claim(3, last[0].receipt, 7));
+        s.ack(3, last[0].receipt).unwrap();
+        assert_eq!(s.committed(), 4);
+        assert!(s.groups.is_empty() && s.group_of.is_empty() && s.parked.is_empty());
+    }
+
     proptest! {
+        /// With every offset in one of three message groups, a group never has two
+        /// messages out at once, and its first deliveries come in offset order.
+        #[test]
+        fn message_groups_are_delivered_one_at_a_time_in_order(
+            ops in proptest::collection::vec((0u8..5, 0usize..6, 0i64..400), 1..150)
+        ) {
+            let mut s = Subscription::new(policy(), 0);
+            let group = |o: u64| o % 3;
+            let mut now = 0i64;
+            let mut end = 0u64;
+            let mut out: Vec<Lease> = Vec::new();
+            let mut first_seen: BTreeMap<u64, u64> = BTreeMap::new();
+            for (op, n, dt) in ops {
+                now += dt;
+                match op {
+                    0 => end += n as u64,
+                    1 => {
+                        for l in s.receive(n, 300, end, now).leases {
+                            if !s.claim(l.offset, l.receipt, group(l.offset)) {
+                                continue;
+                            }
+                            // Leases that ended are no longer out.
+                            out.retain(|o| s.in_flight.get(&o.offset).is_some_and(|f| f.receipt == o.receipt));
+                            prop_assert!(
+                                !out.iter().any(|o| group(o.offset) == group(l.offset)),
+                                "group {} has two out", group(l.offset)
+                            );
+                            if l.attempt == 1 {
+                                let g = group(l.offset);
+                                if let Some(prev) = first_seen.insert(g, l.offset) {
+                                    prop_assert!(prev < l.offset, "group {} out of order", g);
+                                }
+                            }
+                            out.push(l);
+                        }
+                    }
+                    2 if !out.is_empty() => {
+                        let l = out.remove(n % out.len());
+                        let _ = s.ack(l.offset, l.receipt);
+                    }
+                    3 if !out.is_empty() => {
+                        let l = out.remove(n % out.len());
+                        let _ = s.nack(l.offset, l.receipt, now);
+                    }
+                    _ => s.tick(now),
+                }
+                s.take_dead();
+            }
+        }
+
         /// Every offset below the stream's end is, at any time, exactly one of: done
         /// (below the committed offset or acked above it), in flight, retrying, or not
         /// handed out yet; each is dead-lettered at most once and only after its last
@@ -506,6 +658,7 @@ mod tests {
                         offset < s.committed() || s.done.contains(&offset),
                         s.in_flight.contains_key(&offset),
                         s.retrying.contains_key(&offset),
+                        s.parked.contains_key(&offset),
                         offset >= s.cursor,
                     ];
                     prop_assert_eq!(states.iter().filter(|x| **x).count(), 1, "offset {}: {:?}", offset, states);

@@ -313,11 +313,19 @@ impl RocketBroker {
                         .then(|| read_at(partition, &mut qs.cache, lease.offset))
                         .flatten();
                     match record {
-                        Some(record) => out.push(Leased {
-                            record,
-                            attempt: lease.attempt,
-                            receipt: lease.receipt,
-                        }),
+                        Some(record) => {
+                            // A message of a message group waits for the earlier ones.
+                            if let Some(group) = message_group(&record)
+                                && !qs.sub.claim(lease.offset, lease.receipt, group)
+                            {
+                                continue;
+                            }
+                            out.push(Leased {
+                                record,
+                                attempt: lease.attempt,
+                                receipt: lease.receipt,
+                            });
+                        }
                         None => {
                             let mut done = Vec::new();
                             let ack = Command::Ack {
@@ -398,6 +406,21 @@ impl RocketBroker {
             tracing::error!(error = %e, "cannot compact RocketMQ offsets");
         }
     }
+}
+
+/// The message group of a record sent as a FIFO message, as a key.
+fn message_group(record: &Record) -> Option<u64> {
+    use prost::Message as _;
+    use std::hash::{Hash, Hasher};
+    let (_, value) = record
+        .headers
+        .iter()
+        .find(|(k, _)| k.as_ref() == crate::convert::SYSTEM_HEADER)?;
+    let system = crate::pb::SystemProperties::decode(value.as_ref()?.as_ref()).ok()?;
+    let group = system.message_group?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    group.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 fn commit_of(effect: &Effect) -> Option<u64> {

@@ -423,7 +423,11 @@ impl Service {
 }
 
 /// The message types topics accept (Apache RocketMQ's topics of type MIXED accept all).
-const ACCEPTED_TYPES: [pb::MessageType; 2] = [pb::MessageType::Normal, pb::MessageType::Delay];
+const ACCEPTED_TYPES: [pb::MessageType; 3] = [
+    pb::MessageType::Normal,
+    pb::MessageType::Fifo,
+    pb::MessageType::Delay,
+];
 
 /// Longest delay (the Apache broker's `timerMaxDelaySec` default: 3 days).
 const DELAY_MAX_MS: i64 = 3 * 24 * 60 * 60 * 1000;
@@ -442,6 +446,15 @@ fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i6
         pb::MessageType::Normal => {
             if system.message_group.is_some() {
                 return conflict("has a message group");
+            }
+            if system.delivery_timestamp.is_some() {
+                return conflict("has a delivery time");
+            }
+            Ok(None)
+        }
+        pb::MessageType::Fifo => {
+            if system.message_group.as_deref().is_none_or(str::is_empty) {
+                return conflict("has no message group");
             }
             if system.delivery_timestamp.is_some() {
                 return conflict("has a delivery time");

@@ -291,7 +291,37 @@ def test_message_types_are_checked_against_their_properties(sluice, make_topic):
     later = Timestamp(seconds=int(time.time()) + 60)
     assert send(message_type=MessageType.NORMAL, delivery_timestamp=later) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
     assert send(message_type=MessageType.DELAY) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
-    assert send(message_type=MessageType.FIFO, message_group="g") == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.FIFO) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.NORMAL, message_group="g") == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.TRANSACTION) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.FIFO, message_group="g") == Code.OK
     too_late = Timestamp(seconds=int(time.time()) + 4 * 24 * 3600)
     assert send(message_type=MessageType.DELAY, delivery_timestamp=too_late) == Code.ILLEGAL_DELIVERY_TIME
     assert send(message_type=MessageType.DELAY, delivery_timestamp=later) == Code.OK
+
+
+def test_a_message_group_is_delivered_in_order_one_message_at_a_time(sluice, make_topic, group):
+    topic = make_topic(2)
+    with producer(sluice, topic) as p:
+        for i in range(3):
+            for order in ("order-1", "order-2"):
+                m = message(topic, f"{order}/{i}".encode())
+                m.message_group = order
+                p.send(m)
+        p.send(message(topic, b"no group"))
+    seen = {"order-1": [], "order-2": []}
+    with consumer(sluice, group, topic) as c:
+        first = receive_all(c, 3)
+        assert sorted(m.body for m in first) == [b"no group", b"order-1/0", b"order-2/0"]
+        # The later messages of each group wait for the first one's ack.
+        assert c.receive(32, INVISIBLE_S) == []
+        pending = [m for m in first if m.message_group]
+        c.ack(next(m for m in first if not m.message_group))
+        while pending:
+            for m in pending:
+                seen[m.message_group].append(m.body.decode())
+                c.ack(m)
+            pending = receive_all(c, 2, deadline_s=6)
+            groups = [m.message_group for m in pending]
+            assert len(groups) == len(set(groups)), "one message per group at a time"
+    assert seen == {g: [f"{g}/{i}" for i in range(3)] for g in seen}

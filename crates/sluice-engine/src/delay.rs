@@ -71,6 +71,25 @@ impl DelayStore {
         }
     }
 
+    /// Takes the held message at `offset` out of the schedule and reads it, before it is
+    /// due (a transaction resolved); `None` if no message is held there. Release it
+    /// once it is handled.
+    pub fn take(&mut self, offset: u64) -> Option<Message> {
+        if !self.schedule.contains(&offset) {
+            return None;
+        }
+        match self.store.read(offset) {
+            Ok(message) => {
+                self.schedule.cancel(&offset);
+                Some(message)
+            }
+            Err(e) => {
+                tracing::error!(offset, error = %e, "held message unreadable");
+                None
+            }
+        }
+    }
+
     /// Schedules a message handed out by [`DelayStore::due`] again (its delivery failed).
     pub fn again(&mut self, offset: u64, due_ms: i64) {
         self.schedule.set(offset, due_ms);
@@ -161,6 +180,24 @@ mod tests {
         assert!(out.is_empty(), "one millisecond early");
         store.due(1_000 + 30 * 60_000, 10, &mut out);
         assert_eq!(bodies(&out), vec![&b"late"[..]]);
+    }
+
+    #[test]
+    fn a_message_taken_before_it_is_due_is_gone_from_the_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(0));
+        let mut store = DelayStore::open(dir.path(), LogConfig::default(), clock).unwrap();
+        let offset = store.hold(&message("half"), 100).unwrap();
+        assert_eq!(store.take(offset + 1), None);
+        assert_eq!(
+            store.take(offset).map(|m| m.body),
+            Some(Bytes::from_static(b"half"))
+        );
+        assert_eq!(store.take(offset), None, "taken once");
+        store.release(&[offset]).unwrap();
+        let mut out = Vec::new();
+        store.due(1_000, 10, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

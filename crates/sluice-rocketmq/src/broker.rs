@@ -54,6 +54,33 @@ pub struct RocketBroker {
     delayed: Mutex<DelayStore>,
     /// Wakes the delivery of delayed messages when one is held.
     delay_wake: tokio::sync::Notify,
+    /// Half messages of open transactions, scheduled at their next check-back.
+    half: Mutex<DelayStore>,
+    /// Check-backs sent per half message (since the process started).
+    checks: Mutex<HashMap<u64, u32>>,
+    /// Telemetry streams of producers, by the topics they publish to: where check-backs go.
+    producers: Mutex<HashMap<String, Vec<Telemetry>>>,
+    half_wake: tokio::sync::Notify,
+}
+
+/// A producer's Telemetry stream, for commands the server pushes.
+pub type Telemetry = tokio::sync::mpsc::Sender<Result<crate::pb::TelemetryCommand, tonic::Status>>;
+
+/// First check-back of an unresolved transaction (the Apache broker's
+/// `transactionTimeOut`), unless the message names its own.
+pub const TXN_CHECK_FIRST_MS: i64 = 6_000;
+/// Between check-backs (the Apache broker's `transactionCheckInterval`).
+pub const TXN_CHECK_INTERVAL_MS: i64 = 30_000;
+/// Check-backs before an unresolved half message is rolled back (`transactionCheckMax`).
+pub const TXN_CHECKS_MAX: u32 = 15;
+
+/// How an EndTransaction went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndFailed {
+    /// No open transaction has this id (resolved already, or never begun), or its
+    /// message id does not match.
+    Unknown,
+    Append(AppendFailed),
 }
 
 /// Why a message could not be appended.
@@ -86,6 +113,11 @@ impl RocketBroker {
             source: e,
         })?;
         let (offsets, stored) = OffsetStore::open(dir, log, Arc::clone(&clock))?;
+        let half = DelayStore::open(&dir.join("transactions"), log.clone(), Arc::clone(&clock))
+            .map_err(|e| LogError::Io {
+                path: dir.join("transactions"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let delayed = DelayStore::open(&dir.join("delayed"), log.clone(), Arc::clone(&clock))
             .map_err(|e| LogError::Io {
                 path: dir.join("delayed"),
@@ -111,6 +143,10 @@ impl RocketBroker {
             offsets,
             delayed: Mutex::new(delayed),
             delay_wake: tokio::sync::Notify::new(),
+            half: Mutex::new(half),
+            checks: Mutex::new(HashMap::new()),
+            producers: Mutex::new(HashMap::new()),
+            half_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -172,13 +208,98 @@ impl RocketBroker {
         Ok(())
     }
 
-    /// Delivers the delayed messages that are due, as they come due, for ever.
-    pub async fn run_delays(self: Arc<Self>) {
-        const ROUND_MAX: usize = 1024;
+    /// Stores a half message: invisible until its transaction commits. Returns the
+    /// transaction id.
+    pub fn begin_transaction(
+        &self,
+        message: &crate::pb::Message,
+        topic: &str,
+        queue: i32,
+    ) -> Result<String, AppendFailed> {
+        let first = message
+            .system_properties
+            .as_ref()
+            .and_then(|s| s.orphaned_transaction_recovery_duration.as_ref())
+            .map(|d| i64::try_from(crate::convert::duration_ms(d)).unwrap_or(i64::MAX))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(TXN_CHECK_FIRST_MS);
+        let held = crate::convert::to_held(message, topic, queue);
+        let due = self.clock.now_ms().saturating_add(first);
+        let offset = self
+            .half
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hold(&held, due)
+            .map_err(|e| {
+                tracing::error!(topic, error = %e, "half message not stored");
+                AppendFailed::Storage
+            })?;
+        self.half_wake.notify_one();
+        Ok(format!("{offset:016X}"))
+    }
+
+    /// Commits (the half message is appended to its queue) or rolls back (it is
+    /// dropped) the transaction `transaction_id` of message `message_id`.
+    pub fn end_transaction(
+        &self,
+        transaction_id: &str,
+        message_id: &str,
+        commit: bool,
+    ) -> Result<(), EndFailed> {
+        let offset = u64::from_str_radix(transaction_id, 16).map_err(|_| EndFailed::Unknown)?;
+        let mut half = self.half.lock().unwrap_or_else(|p| p.into_inner());
+        let held = half.take(offset).ok_or(EndFailed::Unknown)?;
+        let Some((topic, queue, message)) = crate::convert::from_held(&held) else {
+            let _ = half.release(&[offset]);
+            return Err(EndFailed::Unknown);
+        };
+        let system = message.system_properties.clone().unwrap_or_default();
+        if system.message_id != message_id {
+            // Not this transaction's message: it stays open.
+            half.again(offset, self.clock.now_ms());
+            return Err(EndFailed::Unknown);
+        }
+        if commit && let Err(e) = self.append(&topic, queue, &[(&message, &system)]) {
+            half.again(offset, self.clock.now_ms().saturating_add(1_000));
+            return Err(EndFailed::Append(e));
+        }
+        if let Err(e) = half.release(&[offset]) {
+            tracing::error!(error = %e, "cannot release a resolved half message");
+        }
+        drop(half);
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&offset);
+        Ok(())
+    }
+
+    /// Registers a producer's Telemetry stream for check-backs of `topic`.
+    pub fn register_producer(&self, topic: &str, stream: &Telemetry) {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let list = producers.entry(topic.to_string()).or_default();
+        list.retain(|s| !s.is_closed());
+        if !list.iter().any(|s| s.same_channel(stream)) {
+            list.push(stream.clone());
+        }
+    }
+
+    /// Sends check-backs for unresolved transactions as they come due, for ever.
+    pub async fn run_checks(self: Arc<Self>) {
+        self.run_rounds(RocketBroker::check_due, |b| &b.half_wake)
+            .await;
+    }
+
+    /// Runs `round` (blocking file work, off the async workers) whenever what it
+    /// returned as the next due time comes, or `wake` fires, for ever.
+    async fn run_rounds(
+        self: Arc<Self>,
+        round: fn(&RocketBroker) -> Option<i64>,
+        wake: fn(&RocketBroker) -> &tokio::sync::Notify,
+    ) {
         loop {
             let broker = Arc::clone(&self);
-            // Reads from the store and appends: file work, off the async workers.
-            let next = tokio::task::spawn_blocking(move || broker.deliver_due(ROUND_MAX))
+            let next = tokio::task::spawn_blocking(move || round(&broker))
                 .await
                 .unwrap_or(None);
             let now = self.clock.now_ms();
@@ -189,8 +310,77 @@ impl RocketBroker {
                 }
                 None => std::time::Duration::from_secs(3600),
             };
-            let _ = tokio::time::timeout(wait, self.delay_wake.notified()).await;
+            let _ = tokio::time::timeout(wait, wake(&self).notified()).await;
         }
+    }
+
+    /// One round of check-backs: each due half message is pushed to a producer of its
+    /// topic and checked again later; one checked `TXN_CHECKS_MAX` times is rolled back.
+    /// Returns when the next one is due. Blocking (reads the store).
+    pub fn check_due(&self) -> Option<i64> {
+        const ROUND_MAX: usize = 256;
+        let now = self.clock.now_ms();
+        let mut due = Vec::new();
+        let mut half = self.half.lock().unwrap_or_else(|p| p.into_inner());
+        half.due(now, ROUND_MAX, &mut due);
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut send = Vec::new();
+        let mut dropped = Vec::new();
+        for (offset, held) in due {
+            let count = checks.entry(offset).or_insert(0);
+            *count += 1;
+            if *count > TXN_CHECKS_MAX {
+                tracing::warn!(
+                    offset,
+                    "transaction unresolved after {TXN_CHECKS_MAX} check-backs; rolled back"
+                );
+                checks.remove(&offset);
+                dropped.push(offset);
+                continue;
+            }
+            // Scheduled again before anything is sent, so an EndTransaction answering
+            // this check finds it.
+            half.again(offset, now.saturating_add(TXN_CHECK_INTERVAL_MS));
+            if let Some(found) = crate::convert::from_held(&held) {
+                send.push((offset, found));
+            }
+        }
+        if let Err(e) = half.release(&dropped) {
+            tracing::error!(error = %e, "cannot release rolled-back half messages");
+        }
+        let next = half.next_due();
+        drop(checks);
+        drop(half);
+        for (offset, (topic, _, mut message)) in send {
+            crate::convert::add_digest(&mut message);
+            let command = crate::pb::TelemetryCommand {
+                status: None,
+                command: Some(
+                    crate::pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(
+                        crate::pb::RecoverOrphanedTransactionCommand {
+                            message: Some(message),
+                            transaction_id: format!("{offset:016X}"),
+                        },
+                    ),
+                ),
+            };
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            let list = producers.entry(topic.clone()).or_default();
+            list.retain(|s| !s.is_closed());
+            // One producer of the topic is asked; a full stream waits for the next round.
+            if let Some(stream) = list.first()
+                && stream.try_send(Ok(command)).is_err()
+            {
+                tracing::debug!(topic, "check-back not sent: producer stream full");
+            }
+        }
+        next
+    }
+
+    /// Delivers the delayed messages that are due, as they come due, for ever.
+    pub async fn run_delays(self: Arc<Self>) {
+        self.run_rounds(|b| b.deliver_due(1024), |b| &b.delay_wake)
+            .await;
     }
 
     /// One round: appends up to `max` due messages to their queues and releases them;
@@ -397,6 +587,10 @@ impl RocketBroker {
         let mut delayed = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = delayed.close() {
             tracing::error!(error = %e, "cannot sync delayed RocketMQ messages");
+        }
+        let mut half = self.half.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = half.close() {
+            tracing::error!(error = %e, "cannot sync RocketMQ half messages");
         }
     }
 

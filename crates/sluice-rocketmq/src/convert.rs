@@ -93,10 +93,7 @@ pub fn to_message(record: &Record, at: Delivered<'_>) -> pb::Message {
     }
     let body = record.value.clone().unwrap_or_default();
     system.body_encoding = pb::Encoding::Identity as i32;
-    system.body_digest = Some(pb::Digest {
-        r#type: pb::DigestType::Md5 as i32,
-        checksum: md5_hex(&body),
-    });
+    system.body_digest = Some(digest(&body));
     system.store_timestamp = Some(timestamp(record.timestamp));
     system.store_host = at.store_host.to_string();
     system.receipt_handle = Some(at.receipt_handle.to_string());
@@ -113,6 +110,25 @@ pub fn to_message(record: &Record, at: Delivered<'_>) -> pb::Message {
         system_properties: Some(system),
         body,
     }
+}
+
+/// A body's digest as delivered: upper-case hex MD5, which both official clients check.
+fn digest(body: &[u8]) -> pb::Digest {
+    pb::Digest {
+        r#type: pb::DigestType::Md5 as i32,
+        checksum: md5_hex(body),
+    }
+}
+
+/// Gives a message sent back to a client (a transaction check-back) its body digest
+/// and encoding, as delivered messages have them.
+pub fn add_digest(message: &mut pb::Message) {
+    let d = digest(&message.body);
+    let system = message
+        .system_properties
+        .get_or_insert_with(Default::default);
+    system.body_encoding = pb::Encoding::Identity as i32;
+    system.body_digest = Some(d);
 }
 
 /// Upper-case hex MD5, as the clients compute it to check a body.

@@ -16,13 +16,14 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
-/// Serves the RocketMQ face on `listener` until the process ends, and delivers delayed
-/// messages as they come due.
+/// Serves the RocketMQ face on `listener` until the process ends, delivers delayed
+/// messages as they come due and sends transaction check-backs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: std::sync::Arc<RocketBroker>,
 ) -> Result<(), tonic::transport::Error> {
     tokio::spawn(std::sync::Arc::clone(&broker).run_delays());
+    tokio::spawn(std::sync::Arc::clone(&broker).run_checks());
     tonic::transport::Server::builder()
         .add_service(pb::messaging_service_server::MessagingServiceServer::new(
             Service::new(broker),

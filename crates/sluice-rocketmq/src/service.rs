@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::broker::{AppendFailed, RocketBroker, parse_receipt_handle, receipt_handle};
+use crate::broker::{AppendFailed, EndFailed, RocketBroker, parse_receipt_handle, receipt_handle};
 use crate::convert::{self, Delivered};
 use crate::pb::{self, Code, messaging_service_server::MessagingService};
 
@@ -149,7 +149,7 @@ impl Service {
         let now = self.broker.clock.now_ms();
         // Checked whole before anything is stored: a refused request stores nothing.
         let mut now_queues: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        let mut held: Vec<(usize, i32, i64)> = Vec::new();
+        let mut held: Vec<(usize, i32, Kind)> = Vec::new();
         for (i, message) in request.messages.iter().enumerate() {
             if name(message.topic.as_ref()) != topic.name {
                 return Err(Refused(
@@ -176,16 +176,16 @@ impl Service {
                     ),
                 ));
             }
-            let due = delivery_time(system, now)?;
+            let kind = classify(system, now)?;
             let queue = if (0..partitions).contains(&system.queue_id) {
                 system.queue_id
             } else {
                 let n = usize::try_from(partitions.max(1)).unwrap_or(1);
                 i32::try_from(self.next_queue.fetch_add(1, Ordering::Relaxed) % n).unwrap_or(0)
             };
-            match due {
-                Some(at) if at > now => held.push((i, queue, at)),
-                _ => now_queues.entry(queue).or_default().push(i),
+            match kind {
+                Kind::Now => now_queues.entry(queue).or_default().push(i),
+                Kind::At(_) | Kind::Half => held.push((i, queue, kind)),
             }
         }
         let mut entries: Vec<pb::SendResultEntry> = request
@@ -230,11 +230,22 @@ impl Service {
                 }
             }
         }
-        for (i, queue, at) in held {
-            if let Some(message) = request.messages.get(i) {
-                self.broker
+        for (i, queue, kind) in held {
+            let (Some(message), Some(entry)) = (request.messages.get(i), entries.get_mut(i)) else {
+                continue;
+            };
+            match kind {
+                Kind::At(at) => self
+                    .broker
                     .hold(message, &topic.name, queue, at)
-                    .map_err(refused)?;
+                    .map_err(refused)?,
+                Kind::Half => {
+                    entry.transaction_id = self
+                        .broker
+                        .begin_transaction(message, &topic.name, queue)
+                        .map_err(refused)?;
+                }
+                Kind::Now => {}
             }
         }
         Ok(entries)
@@ -423,18 +434,30 @@ impl Service {
 }
 
 /// The message types topics accept (Apache RocketMQ's topics of type MIXED accept all).
-const ACCEPTED_TYPES: [pb::MessageType; 3] = [
+const ACCEPTED_TYPES: [pb::MessageType; 4] = [
     pb::MessageType::Normal,
     pb::MessageType::Fifo,
     pb::MessageType::Delay,
+    pb::MessageType::Transaction,
 ];
+
+/// What a sent message becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Appended now.
+    Now,
+    /// Held until this time.
+    At(i64),
+    /// A half message: held until its transaction ends.
+    Half,
+}
 
 /// Longest delay (the Apache broker's `timerMaxDelaySec` default: 3 days).
 const DELAY_MAX_MS: i64 = 3 * 24 * 60 * 60 * 1000;
 
-/// Checks a message's type against its properties, as the Apache proxy does; returns
-/// its delivery time if it is a delayed message.
-fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i64>, Refused> {
+/// Checks a message's type against its properties, as the Apache proxy does, and says
+/// what becomes of it.
+fn classify(system: &pb::SystemProperties, now_ms: i64) -> Result<Kind, Refused> {
     let kind = pb::MessageType::try_from(system.message_type).unwrap_or_default();
     let conflict = |why: &str| {
         Err(Refused(
@@ -450,7 +473,7 @@ fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i6
             if system.delivery_timestamp.is_some() {
                 return conflict("has a delivery time");
             }
-            Ok(None)
+            Ok(Kind::Now)
         }
         pb::MessageType::Fifo => {
             if system.message_group.as_deref().is_none_or(str::is_empty) {
@@ -459,7 +482,7 @@ fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i6
             if system.delivery_timestamp.is_some() {
                 return conflict("has a delivery time");
             }
-            Ok(None)
+            Ok(Kind::Now)
         }
         pb::MessageType::Delay => {
             if system.message_group.is_some() {
@@ -474,7 +497,16 @@ fn delivery_time(system: &pb::SystemProperties, now_ms: i64) -> Result<Option<i6
                     format!("delivery time {at} is more than 3 days ahead"),
                 ));
             }
-            Ok(Some(at))
+            Ok(if at > now_ms { Kind::At(at) } else { Kind::Now })
+        }
+        pb::MessageType::Transaction => {
+            if system.message_group.is_some() {
+                return conflict("has a message group");
+            }
+            if system.delivery_timestamp.is_some() {
+                return conflict("has a delivery time");
+            }
+            Ok(Kind::Half)
         }
         other => Err(Refused(
             Code::MessagePropertyConflictWithType,
@@ -814,13 +846,43 @@ impl MessagingService for Service {
 
     async fn end_transaction(
         &self,
-        _request: Request<pb::EndTransactionRequest>,
+        request: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        let answer = (|| -> Result<(), Refused> {
+            check_client(&request)?;
+            let r = request.get_ref();
+            self.topic(r.topic.as_ref())?;
+            let commit = match pb::TransactionResolution::try_from(r.resolution).unwrap_or_default()
+            {
+                pb::TransactionResolution::Commit => true,
+                pb::TransactionResolution::Rollback => false,
+                pb::TransactionResolution::Unspecified => {
+                    return Err(Refused(
+                        Code::BadRequest,
+                        "transaction resolution is required".into(),
+                    ));
+                }
+            };
+            self.broker
+                .end_transaction(&r.transaction_id, &r.message_id, commit)
+                .map_err(|e| match e {
+                    EndFailed::Unknown => Refused(
+                        Code::InvalidTransactionId,
+                        format!(
+                            "no open transaction {} for message {}",
+                            r.transaction_id, r.message_id
+                        ),
+                    ),
+                    EndFailed::Append(_) => {
+                        Refused(Code::InternalServerError, "message not stored".into())
+                    }
+                })
+        })();
         Ok(Response::new(pb::EndTransactionResponse {
-            status: status(
-                Code::NotImplemented,
-                "transactional messages are not supported yet",
-            ),
+            status: match answer {
+                Ok(()) => ok(),
+                Err(e) => e.status(),
+            },
         }))
     }
 
@@ -834,6 +896,7 @@ impl MessagingService for Service {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let max_body = self.broker.config.max_body_bytes;
+        let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
             if let Some(e) = refused {
                 let _ = tx
@@ -848,6 +911,12 @@ impl MessagingService for Service {
             // stays open for commands the server pushes, until the client ends it.
             while let Ok(Some(command)) = inbound.message().await {
                 if let Some(pb::telemetry_command::Command::Settings(s)) = command.command {
+                    // A producer's stream carries the check-backs of its topics.
+                    if let Some(pb::settings::PubSub::Publishing(p)) = &s.pub_sub {
+                        for topic in &p.topics {
+                            broker.register_producer(&topic.name, &tx);
+                        }
+                    }
                     let reply = pb::TelemetryCommand {
                         status: ok(),
                         command: Some(pb::telemetry_command::Command::Settings(settings_reply(

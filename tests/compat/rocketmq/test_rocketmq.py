@@ -10,9 +10,10 @@ import time
 import grpc
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
-from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code, MessagingServiceStub,
-                                    QueryRouteRequest, Resource)
+from rocketmq import (ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer,
+                      TransactionChecker, TransactionResolution)
+from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code, EndTransactionRequest,
+                                    MessagingServiceStub, QueryRouteRequest, Resource, TransactionSource)
 
 INVISIBLE_S = 15
 AWAIT_S = 2
@@ -293,7 +294,7 @@ def test_message_types_are_checked_against_their_properties(sluice, make_topic):
     assert send(message_type=MessageType.DELAY) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
     assert send(message_type=MessageType.FIFO) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
     assert send(message_type=MessageType.NORMAL, message_group="g") == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
-    assert send(message_type=MessageType.TRANSACTION) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.TRANSACTION, message_group="g") == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
     assert send(message_type=MessageType.FIFO, message_group="g") == Code.OK
     too_late = Timestamp(seconds=int(time.time()) + 4 * 24 * 3600)
     assert send(message_type=MessageType.DELAY, delivery_timestamp=too_late) == Code.ILLEGAL_DELIVERY_TIME
@@ -325,3 +326,63 @@ def test_a_message_group_is_delivered_in_order_one_message_at_a_time(sluice, mak
             groups = [m.message_group for m in pending]
             assert len(groups) == len(set(groups)), "one message per group at a time"
     assert seen == {g: [f"{g}/{i}" for i in range(3)] for g in seen}
+
+
+class RecordingChecker(TransactionChecker):
+    """Answers check-backs with `resolution` and remembers the message ids asked about."""
+
+    def __init__(self, resolution):
+        self.resolution = resolution
+        self.asked = []
+
+    def check(self, message):
+        self.asked.append(message.message_id)
+        return self.resolution
+
+
+@contextlib.contextmanager
+def transactional_producer(sluice, topic, checker):
+    p = Producer(config(sluice), (topic,), checker)
+    p.startup()
+    try:
+        yield p
+    finally:
+        p.shutdown()
+
+
+def test_a_half_message_is_invisible_until_commit_and_gone_on_rollback(sluice, make_topic, group):
+    topic = make_topic(1)
+    checker = RecordingChecker(TransactionResolution.ROLLBACK)
+    with transactional_producer(sluice, topic, checker) as p, consumer(sluice, group, topic) as c:
+        committed = p.begin_transaction()
+        kept = p.send(message(topic, b"paid"), committed)
+        rolled_back = p.begin_transaction()
+        dropped = p.send(message(topic, b"cancelled"), rolled_back)
+        assert kept.transaction_id and dropped.transaction_id
+        assert c.receive(32, INVISIBLE_S) == [], "half messages are invisible"
+        committed.commit()
+        rolled_back.rollback()
+        got = receive_all(c, 1)
+        assert [(m.message_id, m.body) for m in got] == [(kept.message_id, b"paid")]
+        for m in got:
+            c.ack(m)
+        assert c.receive(32, INVISIBLE_S) == [], "the rolled-back one never shows"
+    # Ended transactions cannot be ended again.
+    again = raw_call(sluice, "EndTransaction", EndTransactionRequest(
+        topic=Resource(name=topic), message_id=kept.message_id, transaction_id=kept.transaction_id,
+        resolution=TransactionResolution.COMMIT, source=TransactionSource.SOURCE_CLIENT))
+    assert again.status.code == Code.INVALID_TRANSACTION_ID
+
+
+@pytest.mark.timeout(90)
+def test_an_unresolved_transaction_is_checked_back_and_survives_kill_9(sluice, make_topic, group):
+    topic = make_topic(1)
+    with transactional_producer(sluice, topic, RecordingChecker(TransactionResolution.COMMIT)) as p:
+        receipt = p.send(message(topic, b"order 9 paid?"), p.begin_transaction())
+    # The producer went away without ending it, and so did the broker.
+    sluice.kill9_restart()
+    checker = RecordingChecker(TransactionResolution.COMMIT)
+    with transactional_producer(sluice, topic, checker) as p, consumer(sluice, group, topic) as c:
+        got = receive_all(c, 1, deadline_s=40)
+        assert [m.message_id for m in got] == [receipt.message_id]
+        assert checker.asked == [receipt.message_id], "committed by the check-back"

@@ -5,13 +5,15 @@ RocketMQ's codes, acknowledged progress across a kill -9, and one log shared wit
 """
 
 import contextlib
+import threading
 import time
 
 import grpc
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from rocketmq import (ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer,
-                      TransactionChecker, TransactionResolution)
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression, Message,
+                      MessageListener, Producer, PushConsumer, SimpleConsumer, TransactionChecker,
+                      TransactionResolution)
 from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code, EndTransactionRequest,
                                     MessagingServiceStub, QueryRouteRequest, Resource, TransactionSource)
 
@@ -386,3 +388,42 @@ def test_an_unresolved_transaction_is_checked_back_and_survives_kill_9(sluice, m
         got = receive_all(c, 1, deadline_s=40)
         assert [m.message_id for m in got] == [receipt.message_id]
         assert checker.asked == [receipt.message_id], "committed by the check-back"
+
+
+class CollectingListener(MessageListener):
+    """Fails each message's first delivery when `fail_first` is set, then succeeds."""
+
+    def __init__(self, fail_first=False):
+        self.fail_first = fail_first
+        self.deliveries = []
+        self.lock = threading.Lock()
+
+    def consume(self, message):
+        with self.lock:
+            self.deliveries.append((message.body, message.delivery_attempt))
+        if self.fail_first and message.delivery_attempt == 1:
+            return ConsumeResult.FAILURE
+        return ConsumeResult.SUCCESS
+
+
+@pytest.mark.timeout(90)
+def test_a_push_consumer_gets_every_message_and_a_failed_one_again(sluice, make_topic, group):
+    topic = make_topic(2)
+    listener = CollectingListener(fail_first=True)
+    push = PushConsumer(config(sluice), group, listener, {topic: FilterExpression()})
+    push.startup()
+    try:
+        with producer(sluice, topic) as p:
+            for i in range(4):
+                p.send(message(topic, f"job-{i}".encode()))
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            with listener.lock:
+                if len(listener.deliveries) >= 8:
+                    break
+            time.sleep(0.2)
+    finally:
+        push.shutdown()
+    # Each job failed once and came back (after the server's 1 s backoff) as attempt 2.
+    assert sorted(listener.deliveries) == sorted(
+        [(f"job-{i}".encode(), a) for i in range(4) for a in (1, 2)])

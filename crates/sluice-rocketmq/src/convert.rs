@@ -58,6 +58,21 @@ pub struct Delivered<'a> {
     pub store_host: &'a str,
 }
 
+/// A record's headers with UTF-8 names and values, but the system header: the user
+/// properties of a message sent over RocketMQ, the headers of one sent over another face.
+pub fn user_properties(record: &Record) -> std::collections::HashMap<String, String> {
+    record
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_ref() != SYSTEM_HEADER)
+        .filter_map(|(name, value)| {
+            let name = std::str::from_utf8(name).ok()?;
+            let value = std::str::from_utf8(value.as_ref()?).ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 /// The message a consumer receives for `record`.
 pub fn to_message(record: &Record, at: Delivered<'_>) -> pb::Message {
     let mut system = pb::SystemProperties::default();

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod convert;
 mod service;
+pub mod sql;
 
 pub use broker::{RocketBroker, RocketConfig};
 pub use service::Service;

@@ -382,8 +382,7 @@ impl Service {
                     &mut commits,
                 );
                 for l in leased {
-                    let message_tag = tag_of(&l.record);
-                    if !filter.accepts(message_tag.as_deref()) {
+                    if !filter.accepts(&l.record) {
                         // Not for this group's filter: done for it, as RocketMQ skips it.
                         let _ = self.broker.settle(
                             &sub,
@@ -527,10 +526,11 @@ fn tag_of(record: &sluice_engine::stream::record::Record) -> Option<String> {
 }
 
 /// A consumer group's tag filter: `*` (or empty) takes everything, `a || b` those tags.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Filter {
     All,
     Tags(HashSet<String>),
+    Sql(crate::sql::Sql),
 }
 
 impl Filter {
@@ -541,10 +541,14 @@ impl Filter {
         match pb::FilterType::try_from(e.r#type).unwrap_or_default() {
             pb::FilterType::Tag | pb::FilterType::Unspecified => {}
             pb::FilterType::Sql => {
-                return Err(Refused(
-                    Code::Unsupported,
-                    "SQL92 filter expressions are not supported yet".into(),
-                ));
+                return crate::sql::Sql::parse(&e.expression)
+                    .map(Filter::Sql)
+                    .map_err(|why| {
+                        Refused(
+                            Code::IllegalFilterExpression,
+                            format!("illegal SQL92 expression {:?}: {why}", e.expression),
+                        )
+                    });
             }
         }
         let expr = e.expression.trim();
@@ -566,10 +570,19 @@ impl Filter {
         Ok(Filter::Tags(tags))
     }
 
-    fn accepts(&self, tag: Option<&str>) -> bool {
+    /// Whether the group takes `record`: by its tag, or by its user properties and tag
+    /// (`TAGS`) for an SQL92 filter.
+    fn accepts(&self, record: &sluice_engine::stream::record::Record) -> bool {
         match self {
             Filter::All => true,
-            Filter::Tags(tags) => tag.is_some_and(|t| tags.contains(t)),
+            Filter::Tags(tags) => tag_of(record).is_some_and(|t| tags.contains(&t)),
+            Filter::Sql(sql) => {
+                let mut properties = convert::user_properties(record);
+                if let Some(tag) = tag_of(record) {
+                    properties.insert("TAGS".to_string(), tag);
+                }
+                sql.matches(&properties)
+            }
         }
     }
 }
@@ -1049,16 +1062,18 @@ mod tests {
         let all = Filter::parse(tag_filter("*").as_ref()).ok();
         assert_eq!(all, Some(Filter::All));
         let some = Filter::parse(tag_filter(" TagA || TagB ").as_ref()).ok();
-        let Some(some) = some else {
-            unreachable!("a valid expression")
-        };
-        assert!(some.accepts(Some("TagA")) && some.accepts(Some("TagB")));
-        assert!(!some.accepts(Some("TagC")) && !some.accepts(None));
+        assert!(
+            matches!(&some, Some(Filter::Tags(t)) if t.len() == 2 && t.contains("TagA") && t.contains("TagB"))
+        );
         assert!(Filter::parse(tag_filter("||").as_ref()).is_err());
-        let sql = pb::FilterExpression {
+        let sql = |expression: &str| pb::FilterExpression {
             r#type: pb::FilterType::Sql as i32,
-            expression: "a > 1".into(),
+            expression: expression.into(),
         };
-        assert!(Filter::parse(Some(&sql)).is_err());
+        assert!(matches!(
+            Filter::parse(Some(&sql("a > 1"))),
+            Ok(Filter::Sql(_))
+        ));
+        assert!(Filter::parse(Some(&sql("a >"))).is_err());
     }
 }

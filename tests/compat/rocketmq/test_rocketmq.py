@@ -427,3 +427,31 @@ def test_a_push_consumer_gets_every_message_and_a_failed_one_again(sluice, make_
     # Each job failed once and came back (after the server's 1 s backoff) as attempt 2.
     assert sorted(listener.deliveries) == sorted(
         [(f"job-{i}".encode(), a) for i in range(4) for a in (1, 2)])
+
+
+def test_an_sql92_filter_selects_by_properties_and_tag(sluice, make_topic, group):
+    from rocketmq.grpc_protocol import FilterType
+    topic = make_topic(2)
+    orders = [("eu", "250", "paid"), ("eu", "50", "paid"), ("us", "900", "paid"), ("eu", "300", "refund")]
+    with producer(sluice, topic) as p:
+        for region, amount, tag in orders:
+            p.send(message(topic, f"{region}-{amount}-{tag}".encode(), tag=tag,
+                           properties={"region": region, "amount": amount}))
+        p.send(message(topic, b"no properties", tag="paid"))
+    expression = "region = 'eu' AND amount > 100 AND TAGS = 'paid'"
+    c = SimpleConsumer(config(sluice), group, {topic: FilterExpression(expression, FilterType.SQL)},
+                       await_duration=AWAIT_S)
+    c.startup()
+    try:
+        got = receive_all(c, 1)
+        for m in got:
+            c.ack(m)
+        got += c.receive(32, INVISIBLE_S)
+        assert [m.body for m in got] == [b"eu-250-paid"]
+    finally:
+        c.shutdown()
+    with consumer(sluice, group + "-bad", topic) as bad:
+        bad.subscribe(topic, FilterExpression("amount >", FilterType.SQL))
+        with pytest.raises(Exception) as refused:
+            bad.receive(1, INVISIBLE_S)
+        assert getattr(refused.value, "code", None) == Code.ILLEGAL_FILTER_EXPRESSION

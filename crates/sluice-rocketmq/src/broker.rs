@@ -28,6 +28,14 @@ pub struct RocketConfig {
     pub advertised_port: u16,
     /// Largest message body a producer may send.
     pub max_body_bytes: usize,
+    /// Deliveries of a message to a consumer group before it goes to the group's
+    /// dead-letter topic.
+    pub max_delivery_attempts: u32,
+}
+
+/// The dead-letter topic of a consumer group, as RocketMQ names it.
+pub fn dead_letter_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
 }
 
 /// One consumer group's state on one message queue.
@@ -451,9 +459,9 @@ impl RocketBroker {
             .unwrap_or(0)
             .max(u64::try_from(log_start).unwrap_or(0));
         // Redelivery follows the invisible time the consumer chose, with no backoff of
-        // its own; nothing is given up on until dead-letter queues exist.
+        // its own; past the last attempt a message goes to the dead-letter topic.
         let policy = Policy {
-            max_attempts: u32::MAX,
+            max_attempts: self.config.max_delivery_attempts.max(1),
             backoff_ms: 0,
             multiplier: 1,
             backoff_max_ms: 0,
@@ -466,10 +474,13 @@ impl RocketBroker {
     }
 
     /// Leases up to `max` records of `partition` for `invisible_ms`: due redeliveries
-    /// first, then new records. Effects other than deliveries (commits) are returned
-    /// for storing.
+    /// first, then new records. Messages past their last attempt are moved to `group`'s
+    /// dead-letter topic. Commits are returned for storing.
+    #[allow(clippy::too_many_arguments)]
     pub fn receive(
         &self,
+        group: &str,
+        topic: &str,
         sub: &Mutex<QueueSub>,
         partition: &Partition,
         max: usize,
@@ -528,10 +539,84 @@ impl RocketBroker {
                     }
                 }
                 Effect::Commit(c) => commits.push(c),
-                Effect::Refused(_) | Effect::DeadLetter(_) => {}
+                Effect::DeadLetter(offset) => {
+                    if let Some(record) = read_at(partition, &mut qs.cache, offset) {
+                        self.dead_letter(group, topic, &record);
+                    }
+                }
+                Effect::Refused(_) => {}
             }
         }
         out
+    }
+
+    /// Copies `record` of `topic` to `group`'s dead-letter topic (made on first use),
+    /// marked with where it came from. A failure is logged: the message is done for the
+    /// group either way, as a message past its last attempt is in RocketMQ.
+    pub fn dead_letter(&self, group: &str, topic: &str, record: &Record) {
+        let dlq = dead_letter_topic(group);
+        let target = match self.topics.get(&dlq) {
+            Some(t) => Ok(t),
+            None => self.topics.create_internal(&dlq, 1).or_else(|e| {
+                // Made by a concurrent dead letter meanwhile.
+                self.topics.get(&dlq).ok_or(e)
+            }),
+        };
+        let partition = match target.map(|t| t.partition(0)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(topic = %dlq, error = %e.message, "cannot create a dead-letter topic");
+                return;
+            }
+        };
+        let mut batch = BatchBuilder::default();
+        crate::convert::push_dead_letter(&mut batch, record, topic);
+        let bytes = bytes::Bytes::from(batch.finish());
+        let info = BatchInfo {
+            start: 0,
+            len: bytes.len(),
+            offsets: 1,
+            max_timestamp: record.timestamp,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            transactional: false,
+        };
+        if let Err(e) = partition.append(&bytes, &[info], None) {
+            tracing::error!(topic = %dlq, error = ?e, "dead letter not stored");
+        }
+    }
+
+    /// Moves the delivery `offset` / `receipt` of `group` on `partition` to the group's
+    /// dead-letter topic now (ForwardMessageToDeadLetterQueue); `false` if no such
+    /// delivery is in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_to_dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        sub: &Mutex<QueueSub>,
+        partition: &Partition,
+        offset: u64,
+        receipt: u64,
+        commits: &mut Vec<u64>,
+    ) -> bool {
+        let now = self.clock.now_ms();
+        let mut qs = sub.lock().unwrap_or_else(|p| p.into_inner());
+        let qs = &mut *qs;
+        let Some(record) = read_at(partition, &mut qs.cache, offset) else {
+            return false;
+        };
+        let mut effects = Vec::new();
+        qs.sub
+            .apply(Command::Ack { offset, receipt }, now, &mut effects);
+        if effects.iter().any(|e| matches!(e, Effect::Refused(_))) {
+            return false;
+        }
+        commits.extend(effects.iter().filter_map(commit_of));
+        self.dead_letter(group, topic, &record);
+        true
     }
 
     /// Applies an ack or an extension; `Ok` with the new receipt for an extension.

@@ -47,6 +47,38 @@ pub fn push(
     batch.push(timestamp, key, Some(&message.body), headers.into_iter());
 }
 
+/// Appends a copy of `record` as a dead letter from `origin_topic`: its system
+/// properties say where it came from (`dead_letter_queue`), all else is kept.
+pub fn push_dead_letter(batch: &mut BatchBuilder, record: &Record, origin_topic: &str) {
+    let mut system = record
+        .headers
+        .iter()
+        .find(|(k, _)| k.as_ref() == SYSTEM_HEADER)
+        .and_then(|(_, v)| pb::SystemProperties::decode(v.as_ref()?.as_ref()).ok())
+        .unwrap_or_default();
+    if system.message_id.is_empty() {
+        system.message_id = format!("{:016X}", record.offset);
+    }
+    system.dead_letter_queue = Some(pb::DeadLetterQueue {
+        topic: origin_topic.to_string(),
+        message_id: system.message_id.clone(),
+    });
+    let encoded = system.encode_to_vec();
+    let mut headers: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(record.headers.len() + 1);
+    headers.push((SYSTEM_HEADER, Some(&encoded)));
+    for (k, v) in &record.headers {
+        if k.as_ref() != SYSTEM_HEADER {
+            headers.push((k.as_ref(), v.as_deref()));
+        }
+    }
+    batch.push(
+        record.timestamp,
+        record.key.as_deref(),
+        record.value.as_deref(),
+        headers.into_iter(),
+    );
+}
+
 /// Where and how a record is handed out.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivered<'a> {

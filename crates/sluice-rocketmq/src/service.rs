@@ -375,6 +375,8 @@ impl Service {
                     .subscription(group, &topic.name, partition, *index);
                 let mut commits = Vec::new();
                 let leased = self.broker.receive(
+                    group,
+                    &topic.name,
                     &sub,
                     partition,
                     max - out.len(),
@@ -589,7 +591,7 @@ impl Filter {
 
 /// What the server answers a client's settings with: the client's own, completed with
 /// the server's side (limits, retry policy, receive defaults), as the Apache proxy does.
-fn settings_reply(client: &pb::Settings, max_body_bytes: usize) -> pb::Settings {
+fn settings_reply(client: &pb::Settings, max_body_bytes: usize, max_attempts: u32) -> pb::Settings {
     let mut reply = client.clone();
     match reply.pub_sub.as_mut() {
         Some(pb::settings::PubSub::Publishing(p)) => {
@@ -618,7 +620,7 @@ fn settings_reply(client: &pb::Settings, max_body_bytes: usize) -> pb::Settings 
                 7200,
             ];
             reply.backoff_policy = Some(pb::RetryPolicy {
-                max_attempts: 17,
+                max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
                 strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
                     pb::CustomizedBackoff {
                         next: delays_s
@@ -809,13 +811,64 @@ impl MessagingService for Service {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        let checked = check_client(&request);
+        let r = request.get_ref();
+        let answer: Result<Vec<u64>, Refused> = match checked {
+            Err(e) => Err(e),
+            Ok(()) => (|| {
+                let group = name(r.group.as_ref());
+                if group.is_empty() {
+                    return Err(Refused(
+                        Code::IllegalConsumerGroup,
+                        "consumer group is required".into(),
+                    ));
+                }
+                let topic = self.topic(r.topic.as_ref())?;
+                let invalid = || {
+                    Refused(
+                        Code::InvalidReceiptHandle,
+                        "receipt handle is invalid or expired".into(),
+                    )
+                };
+                let (queue, offset, receipt) =
+                    parse_receipt_handle(&r.receipt_handle).ok_or_else(invalid)?;
+                let partition = topic.partition(queue).ok_or_else(invalid)?;
+                let sub = self
+                    .broker
+                    .subscription(group, &topic.name, &partition, queue);
+                let mut commits = Vec::new();
+                if !self.broker.forward_to_dead_letter(
+                    group,
+                    &topic.name,
+                    &sub,
+                    &partition,
+                    offset,
+                    receipt,
+                    &mut commits,
+                ) {
+                    return Err(invalid());
+                }
+                Ok(commits)
+            })(),
+        };
+        let status = match answer {
+            Ok(commits) => {
+                if let (Some(c), Ok((queue, _, _))) = (
+                    commits.last(),
+                    parse_receipt_handle(&r.receipt_handle).ok_or(()),
+                ) {
+                    self.broker
+                        .commit(name(r.group.as_ref()), name(r.topic.as_ref()), queue, *c)
+                        .await;
+                }
+                ok()
+            }
+            Err(e) => e.status(),
+        };
         Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
-            status: status(
-                Code::NotImplemented,
-                "dead-letter queues are not supported yet",
-            ),
+            status,
         }))
     }
 
@@ -909,6 +962,7 @@ impl MessagingService for Service {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let max_body = self.broker.config.max_body_bytes;
+        let max_attempts = self.broker.config.max_delivery_attempts;
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
             if let Some(e) = refused {
@@ -930,12 +984,13 @@ impl MessagingService for Service {
                             broker.register_producer(&topic.name, &tx);
                         }
                     }
-                    let reply = pb::TelemetryCommand {
-                        status: ok(),
-                        command: Some(pb::telemetry_command::Command::Settings(settings_reply(
-                            &s, max_body,
-                        ))),
-                    };
+                    let reply =
+                        pb::TelemetryCommand {
+                            status: ok(),
+                            command: Some(pb::telemetry_command::Command::Settings(
+                                settings_reply(&s, max_body, max_attempts),
+                            )),
+                        };
                     if tx.send(Ok(reply)).await.is_err() {
                         return;
                     }

@@ -325,7 +325,7 @@ fn number(v: &str) -> Option<f64> {
 fn eval(e: &Expr, props: &HashMap<String, String>) -> Option<bool> {
     match e {
         Expr::Const(b) => Some(*b),
-        Expr::IsNull(name, negated) => Some(!props.contains_key(name) != *negated),
+        Expr::IsNull(name, negated) => Some(props.contains_key(name) == *negated),
         Expr::Compare(name, op, value) => {
             let v = props.get(name)?;
             let ordering = match value {

@@ -37,6 +37,9 @@ pub struct Config {
     pub kafka_listen: SocketAddr,
     /// Where RocketMQ 5 clients connect (gRPC).
     pub rocketmq_listen: SocketAddr,
+    /// Deliveries of a message to a RocketMQ consumer group before it goes to the
+    /// group's dead-letter topic `%DLQ%<group>` (RocketMQ: 16 retries, so 17).
+    pub rocketmq_max_delivery_attempts: u32,
     /// Host given to Kafka clients in Metadata; empty means the listen address's IP.
     pub kafka_advertised_host: String,
     /// Metadata requests create missing topics (Kafka's `auto.create.topics.enable`).
@@ -82,6 +85,7 @@ impl Default for Config {
             amqp_permissions: String::new(),
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             rocketmq_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            rocketmq_max_delivery_attempts: 17,
             kafka_advertised_host: String::new(),
             kafka_auto_create_topics: true,
             kafka_default_partitions: 1,
@@ -187,6 +191,19 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--grpc-listen"),
         set: |d, v| {
             d.config.rocketmq_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rocketmq.max_delivery_attempts",
+        env: "SLUICE_ROCKETMQ_MAX_DELIVERY_ATTEMPTS",
+        flag: None,
+        set: |d, v| {
+            let n = parse_u32(v)?;
+            if !(1..=1_000).contains(&n) {
+                return Err(format!("expected 1 to 1000, got {n}"));
+            }
+            d.config.rocketmq_max_delivery_attempts = n;
             Ok(())
         },
     },

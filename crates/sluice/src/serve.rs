@@ -141,6 +141,7 @@ async fn listen_until_signal(
         advertised_host: rocketmq.local_addr.ip().to_string(),
         advertised_port: rocketmq.local_addr.port(),
         max_body_bytes: ROCKETMQ_BODY_MAX,
+        max_delivery_attempts: config.rocketmq_max_delivery_attempts,
     };
     let rocketmq_broker = tokio::task::block_in_place(|| {
         RocketBroker::open(

@@ -67,7 +67,10 @@ class Sluice:
             "--kafka-listen", f"127.0.0.1:{self.ports.get('kafka', 0)}",
             "--grpc-listen", f"127.0.0.1:{self.ports.get('rocketmq', 0)}",
         ]
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        # Three deliveries before a message is dead-lettered (RocketMQ's default is 17),
+        # so the dead-letter test does not wait out sixteen retries.
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"),
+                   SLUICE_ROCKETMQ_MAX_DELIVERY_ATTEMPTS="3")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=env)
         found = queue.Queue()

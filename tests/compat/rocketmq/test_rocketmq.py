@@ -15,7 +15,8 @@ from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExp
                       MessageListener, Producer, PushConsumer, SimpleConsumer, TransactionChecker,
                       TransactionResolution)
 from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code, EndTransactionRequest,
-                                    MessagingServiceStub, QueryRouteRequest, Resource, TransactionSource)
+                                    ForwardMessageToDeadLetterQueueRequest, MessagingServiceStub,
+                                    QueryRouteRequest, Resource, TransactionSource)
 
 INVISIBLE_S = 15
 AWAIT_S = 2
@@ -455,3 +456,37 @@ def test_an_sql92_filter_selects_by_properties_and_tag(sluice, make_topic, group
         with pytest.raises(Exception) as refused:
             bad.receive(1, INVISIBLE_S)
         assert getattr(refused.value, "code", None) == Code.ILLEGAL_FILTER_EXPRESSION
+
+
+def test_a_message_past_its_last_attempt_goes_to_the_dead_letter_topic(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        sent = p.send(message(topic, b"poison", properties={"k": "v"})).message_id
+    with consumer(sluice, group, topic) as c:
+        for attempt in (1, 2, 3):
+            [m] = receive_all(c, 1)
+            assert (m.message_id, m.delivery_attempt) == (sent, attempt)
+            c.change_invisible_duration(m, 0)  # given back at once: a failed attempt
+        # The server allows 3 deliveries (conftest): the message left the topic.
+        assert c.receive(32, INVISIBLE_S) == []
+    with consumer(sluice, group + "-dlq", f"%DLQ%{group}") as dlq:
+        [dead] = receive_all(dlq, 1)
+        assert (dead.message_id, dead.body, dead.properties.get("k")) == (sent, b"poison", "v")
+        dlq.ack(dead)
+
+
+def test_forward_to_dead_letter_queue_moves_a_delivery_at_once(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        sent = p.send(message(topic, b"unprocessable")).message_id
+    with consumer(sluice, group, topic) as c:
+        [m] = receive_all(c, 1)
+        request = ForwardMessageToDeadLetterQueueRequest(
+            group=Resource(name=group), topic=Resource(name=topic), receipt_handle=m.receipt_handle,
+            message_id=m.message_id, delivery_attempt=1, max_delivery_attempts=3)
+        assert raw_call(sluice, "ForwardMessageToDeadLetterQueue", request).status.code == Code.OK
+        again = raw_call(sluice, "ForwardMessageToDeadLetterQueue", request)
+        assert again.status.code == Code.INVALID_RECEIPT_HANDLE, "moved once"
+        assert c.receive(32, INVISIBLE_S) == []
+    with consumer(sluice, group + "-dlq", f"%DLQ%{group}") as dlq:
+        assert [d.message_id for d in receive_all(dlq, 1)] == [sent]

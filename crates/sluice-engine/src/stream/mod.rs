@@ -16,7 +16,7 @@ pub mod topics;
 pub use config::{TimestampType, TopicConfig};
 pub use partition::{Partition, PartitionState, Produced};
 pub use sluice_log::{Batch, FileSlice, FlushPolicy, LogConfig, LogError, send_file_slice};
-pub use topics::{Refusal, RefusalKind, Topic, Topics, valid_name};
+pub use topics::{Refusal, RefusalKind, Topic, Topics, valid_internal_name, valid_name};
 
 /// Why an append was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,6 +124,12 @@ fn random_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// Names of topics the broker makes itself, for RocketMQ's dead-letter queues
+/// (`%DLQ%<group>`): Kafka's rule with `%` allowed too. Clients cannot create them.
+pub fn valid_internal_name(name: &str) -> bool {
+    name.contains('%') && valid_name(&name.replace('%', "_"))
+}
+
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -177,7 +183,7 @@ impl Topics {
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !valid_name(&name) {
+            if !valid_name(&name) && !valid_internal_name(&name) {
                 // Leftovers of deletions in progress.
                 if name.contains(".deleted-") {
                     let _ = fs::remove_dir_all(entry.path());
@@ -349,7 +355,17 @@ impl Topics {
         partitions: i32,
         overrides: &BTreeMap<String, String>,
     ) -> Result<(), Refusal> {
-        if !valid_name(name) {
+        self.validate_named(name, valid_name(name), partitions, overrides)
+    }
+
+    fn validate_named(
+        &self,
+        name: &str,
+        name_ok: bool,
+        partitions: i32,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<(), Refusal> {
+        if !name_ok {
             return Err(refused(
                 RefusalKind::InvalidName,
                 format!("topic name {name:?} is not valid: 1 to 249 of [a-zA-Z0-9._-]"),
@@ -390,6 +406,23 @@ impl Topics {
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, Refusal> {
         self.validate(name, partitions, &overrides)?;
+        self.create_checked(name, partitions, overrides)
+    }
+
+    /// Creates a topic the broker makes itself, named by [`valid_internal_name`]
+    /// (blocking file work).
+    pub fn create_internal(&self, name: &str, partitions: i32) -> Result<Arc<Topic>, Refusal> {
+        let overrides = BTreeMap::new();
+        self.validate_named(name, valid_internal_name(name), partitions, &overrides)?;
+        self.create_checked(name, partitions, overrides)
+    }
+
+    fn create_checked(
+        &self,
+        name: &str,
+        partitions: i32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, Refusal> {
         let config = TopicConfig::with_overrides(&self.defaults, &overrides)
             .map_err(|e| refused(RefusalKind::InvalidConfig, e))?;
         let dir = self.dir.join(name);

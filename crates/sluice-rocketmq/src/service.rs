@@ -68,6 +68,34 @@ fn name(resource: Option<&pb::Resource>) -> &str {
     resource.map_or("", |r| r.name.as_str())
 }
 
+/// The delivery a request names by group, topic and receipt handle.
+struct Named {
+    topic: Arc<Topic>,
+    queue: i32,
+    offset: u64,
+    receipt: u64,
+    partition: Arc<Partition>,
+    sub: Arc<std::sync::Mutex<crate::broker::QueueSub>>,
+}
+
+fn invalid_handle() -> Refused {
+    Refused(
+        Code::InvalidReceiptHandle,
+        "receipt handle is invalid or expired".into(),
+    )
+}
+
+fn group_name(resource: Option<&pb::Resource>) -> Result<&str, Refused> {
+    let group = name(resource);
+    if group.is_empty() {
+        return Err(Refused(
+            Code::IllegalConsumerGroup,
+            "consumer group is required".into(),
+        ));
+    }
+    Ok(group)
+}
+
 pub struct Service {
     broker: Arc<RocketBroker>,
     /// Where the next receive starts among a topic's queues, so consumers share them.
@@ -91,6 +119,29 @@ impl Service {
             .topics
             .get(topic)
             .ok_or_else(|| Refused(Code::TopicNotFound, format!("topic not found: {topic}")))
+    }
+
+    /// The delivery `handle` names in `group`'s subscription to `topic`.
+    fn delivery(
+        &self,
+        group: &str,
+        topic: Option<&pb::Resource>,
+        handle: &str,
+    ) -> Result<Named, Refused> {
+        let topic = self.topic(topic)?;
+        let (queue, offset, receipt) = parse_receipt_handle(handle).ok_or_else(invalid_handle)?;
+        let partition = topic.partition(queue).ok_or_else(invalid_handle)?;
+        let sub = self
+            .broker
+            .subscription(group, &topic.name, &partition, queue);
+        Ok(Named {
+            topic,
+            queue,
+            offset,
+            receipt,
+            partition,
+            sub,
+        })
     }
 
     fn endpoints(&self, asked: Option<&pb::Endpoints>) -> pb::Endpoints {
@@ -255,13 +306,7 @@ impl Service {
         &self,
         request: &pb::AckMessageRequest,
     ) -> Result<Vec<pb::AckMessageResultEntry>, Refused> {
-        let group = name(request.group.as_ref());
-        if group.is_empty() {
-            return Err(Refused(
-                Code::IllegalConsumerGroup,
-                "consumer group is required".into(),
-            ));
-        }
+        let group = group_name(request.group.as_ref())?;
         let topic = self.topic(request.topic.as_ref())?;
         let mut commits: BTreeMap<i32, u64> = BTreeMap::new();
         let mut results = Vec::with_capacity(request.entries.len());
@@ -306,13 +351,7 @@ impl Service {
         request: &pb::ReceiveMessageRequest,
         wait: Duration,
     ) -> Result<Vec<pb::Message>, Refused> {
-        let group = name(request.group.as_ref());
-        if group.is_empty() {
-            return Err(Refused(
-                Code::IllegalConsumerGroup,
-                "consumer group is required".into(),
-            ));
-        }
+        let group = group_name(request.group.as_ref())?;
         let topic = self.topic(
             request
                 .message_queue
@@ -818,37 +857,19 @@ impl MessagingService for Service {
         let answer: Result<Vec<u64>, Refused> = match checked {
             Err(e) => Err(e),
             Ok(()) => (|| {
-                let group = name(r.group.as_ref());
-                if group.is_empty() {
-                    return Err(Refused(
-                        Code::IllegalConsumerGroup,
-                        "consumer group is required".into(),
-                    ));
-                }
-                let topic = self.topic(r.topic.as_ref())?;
-                let invalid = || {
-                    Refused(
-                        Code::InvalidReceiptHandle,
-                        "receipt handle is invalid or expired".into(),
-                    )
-                };
-                let (queue, offset, receipt) =
-                    parse_receipt_handle(&r.receipt_handle).ok_or_else(invalid)?;
-                let partition = topic.partition(queue).ok_or_else(invalid)?;
-                let sub = self
-                    .broker
-                    .subscription(group, &topic.name, &partition, queue);
+                let group = group_name(r.group.as_ref())?;
+                let d = self.delivery(group, r.topic.as_ref(), &r.receipt_handle)?;
                 let mut commits = Vec::new();
                 if !self.broker.forward_to_dead_letter(
                     group,
-                    &topic.name,
-                    &sub,
-                    &partition,
-                    offset,
-                    receipt,
+                    &d.topic.name,
+                    &d.sub,
+                    &d.partition,
+                    d.offset,
+                    d.receipt,
                     &mut commits,
                 ) {
-                    return Err(invalid());
+                    return Err(invalid_handle());
                 }
                 Ok(commits)
             })(),
@@ -1020,14 +1041,7 @@ impl MessagingService for Service {
         let answer = (|| -> Result<_, Refused> {
             check_client(&request)?;
             let r = request.get_ref();
-            let group = name(r.group.as_ref());
-            if group.is_empty() {
-                return Err(Refused(
-                    Code::IllegalConsumerGroup,
-                    "consumer group is required".into(),
-                ));
-            }
-            let topic = self.topic(r.topic.as_ref())?;
+            let group = group_name(r.group.as_ref())?;
             let invisible_ms = r
                 .invisible_duration
                 .as_ref()
@@ -1038,33 +1052,22 @@ impl MessagingService for Service {
                     format!("invisible time {invisible_ms} ms is over {INVISIBLE_MAX_MS}"),
                 ));
             }
-            let invalid = || {
-                Refused(
-                    Code::InvalidReceiptHandle,
-                    "receipt handle is invalid or expired".into(),
-                )
-            };
-            let (queue, offset, receipt) =
-                parse_receipt_handle(&r.receipt_handle).ok_or_else(invalid)?;
-            let partition = topic.partition(queue).ok_or_else(invalid)?;
-            let sub = self
-                .broker
-                .subscription(group, &topic.name, &partition, queue);
+            let d = self.delivery(group, r.topic.as_ref(), &r.receipt_handle)?;
             let mut commits = Vec::new();
             let renewed = self
                 .broker
                 .settle(
-                    &sub,
+                    &d.sub,
                     Command::Extend {
-                        offset,
-                        receipt,
+                        offset: d.offset,
+                        receipt: d.receipt,
                         invisible_ms,
                     },
                     &mut commits,
                 )
-                .map_err(|_| invalid())?
-                .ok_or_else(invalid)?;
-            Ok(receipt_handle(queue, offset, renewed))
+                .map_err(|_| invalid_handle())?
+                .ok_or_else(invalid_handle)?;
+            Ok(receipt_handle(d.queue, d.offset, renewed))
         })();
         Ok(Response::new(match answer {
             Ok(receipt_handle) => pb::ChangeInvisibleDurationResponse {

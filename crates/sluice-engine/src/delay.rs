@@ -115,8 +115,8 @@ impl DelayStore {
         }
     }
 
-    /// Makes everything durable (clean shutdown). Blocking.
-    pub fn close(&mut self) -> Result<(), StoreError> {
+    /// Makes everything held and released so far durable (fsync). Blocking.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
         self.store.close()
     }
 }

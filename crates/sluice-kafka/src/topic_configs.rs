@@ -83,7 +83,8 @@ fn flush_messages(log: &LogConfig) -> String {
     }
 }
 
-/// Kafka 3.6's topic configs, in name order, plus Sluice's own `flush`.
+/// Kafka 3.6's topic configs, in name order, plus Sluice's own `flush` and `message.type`
+/// (the RocketMQ message type).
 const SPECS: &[Spec] = &[
     spec(
         "cleanup.policy",
@@ -200,6 +201,7 @@ const SPECS: &[Spec] = &[
         Some("log.message.timestamp.type"),
         Value::Topic,
     ),
+    spec("message.type", TYPE_STRING, None, Value::Topic),
     spec(
         "min.cleanable.dirty.ratio",
         TYPE_DOUBLE,
@@ -345,7 +347,7 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(all, sorted);
-        assert_eq!(all.len(), 32);
+        assert_eq!(all.len(), 33);
     }
 
     #[test]

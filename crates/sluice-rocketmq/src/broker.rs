@@ -91,6 +91,15 @@ pub enum EndFailed {
     Append(AppendFailed),
 }
 
+/// Where an append went.
+#[derive(Debug)]
+pub struct Appended {
+    pub base_offset: i64,
+    /// The offset after the last message: durable once the log is synced past it.
+    pub next_offset: u64,
+    pub partition: Arc<Partition>,
+}
+
 /// Why a message could not be appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendFailed {
@@ -159,13 +168,13 @@ impl RocketBroker {
     }
 
     /// Appends `messages` (with their system properties) to queue `queue` of `topic` as
-    /// one batch; returns the offset of the first.
+    /// one batch.
     pub fn append(
         &self,
         topic: &str,
         queue: i32,
         messages: &[(&crate::pb::Message, &crate::pb::SystemProperties)],
-    ) -> Result<i64, AppendFailed> {
+    ) -> Result<Appended, AppendFailed> {
         let partition = self
             .topics
             .get(topic)
@@ -191,7 +200,28 @@ impl RocketBroker {
             tracing::error!(topic, queue, error = ?e, "RocketMQ message not stored");
             AppendFailed::Storage
         })?;
-        Ok(produced.base_offset)
+        Ok(Appended {
+            base_offset: produced.base_offset,
+            next_offset: produced.next_offset,
+            partition,
+        })
+    }
+
+    /// Makes the held delayed and half messages durable (a send to a `flush=sync`
+    /// topic). Blocking.
+    pub fn sync_held(&self) -> Result<(), AppendFailed> {
+        let sync = |store: &Mutex<DelayStore>| {
+            store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync()
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot sync held RocketMQ messages");
+                    AppendFailed::Storage
+                })
+        };
+        sync(&self.delayed)?;
+        sync(&self.half)
     }
 
     /// Holds a delayed message until `due_ms`, then appends it to queue `queue` of
@@ -670,11 +700,11 @@ impl RocketBroker {
             tracing::error!(error = %e, "cannot sync RocketMQ offsets");
         }
         let mut delayed = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = delayed.close() {
+        if let Err(e) = delayed.sync() {
             tracing::error!(error = %e, "cannot sync delayed RocketMQ messages");
         }
         let mut half = self.half.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = half.close() {
+        if let Err(e) = half.sync() {
             tracing::error!(error = %e, "cannot sync RocketMQ half messages");
         }
     }

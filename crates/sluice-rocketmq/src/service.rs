@@ -185,12 +185,15 @@ impl Service {
                     id: 0,
                     endpoints: Some(endpoints.clone()),
                 }),
-                accept_message_types: ACCEPTED_TYPES.iter().map(|t| *t as i32).collect(),
+                accept_message_types: accepted_types(topic).iter().map(|t| *t as i32).collect(),
             })
             .collect()
     }
 
-    fn send(&self, request: &pb::SendMessageRequest) -> Result<Vec<pb::SendResultEntry>, Refused> {
+    fn send(
+        &self,
+        request: &pb::SendMessageRequest,
+    ) -> Result<(Vec<pb::SendResultEntry>, Pending), Refused> {
         let first = request
             .messages
             .first()
@@ -198,6 +201,7 @@ impl Service {
         let topic = self.topic(first.topic.as_ref())?;
         let partitions = topic.partition_count();
         let now = self.broker.clock.now_ms();
+        let accepted = accepted_types(&topic);
         // Checked whole before anything is stored: a refused request stores nothing.
         let mut now_queues: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         let mut held: Vec<(usize, i32, Kind)> = Vec::new();
@@ -228,6 +232,18 @@ impl Service {
                 ));
             }
             let kind = classify(system, now)?;
+            let declared = pb::MessageType::try_from(system.message_type).unwrap_or_default();
+            if !accepted.contains(&declared) {
+                return Err(Refused(
+                    Code::MessagePropertyConflictWithType,
+                    format!(
+                        "topic {} does not accept {} messages (its message.type is {})",
+                        topic.name,
+                        declared.as_str_name(),
+                        topic.config().message_type.as_str()
+                    ),
+                ));
+            }
             let queue = if (0..partitions).contains(&system.queue_id) {
                 system.queue_id
             } else {
@@ -254,6 +270,7 @@ impl Service {
                 ..Default::default()
             })
             .collect();
+        let mut pending = Pending::default();
         let refused = |e: AppendFailed| match e {
             AppendFailed::NoQueue => Refused(
                 Code::TopicNotFound,
@@ -271,16 +288,20 @@ impl Service {
                     Some((m, m.system_properties.as_ref()?))
                 })
                 .collect();
-            let base = self
+            let appended = self
                 .broker
                 .append(&topic.name, queue, &batch)
                 .map_err(refused)?;
             for (k, i) in members.into_iter().enumerate() {
                 if let Some(entry) = entries.get_mut(i) {
-                    entry.offset = base + i64::try_from(k).unwrap_or(0);
+                    entry.offset = appended.base_offset + i64::try_from(k).unwrap_or(0);
                 }
             }
+            pending
+                .appended
+                .push((appended.partition, appended.next_offset));
         }
+        pending.held = !held.is_empty();
         for (i, queue, kind) in held {
             let (Some(message), Some(entry)) = (request.messages.get(i), entries.get_mut(i)) else {
                 continue;
@@ -299,7 +320,10 @@ impl Service {
                 Kind::Now => {}
             }
         }
-        Ok(entries)
+        if !topic.config().flush_sync {
+            pending = Pending::default();
+        }
+        Ok((entries, pending))
     }
 
     async fn settle_entries(
@@ -474,12 +498,31 @@ impl Service {
 }
 
 /// The message types topics accept (Apache RocketMQ's topics of type MIXED accept all).
-const ACCEPTED_TYPES: [pb::MessageType; 4] = [
-    pb::MessageType::Normal,
-    pb::MessageType::Fifo,
-    pb::MessageType::Delay,
-    pb::MessageType::Transaction,
-];
+/// The message types a topic accepts: its `message.type`, or all four for MIXED (the
+/// default), as Apache RocketMQ's topic attribute says.
+fn accepted_types(topic: &Topic) -> Vec<pb::MessageType> {
+    use sluice_engine::stream::MessageType as T;
+    match topic.config().message_type {
+        T::Normal => vec![pb::MessageType::Normal],
+        T::Fifo => vec![pb::MessageType::Fifo],
+        T::Delay => vec![pb::MessageType::Delay],
+        T::Transaction => vec![pb::MessageType::Transaction],
+        T::Mixed => vec![
+            pb::MessageType::Normal,
+            pb::MessageType::Fifo,
+            pb::MessageType::Delay,
+            pb::MessageType::Transaction,
+        ],
+    }
+}
+
+/// What a send left to wait for before it is answered: the fsyncs of a `flush=sync`
+/// topic.
+#[derive(Debug, Default)]
+struct Pending {
+    appended: Vec<(Arc<Partition>, u64)>,
+    held: bool,
+}
 
 /// What a sent message becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -718,9 +761,32 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let answer = check_client(&request).and_then(|()| self.send(request.get_ref()));
+        let mut answer = check_client(&request).and_then(|()| self.send(request.get_ref()));
+        // A `flush=sync` topic answers once what the send stored is on disk.
+        if let Ok((_, pending)) = &mut answer {
+            let mut synced = Ok(());
+            for (partition, next) in std::mem::take(&mut pending.appended) {
+                if let Err(e) = partition.wait_durable(next).await {
+                    tracing::error!(error = %e, "fsync failed");
+                    synced = Err(());
+                }
+            }
+            if std::mem::take(&mut pending.held) {
+                let broker = Arc::clone(&self.broker);
+                let held = tokio::task::spawn_blocking(move || broker.sync_held()).await;
+                if !matches!(held, Ok(Ok(()))) {
+                    synced = Err(());
+                }
+            }
+            if synced.is_err() {
+                answer = Err(Refused(
+                    Code::MasterPersistenceTimeout,
+                    "stored, but not made durable".into(),
+                ));
+            }
+        }
         Ok(Response::new(match answer {
-            Ok(entries) => pb::SendMessageResponse {
+            Ok((entries, _)) => pb::SendMessageResponse {
                 status: ok(),
                 entries,
             },

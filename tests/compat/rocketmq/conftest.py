@@ -137,13 +137,15 @@ def sluice():
 
 @pytest.fixture
 def make_topic(sluice):
-    """Creates a topic with `queues` message queues; returns its name."""
+    """Creates a topic with `queues` message queues and Kafka topic `configs` (such as
+    Sluice's `message.type` and `flush`); returns its name."""
 
-    def make(queues=4):
+    def make(queues=4, configs=None):
         name = f"rmq-{uuid.uuid4().hex[:10]}"
         admin = KafkaAdminClient(bootstrap_servers=sluice.bootstrap, request_timeout_ms=10000)
         try:
-            admin.create_topics([NewTopic(name, num_partitions=queues, replication_factor=1)])
+            admin.create_topics([NewTopic(name, num_partitions=queues, replication_factor=1,
+                                          topic_configs=configs or {})])
         finally:
             admin.close()
         return name

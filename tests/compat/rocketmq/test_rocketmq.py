@@ -490,3 +490,37 @@ def test_forward_to_dead_letter_queue_moves_a_delivery_at_once(sluice, make_topi
         assert c.receive(32, INVISIBLE_S) == []
     with consumer(sluice, group + "-dlq", f"%DLQ%{group}") as dlq:
         assert [d.message_id for d in receive_all(dlq, 1)] == [sent]
+
+
+def test_a_topic_accepts_only_its_message_type(sluice, make_topic):
+    from rocketmq.grpc_protocol import MessageType, SendMessageRequest
+    from rocketmq.grpc_protocol.definition_pb2 import Message as PbMessage
+    from rocketmq.grpc_protocol.definition_pb2 import SystemProperties
+    fifo = make_topic(2, {"message.type": "fifo"})  # any case, as RocketMQ's admin takes it
+    route = raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=Resource(name=fifo)))
+    assert {tuple(q.accept_message_types) for q in route.message_queues} == {(MessageType.FIFO,)}
+
+    def send(**system):
+        msg = PbMessage(topic=Resource(name=fifo), body=b"x",
+                        system_properties=SystemProperties(message_id="01TYPE", **system))
+        return raw_call(sluice, "SendMessage", SendMessageRequest(messages=[msg])).status.code
+
+    assert send(message_type=MessageType.NORMAL) == Code.MESSAGE_PROPERTY_CONFLICT_WITH_TYPE
+    assert send(message_type=MessageType.FIFO, message_group="g") == Code.OK
+    # The client checks the route's types itself before sending.
+    with producer(sluice, fifo) as p:
+        with pytest.raises(Exception):
+            p.send(message(fifo, b"not fifo"))
+        m = message(fifo, b"fifo")
+        m.message_group = "order-1"
+        assert p.send(m).message_id
+
+
+def test_a_flush_sync_topic_answers_sends_and_keeps_them_across_kill_9(sluice, make_topic, group):
+    topic = make_topic(1, {"flush": "sync"})
+    with producer(sluice, topic) as p:
+        ids = [p.send(message(topic, f"m{i}".encode())).message_id for i in range(5)]
+        ids.append(p.send(delayed(topic, b"later", 1500)).message_id)
+    sluice.kill9_restart()
+    with consumer(sluice, group, topic) as c:
+        assert sorted(m.message_id for m in receive_all(c, 6)) == sorted(ids)

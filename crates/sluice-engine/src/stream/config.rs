@@ -1,5 +1,5 @@
 //! One topic's effective configs: the subset of Kafka's topic configs that Sluice
-//! implements, plus `flush`. Names and values are Kafka's, since Kafka clients set them
+//! implements, plus `flush` and `message.type`. Names and values are Kafka's, since Kafka clients set them
 //! and other faces show them.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,43 @@ pub struct TopicConfig {
     /// `sync`: acks=-1 is answered after fsync; `async`: fsync on the log's interval.
     pub flush_sync: bool,
     pub timestamp_type: TimestampType,
+    /// What RocketMQ messages the topic accepts (RocketMQ's topic message type).
+    pub message_type: MessageType,
+}
+
+/// A topic's RocketMQ message type: the one kind of message it accepts, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Normal,
+    Fifo,
+    Delay,
+    Transaction,
+    Mixed,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Normal => "NORMAL",
+            MessageType::Fifo => "FIFO",
+            MessageType::Delay => "DELAY",
+            MessageType::Transaction => "TRANSACTION",
+            MessageType::Mixed => "MIXED",
+        }
+    }
+
+    /// Reads a type name in any case.
+    pub fn parse(value: &str) -> Option<MessageType> {
+        [
+            MessageType::Normal,
+            MessageType::Fifo,
+            MessageType::Delay,
+            MessageType::Transaction,
+            MessageType::Mixed,
+        ]
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(value.trim()))
+    }
 }
 
 impl Default for TopicConfig {
@@ -33,6 +70,7 @@ impl Default for TopicConfig {
             max_message_bytes: 1_048_588,
             flush_sync: false,
             timestamp_type: TimestampType::CreateTime,
+            message_type: MessageType::Mixed,
         }
     }
 }
@@ -79,6 +117,13 @@ impl TopicConfig {
                 "async" => self.flush_sync = false,
                 _ => return Err(format!("invalid flush {value:?}: expected sync or async")),
             },
+            "message.type" => {
+                self.message_type = MessageType::parse(value).ok_or_else(|| {
+                    format!(
+                        "invalid message.type {value:?}: expected NORMAL, FIFO, DELAY, TRANSACTION or MIXED"
+                    )
+                })?;
+            }
             _ => return Err(format!("unknown topic config {name:?}")),
         }
         Ok(())
@@ -110,6 +155,7 @@ impl TopicConfig {
                 TimestampType::LogAppendTime => "LogAppendTime".into(),
             },
             "flush" => if self.flush_sync { "sync" } else { "async" }.into(),
+            "message.type" => self.message_type.as_str().into(),
             _ => return None,
         })
     }

@@ -13,7 +13,7 @@ pub mod partition;
 pub mod record;
 pub mod topics;
 
-pub use config::{TimestampType, TopicConfig};
+pub use config::{MessageType, TimestampType, TopicConfig};
 pub use partition::{Partition, PartitionState, Produced};
 pub use sluice_log::{Batch, FileSlice, FlushPolicy, LogConfig, LogError, send_file_slice};
 pub use topics::{Refusal, RefusalKind, Topic, Topics, valid_internal_name, valid_name};

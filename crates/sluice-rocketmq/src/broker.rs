@@ -69,6 +69,8 @@ pub struct RocketBroker {
     /// Telemetry streams of producers, by the topics they publish to: where check-backs go.
     producers: Mutex<HashMap<String, Vec<Telemetry>>>,
     half_wake: tokio::sync::Notify,
+    /// Consumer groups an administrator configured.
+    groups: Mutex<crate::groups::Groups>,
 }
 
 /// A producer's Telemetry stream, for commands the server pushes.
@@ -130,6 +132,10 @@ impl RocketBroker {
             source: e,
         })?;
         let (offsets, stored) = OffsetStore::open(dir, log, Arc::clone(&clock))?;
+        let groups = crate::groups::Groups::open(dir).map_err(|e| LogError::Io {
+            path: dir.join("groups.json"),
+            source: e,
+        })?;
         let half = DelayStore::open(&dir.join("transactions"), log.clone(), Arc::clone(&clock))
             .map_err(|e| LogError::Io {
                 path: dir.join("transactions"),
@@ -164,6 +170,7 @@ impl RocketBroker {
             checks: Mutex::new(HashMap::new()),
             producers: Mutex::new(HashMap::new()),
             half_wake: tokio::sync::Notify::new(),
+            groups: Mutex::new(groups),
         })
     }
 
@@ -244,6 +251,53 @@ impl RocketBroker {
             })?;
         self.delay_wake.notify_one();
         Ok(())
+    }
+
+    /// A consumer group's configuration (the defaults for one never configured).
+    pub fn group(&self, name: &str) -> crate::groups::GroupConfig {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+    }
+
+    /// Deliveries of a message to `group` before it is dead-lettered.
+    pub fn max_delivery_attempts(&self, group: &str) -> u32 {
+        self.group(group)
+            .retry_max_times
+            .map_or(self.config.max_delivery_attempts, |r| r.saturating_add(1))
+            .max(1)
+    }
+
+    /// Configures a consumer group (stored durably). FIFO applies from the next receive;
+    /// a new retry limit to the group's queues it has not read since the start. Blocking.
+    pub fn set_group(&self, name: &str, config: crate::groups::GroupConfig) -> Result<(), String> {
+        if !crate::groups::valid_name(name) {
+            return Err(format!("consumer group name {name:?} is not valid"));
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(name, config)
+            .map_err(|e| format!("cannot store the group: {e}"))?;
+        Ok(())
+    }
+
+    /// Creates a topic with `queues` message queues and a message type (a stream, also
+    /// a Kafka topic); `Ok(false)` if it exists already. Blocking.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        queues: i32,
+        message_type: &str,
+    ) -> Result<bool, String> {
+        let mut overrides = std::collections::BTreeMap::new();
+        overrides.insert("message.type".to_string(), message_type.to_string());
+        match self.topics.create(name, queues, overrides) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == sluice_engine::stream::RefusalKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.message),
+        }
     }
 
     /// Stores a half message: invisible until its transaction commits. Returns the
@@ -491,7 +545,7 @@ impl RocketBroker {
         // Redelivery follows the invisible time the consumer chose, with no backoff of
         // its own; past the last attempt a message goes to the dead-letter topic.
         let policy = Policy {
-            max_attempts: self.config.max_delivery_attempts.max(1),
+            max_attempts: self.max_delivery_attempts(group),
             backoff_ms: 0,
             multiplier: 1,
             backoff_max_ms: 0,
@@ -518,6 +572,7 @@ impl RocketBroker {
         commits: &mut Vec<u64>,
     ) -> Vec<Leased> {
         let now = self.clock.now_ms();
+        let fifo = self.group(group).fifo;
         let (start, end) = partition.offsets();
         let start = u64::try_from(start).unwrap_or(0);
         let end = u64::try_from(end).unwrap_or(0);
@@ -545,8 +600,10 @@ impl RocketBroker {
                         .flatten();
                     match record {
                         Some(record) => {
-                            // A message of a message group waits for the earlier ones.
-                            if let Some(group) = message_group(&record)
+                            // In a FIFO consumer group, a message of a message group
+                            // waits for the earlier ones.
+                            if fifo
+                                && let Some(group) = message_group(&record)
                                 && !qs.sub.claim(lease.offset, lease.receipt, group)
                             {
                                 continue;

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod convert;
+pub mod groups;
 mod service;
 pub mod sql;
 

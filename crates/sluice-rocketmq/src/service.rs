@@ -673,7 +673,8 @@ impl Filter {
 
 /// What the server answers a client's settings with: the client's own, completed with
 /// the server's side (limits, retry policy, receive defaults), as the Apache proxy does.
-fn settings_reply(client: &pb::Settings, max_body_bytes: usize, max_attempts: u32) -> pb::Settings {
+fn settings_reply(client: &pb::Settings, broker: &RocketBroker) -> pb::Settings {
+    let max_body_bytes = broker.config.max_body_bytes;
     let mut reply = client.clone();
     match reply.pub_sub.as_mut() {
         Some(pb::settings::PubSub::Publishing(p)) => {
@@ -691,7 +692,11 @@ fn settings_reply(client: &pb::Settings, max_body_bytes: usize, max_attempts: u3
             });
         }
         Some(pb::settings::PubSub::Subscription(s)) => {
-            s.fifo = Some(false);
+            let group = name(s.group.as_ref()).to_string();
+            let max_attempts = broker.max_delivery_attempts(&group);
+            // A FIFO group's push consumers consume one message at a time per queue and
+            // forward a message that failed its last attempt to the dead-letter topic.
+            s.fifo = Some(broker.group(&group).fifo);
             s.receive_batch_size = Some(i32::try_from(RECEIVE_BATCH_MAX).unwrap_or(32));
             s.long_polling_timeout = Some(convert::duration(
                 u64::try_from(LONG_POLL_MAX.as_millis()).unwrap_or(20_000),
@@ -1048,8 +1053,6 @@ impl MessagingService for Service {
         let refused = check_client(&request).err();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let max_body = self.broker.config.max_body_bytes;
-        let max_attempts = self.broker.config.max_delivery_attempts;
         let broker = Arc::clone(&self.broker);
         tokio::spawn(async move {
             if let Some(e) = refused {
@@ -1071,13 +1074,12 @@ impl MessagingService for Service {
                             broker.register_producer(&topic.name, &tx);
                         }
                     }
-                    let reply =
-                        pb::TelemetryCommand {
-                            status: ok(),
-                            command: Some(pb::telemetry_command::Command::Settings(
-                                settings_reply(&s, max_body, max_attempts),
-                            )),
-                        };
+                    let reply = pb::TelemetryCommand {
+                        status: ok(),
+                        command: Some(pb::telemetry_command::Command::Settings(settings_reply(
+                            &s, &broker,
+                        ))),
+                    };
                     if tx.send(Ok(reply)).await.is_err() {
                         return;
                     }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Sluice: a message broker for AMQP 0-9-1 and Kafka clients, built on one append-only log.
+/// Sluice: a message broker for AMQP 0-9-1, Kafka and RocketMQ clients, built on one
+/// append-only log.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version)]
 pub struct Cli {
@@ -28,6 +29,62 @@ pub enum Command {
     /// Load generators that drive any broker (Sluice or a peer) and report throughput,
     /// latency, message loss and broker CPU.
     Bench(sluice_bench::cli::BenchArgs),
+
+    /// Administer a running server through its admin HTTP API (`http.listen`): RocketMQ
+    /// topics and consumer groups. Exits 0 once the object is usable.
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    pub server: String,
+    /// A broker user (basic auth); guest works from loopback only.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    #[command(subcommand)]
+    pub object: AdminObject,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminObject {
+    /// RocketMQ topics (streams of the engine, also Kafka topics).
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// RocketMQ consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic (nothing changes if it exists).
+    Create {
+        name: String,
+        /// Message queues (partitions).
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// normal, fifo, delay, transaction or mixed (any case).
+        #[arg(long, default_value = "mixed")]
+        message_type: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create or reconfigure a consumer group.
+    Create {
+        name: String,
+        /// Deliver each message group in order, one message at a time.
+        #[arg(long)]
+        fifo: bool,
+        /// Retries before a message goes to the dead-letter topic `%DLQ%<group>`.
+        #[arg(long)]
+        retry_max_times: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +113,12 @@ pub struct ServeArgs {
     /// rocketmq.listen]
     #[arg(long, value_name = "IP:PORT")]
     pub grpc_listen: Option<String>,
+
+    /// Address of the admin HTTP API (`sluice admin` talks to it), an IP address and a
+    /// port (0 picks a free port) [default: 127.0.0.1:15672] [env: SLUICE_HTTP_LISTEN]
+    /// [file key: http.listen]
+    #[arg(long, value_name = "IP:PORT")]
+    pub http_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -66,6 +129,7 @@ impl ServeArgs {
             "amqp.listen" => self.amqp_listen.clone(),
             "kafka.listen" => self.kafka_listen.clone(),
             "rocketmq.listen" => self.grpc_listen.clone(),
+            "http.listen" => self.http_listen.clone(),
             _ => None,
         }
     }
@@ -82,7 +146,7 @@ mod tests {
         let cli = Cli::try_parse_from(["sluice", "serve"].iter().chain(args)).unwrap();
         match cli.command {
             Command::Serve(args) => args,
-            Command::Bench(_) => panic!("parsed as bench"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 
@@ -124,6 +188,7 @@ mod tests {
             "amqp.listen" => defaults.amqp_listen.to_string(),
             "kafka.listen" => defaults.kafka_listen.to_string(),
             "rocketmq.listen" => defaults.rocketmq_listen.to_string(),
+            "http.listen" => defaults.http_listen.to_string(),
             other => panic!("no default listed for {other}"),
         };
         let command = Cli::command();

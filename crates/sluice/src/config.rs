@@ -37,6 +37,8 @@ pub struct Config {
     pub kafka_listen: SocketAddr,
     /// Where RocketMQ 5 clients connect (gRPC).
     pub rocketmq_listen: SocketAddr,
+    /// The admin HTTP API.
+    pub http_listen: SocketAddr,
     /// Deliveries of a message to a RocketMQ consumer group before it goes to the
     /// group's dead-letter topic `%DLQ%<group>` (RocketMQ: 16 retries, so 17).
     pub rocketmq_max_delivery_attempts: u32,
@@ -85,6 +87,7 @@ impl Default for Config {
             amqp_permissions: String::new(),
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             rocketmq_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15672)),
             rocketmq_max_delivery_attempts: 17,
             kafka_advertised_host: String::new(),
             kafka_auto_create_topics: true,
@@ -191,6 +194,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--grpc-listen"),
         set: |d, v| {
             d.config.rocketmq_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http.listen",
+        env: "SLUICE_HTTP_LISTEN",
+        flag: Some("--http-listen"),
+        set: |d, v| {
+            d.config.http_listen = parse_socket_addr(v)?;
             Ok(())
         },
     },

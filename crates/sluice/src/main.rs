@@ -5,8 +5,10 @@
 //! directory in use, address taken), 2 for a usage or configuration error. Every failure is
 //! one line on stderr that starts with `sluice:`.
 
+mod admin;
 mod cli;
 mod config;
+mod http;
 mod lock;
 mod resources;
 mod serve;
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Bench(args) => sluice_bench::cli::main(args),
+        Command::Admin(args) => admin::main(&args),
     }
 }
 

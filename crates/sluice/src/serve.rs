@@ -128,6 +128,7 @@ async fn listen_until_signal(
     let amqp = bind("amqp.listen", config.amqp_listen).await?;
     let kafka = bind("kafka.listen", config.kafka_listen).await?;
     let rocketmq = bind("rocketmq.listen", config.rocketmq_listen).await?;
+    let http = bind("http.listen", config.http_listen).await?;
     let kafka_dir = config.data_dir.join("kafka");
     let kafka_config = kafka_config(config, kafka.local_addr);
     let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
@@ -158,6 +159,11 @@ async fn listen_until_signal(
     info!(amqp = %amqp.local_addr, "listening");
     info!(kafka = %kafka.local_addr, "listening");
     info!(rocketmq = %rocketmq.local_addr, "listening");
+    info!(http = %http.local_addr, "listening");
+    let admin = Arc::new(crate::http::Admin {
+        broker: Arc::clone(&broker),
+        rocketmq: Arc::clone(&rocketmq_broker),
+    });
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
     let signal = tokio::select! {
@@ -174,6 +180,7 @@ async fn listen_until_signal(
         never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
         never = kafka_accept_loop(kafka.listener, kafka_broker, admission) => match never {},
         never = rocketmq_loop(rocketmq.listener, Arc::clone(&rocketmq_broker)) => match never {},
+        never = http_loop(http.listener, admin) => match never {},
     };
     tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
@@ -217,6 +224,14 @@ async fn flush_loop(broker: Arc<Broker>, kafka: Arc<KafkaBroker>) -> Infallible 
             warn!(error = %e, "flush round failed");
         }
     }
+}
+
+/// Serves the admin HTTP API.
+async fn http_loop(listener: TcpListener, admin: Arc<crate::http::Admin>) -> Infallible {
+    if let Err(e) = crate::http::serve(listener, admin).await {
+        tracing::error!(error = %e, "the admin HTTP listener failed");
+    }
+    std::future::pending().await
 }
 
 /// Largest message body a RocketMQ producer may send (the Apache proxy's default).

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 /// awaited line or exit arrives.
 const WAIT: Duration = Duration::from_secs(30);
 
-const FREE_PORTS: [&str; 6] = [
+const FREE_PORTS: [&str; 8] = [
     "--amqp-listen",
     "127.0.0.1:0",
     "--kafka-listen",
     "127.0.0.1:0",
     "--grpc-listen",
+    "127.0.0.1:0",
+    "--http-listen",
     "127.0.0.1:0",
 ];
 
@@ -282,6 +284,8 @@ fn a_taken_address_exits_1_naming_the_key_and_address() {
             "--kafka-listen",
             "127.0.0.1:0",
             "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
         ],
     );

@@ -77,6 +77,8 @@ class SluiceProcess:
                 "127.0.0.1:0",
                 "--grpc-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -60,7 +60,8 @@ class Sluice:
         self.proc = subprocess.Popen(
             [SLUICE_BIN, "serve", "--data-dir", self.data_dir,
              "--amqp-listen", f"127.0.0.1:{self.amqp_port}",
-             "--kafka-listen", f"127.0.0.1:{self.kafka_port}", "--grpc-listen", "127.0.0.1:0"],
+             "--kafka-listen", f"127.0.0.1:{self.kafka_port}", "--grpc-listen", "127.0.0.1:0",
+             "--http-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )
         ready = threading.Event()

@@ -75,7 +75,7 @@ class Sluice:
         self.proc = subprocess.Popen(
             [SLUICE_BIN, "serve", "--data-dir", self.data_dir,
              "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0",
-             "--grpc-listen", "127.0.0.1:0"],
+             "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )
         found = queue.Queue()

@@ -109,6 +109,8 @@ class SluiceProcess:
                 kafka_listen,
                 "--grpc-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

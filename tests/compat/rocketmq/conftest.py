@@ -28,6 +28,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LISTENING = {
     "kafka": re.compile(r"listening kafka=(\S+):(\d+)"),
     "rocketmq": re.compile(r"listening rocketmq=(\S+):(\d+)"),
+    "http": re.compile(r"listening http=(\S+):(\d+)"),
 }
 
 
@@ -66,6 +67,7 @@ class Sluice:
             "--amqp-listen", "127.0.0.1:0",
             "--kafka-listen", f"127.0.0.1:{self.ports.get('kafka', 0)}",
             "--grpc-listen", f"127.0.0.1:{self.ports.get('rocketmq', 0)}",
+            "--http-listen", f"127.0.0.1:{self.ports.get('http', 0)}",
         ]
         # Three deliveries before a message is dead-lettered (RocketMQ's default is 17),
         # so the dead-letter test does not wait out sixteen retries.
@@ -112,6 +114,13 @@ class Sluice:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT)
+
+    def admin(self, *args, password="guest"):
+        """Runs `sluice admin` against this server; -> the finished process."""
+        return subprocess.run(
+            [SLUICE_BIN, "admin", "--server", f"http://127.0.0.1:{self.ports['http']}",
+             "--password", password, *args],
+            capture_output=True, text=True, timeout=30)
 
     def kill9_restart(self):
         self.kill()

@@ -306,6 +306,8 @@ def test_message_types_are_checked_against_their_properties(sluice, make_topic):
 
 def test_a_message_group_is_delivered_in_order_one_message_at_a_time(sluice, make_topic, group):
     topic = make_topic(2)
+    made = sluice.admin("group", "create", group, "--fifo")
+    assert made.returncode == 0, made.stderr
     with producer(sluice, topic) as p:
         for i in range(3):
             for order in ("order-1", "order-2"):
@@ -524,3 +526,33 @@ def test_a_flush_sync_topic_answers_sends_and_keeps_them_across_kill_9(sluice, m
     sluice.kill9_restart()
     with consumer(sluice, group, topic) as c:
         assert sorted(m.message_id for m in receive_all(c, 6)) == sorted(ids)
+
+
+def test_a_plain_group_gets_message_groups_concurrently(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        for i in range(3):
+            m = message(topic, f"order-1/{i}".encode())
+            m.message_group = "order-1"
+            p.send(m)
+    with consumer(sluice, group, topic) as c:
+        # Not a FIFO group: nothing waits for an ack.
+        assert len(receive_all(c, 3)) == 3
+
+
+def test_sluice_admin_creates_typed_topics_and_configures_groups(sluice, group):
+    import uuid
+    topic = f"admin-{uuid.uuid4().hex[:8]}"
+    made = sluice.admin("topic", "create", topic, "--partitions", "3", "--message-type", "Delay")
+    assert made.returncode == 0 and "created" in made.stdout, made.stderr
+    again = sluice.admin("topic", "create", topic, "--partitions", "3", "--message-type", "delay")
+    assert again.returncode == 0 and "ready" in again.stdout, "exists: usable, exit 0"
+    route = raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=Resource(name=topic)))
+    assert len(route.message_queues) == 3
+    from rocketmq.grpc_protocol import MessageType
+    assert {tuple(q.accept_message_types) for q in route.message_queues} == {(MessageType.DELAY,)}
+    bad = sluice.admin("topic", "create", topic + "-x", "--message-type", "urgent")
+    assert bad.returncode == 1 and "message.type" in bad.stderr
+    assert sluice.admin("group", "create", group, "--retry-max-times", "2").returncode == 0
+    refused = sluice.admin("group", "create", group, password="wrong")
+    assert refused.returncode == 1 and "401" in refused.stderr

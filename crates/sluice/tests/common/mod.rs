@@ -53,6 +53,8 @@ impl Broker {
                 "127.0.0.1:0",
                 "--grpc-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)

@@ -1,0 +1,169 @@
+//! The admin HTTP listener (`http.listen`, default 127.0.0.1:15672, RabbitMQ's management
+//! port). Today it holds Sluice's own endpoints for what no client protocol can do:
+//! creating RocketMQ topics with a message type and configuring RocketMQ consumer
+//! groups. `sluice admin` calls them. Every request needs HTTP basic auth with a broker
+//! user (`guest` only from loopback, as for AMQP); errors are JSON
+//! `{"error": ..., "reason": ...}` as RabbitMQ's management API writes them.
+//!
+//! - `PUT /api/sluice/rocketmq/topics/{name}` `{"queues": 8, "message_type": "fifo"}`:
+//!   201 when created, 204 when it exists.
+//! - `PUT /api/sluice/rocketmq/groups/{name}` `{"fifo": true, "retry_max_times": 3}`:
+//!   204.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use base64::Engine as _;
+use serde::Deserialize;
+use sluice_amqp::Broker;
+use sluice_rocketmq::RocketBroker;
+use sluice_rocketmq::groups::GroupConfig;
+use tokio::net::TcpListener;
+
+/// Queues of a topic created without a count (RocketMQ's default).
+const DEFAULT_QUEUES: u32 = 8;
+
+pub struct Admin {
+    pub broker: Arc<Broker>,
+    pub rocketmq: Arc<RocketBroker>,
+}
+
+/// Serves the admin API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
+        .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
+        .with_state(admin);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": error, "reason": reason.into() });
+    (status, Json(body)).into_response()
+}
+
+/// 401 with the challenge browsers and tools answer with credentials.
+fn unauthorized() -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"Sluice\""),
+    );
+    r
+}
+
+/// Whether the request's basic-auth credentials are a broker user's.
+fn authorized(admin: &Admin, headers: &HeaderMap, peer: SocketAddr) -> bool {
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    text.split_once(':').is_some_and(|(user, password)| {
+        admin
+            .broker
+            .users
+            .login(user, password, peer.ip().is_loopback())
+    })
+}
+
+/// Runs a change (file work) off the async workers; its error is the client's fault.
+async fn blocking(job: impl FnOnce() -> Result<StatusCode, String> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(job).await {
+        Ok(Ok(status)) => status.into_response(),
+        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, "bad_request", reason),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicBody {
+    queues: Option<u32>,
+    message_type: Option<String>,
+}
+
+async fn create_topic(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<TopicBody>>,
+) -> Response {
+    if !authorized(&admin, &headers, peer) {
+        return unauthorized();
+    }
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let queues = i32::try_from(body.queues.unwrap_or(DEFAULT_QUEUES)).unwrap_or(i32::MAX);
+    let kind = body.message_type.unwrap_or_else(|| "MIXED".to_string());
+    let rocketmq = Arc::clone(&admin.rocketmq);
+    blocking(move || {
+        let created = rocketmq.create_topic(&name, queues, &kind)?;
+        Ok(if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NO_CONTENT
+        })
+    })
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupBody {
+    #[serde(default)]
+    fifo: bool,
+    retry_max_times: Option<u32>,
+}
+
+async fn configure_group(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<GroupBody>>,
+) -> Response {
+    if !authorized(&admin, &headers, peer) {
+        return unauthorized();
+    }
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    if body.retry_max_times.is_some_and(|r| r > 1_000) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "retry_max_times must be at most 1000",
+        );
+    }
+    let config = GroupConfig {
+        fifo: body.fifo,
+        retry_max_times: body.retry_max_times,
+    };
+    let rocketmq = Arc::clone(&admin.rocketmq);
+    blocking(move || {
+        rocketmq.set_group(&name, config)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

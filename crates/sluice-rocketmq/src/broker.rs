@@ -31,6 +31,9 @@ pub struct RocketConfig {
     /// Deliveries of a message to a consumer group before it goes to the group's
     /// dead-letter topic.
     pub max_delivery_attempts: u32,
+    /// A route asked for a missing topic creates it with this many queues (Apache's
+    /// proxy does not: `None`, the default).
+    pub auto_create_queues: Option<i32>,
 }
 
 /// The dead-letter topic of a consumer group, as RocketMQ names it.

@@ -731,6 +731,21 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let asked = name(request.get_ref().topic.as_ref()).to_string();
+        if let Some(queues) = self.broker.config.auto_create_queues
+            && sluice_engine::stream::valid_name(&asked)
+            && self.broker.topics.get(&asked).is_none()
+            && check_client(&request).is_ok()
+        {
+            // File work (the topic's directories and metadata fsync), off the workers.
+            let broker = Arc::clone(&self.broker);
+            let made =
+                tokio::task::spawn_blocking(move || broker.create_topic(&asked, queues, "MIXED"))
+                    .await;
+            if let Ok(Err(e)) = made {
+                tracing::warn!(error = %e, "cannot auto-create a RocketMQ topic");
+            }
+        }
         let answer = (|| -> Result<_, Refused> {
             check_client(&request)?;
             let r = request.get_ref();

@@ -42,6 +42,11 @@ pub struct Config {
     /// Deliveries of a message to a RocketMQ consumer group before it goes to the
     /// group's dead-letter topic `%DLQ%<group>` (RocketMQ: 16 retries, so 17).
     pub rocketmq_max_delivery_attempts: u32,
+    /// A RocketMQ client's route request creates a missing topic (off, as in Apache
+    /// RocketMQ's proxy).
+    pub rocketmq_auto_create_topics: bool,
+    /// Message queues of auto-created RocketMQ topics (Apache's `defaultTopicQueueNums`).
+    pub rocketmq_default_queues: u32,
     /// Host given to Kafka clients in Metadata; empty means the listen address's IP.
     pub kafka_advertised_host: String,
     /// Metadata requests create missing topics (Kafka's `auto.create.topics.enable`).
@@ -89,6 +94,8 @@ impl Default for Config {
             rocketmq_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15672)),
             rocketmq_max_delivery_attempts: 17,
+            rocketmq_auto_create_topics: false,
+            rocketmq_default_queues: 8,
             kafka_advertised_host: String::new(),
             kafka_auto_create_topics: true,
             kafka_default_partitions: 1,
@@ -203,6 +210,28 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--http-listen"),
         set: |d, v| {
             d.config.http_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rocketmq.auto_create_topics",
+        env: "SLUICE_ROCKETMQ_AUTO_CREATE_TOPICS",
+        flag: None,
+        set: |d, v| {
+            d.config.rocketmq_auto_create_topics = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rocketmq.default_queues",
+        env: "SLUICE_ROCKETMQ_DEFAULT_QUEUES",
+        flag: None,
+        set: |d, v| {
+            let n = parse_u32(v)?;
+            if !(1..=1_024).contains(&n) {
+                return Err(format!("expected 1 to 1024, got {n}"));
+            }
+            d.config.rocketmq_default_queues = n;
             Ok(())
         },
     },

@@ -143,6 +143,9 @@ async fn listen_until_signal(
         advertised_port: rocketmq.local_addr.port(),
         max_body_bytes: ROCKETMQ_BODY_MAX,
         max_delivery_attempts: config.rocketmq_max_delivery_attempts,
+        auto_create_queues: config
+            .rocketmq_auto_create_topics
+            .then(|| i32::try_from(config.rocketmq_default_queues).unwrap_or(8)),
     };
     let rocketmq_broker = tokio::task::block_in_place(|| {
         RocketBroker::open(

@@ -35,8 +35,9 @@ LISTENING = {
 class Sluice:
     """One `sluice serve`, restartable on the same data directory and ports."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, env=None):
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.proc = None
         self.ports = {}
         self.lines = deque(maxlen=300)
@@ -72,7 +73,7 @@ class Sluice:
         # Three deliveries before a message is dead-lettered (RocketMQ's default is 17),
         # so the dead-letter test does not wait out sixteen retries.
         env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"),
-                   SLUICE_ROCKETMQ_MAX_DELIVERY_ATTEMPTS="3")
+                   SLUICE_ROCKETMQ_MAX_DELIVERY_ATTEMPTS="3", **self.extra_env)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=env)
         found = queue.Queue()

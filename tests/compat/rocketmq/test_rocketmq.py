@@ -556,3 +556,19 @@ def test_sluice_admin_creates_typed_topics_and_configures_groups(sluice, group):
     assert sluice.admin("group", "create", group, "--retry-max-times", "2").returncode == 0
     refused = sluice.admin("group", "create", group, password="wrong")
     assert refused.returncode == 1 and "401" in refused.stderr
+
+
+def test_auto_creation_is_off_by_default_and_a_setting_turns_it_on(sluice, tmp_path):
+    from conftest import Sluice
+    missing = Resource(name="never-created")
+    assert raw_call(sluice, "QueryRoute", QueryRouteRequest(topic=missing)).status.code == Code.TOPIC_NOT_FOUND
+    other = Sluice(str(tmp_path), env={"SLUICE_ROCKETMQ_AUTO_CREATE_TOPICS": "true",
+                                       "SLUICE_ROCKETMQ_DEFAULT_QUEUES": "3"})
+    other.start()
+    try:
+        route = raw_call(other, "QueryRoute", QueryRouteRequest(topic=Resource(name="made-on-demand")))
+        assert route.status.code == Code.OK and len(route.message_queues) == 3
+        with producer(other, "made-on-demand") as p:
+            assert p.send(message("made-on-demand", b"hello")).message_id
+    finally:
+        other.stop()

@@ -103,6 +103,13 @@ pub enum Command {
         receipt: u64,
         invisible_ms: u64,
     },
+    /// Moves a lease's deadline and keeps its receipt: the broker renewing a delivery
+    /// for a consumer that still holds it (RocketMQ's auto-renew).
+    Renew {
+        offset: u64,
+        receipt: u64,
+        invisible_ms: u64,
+    },
     /// Time passed: end leases, make retries due.
     Tick,
 }
@@ -225,6 +232,11 @@ impl Subscription {
             } => self
                 .extend(offset, receipt, invisible_ms, now_ms)
                 .map(|lease| effects.push(Effect::Deliver(lease))),
+            Command::Renew {
+                offset,
+                receipt,
+                invisible_ms,
+            } => self.renew(offset, receipt, invisible_ms, now_ms),
             Command::Tick => {
                 self.tick(now_ms);
                 Ok(())
@@ -286,7 +298,10 @@ impl Subscription {
         }
         let wait = i64::try_from(self.policy.backoff(attempt)).unwrap_or(i64::MAX);
         self.retrying.insert(offset, attempt);
-        self.timers.at_most(offset, now_ms.saturating_add(wait));
+        // Without a backoff the retry is due at once: no timer to wait for.
+        if wait > 0 {
+            self.timers.at_most(offset, now_ms.saturating_add(wait));
+        }
     }
 
     /// Hands out at most `max` deliveries, invisible for `invisible_ms`: due retries
@@ -373,6 +388,21 @@ impl Subscription {
         let deadline = now_ms.saturating_add(i64::try_from(invisible_ms).unwrap_or(i64::MAX));
         self.timers.cancel(&offset);
         Ok(self.lease(offset, lease.attempt, deadline))
+    }
+
+    /// Moves a lease's deadline to `invisible_ms` from now without changing its receipt,
+    /// so the consumer's handle stays valid.
+    pub fn renew(
+        &mut self,
+        offset: u64,
+        receipt: u64,
+        invisible_ms: u64,
+        now_ms: i64,
+    ) -> Result<(), LeaseError> {
+        self.find(offset, receipt)?;
+        let deadline = now_ms.saturating_add(i64::try_from(invisible_ms).unwrap_or(i64::MAX));
+        self.timers.set(offset, deadline);
+        Ok(())
     }
 
     fn finish(&mut self, offset: u64) {
@@ -464,6 +494,23 @@ mod tests {
         );
         s.ack(5, e.receipt).unwrap();
         assert_eq!(s.committed(), 6);
+    }
+
+    #[test]
+    fn renewing_a_lease_keeps_its_receipt_and_moves_its_deadline() {
+        let mut s = Subscription::new(policy(), 0);
+        let l = s.receive(1, 100, 1, 0).leases[0];
+        s.renew(0, l.receipt, 100, 90).unwrap();
+        assert!(
+            s.receive(1, 100, 1, 150).leases.is_empty(),
+            "renewed to 190"
+        );
+        s.ack(0, l.receipt).unwrap();
+        assert_eq!(
+            s.renew(0, l.receipt, 100, 200),
+            Err(LeaseError::UnknownReceipt)
+        );
+        assert_eq!(s.committed(), 1);
     }
 
     /// The same run through `apply`: deliveries, a refusal, a dead letter, commits.

@@ -74,7 +74,28 @@ pub struct RocketBroker {
     half_wake: tokio::sync::Notify,
     /// Consumer groups an administrator configured.
     groups: Mutex<crate::groups::Groups>,
+    /// Deliveries to push consumers kept invisible while they are being processed.
+    renewals: Mutex<Vec<Renewal>>,
 }
+
+/// A push consumer's delivery that the broker renews until it is settled.
+#[derive(Debug)]
+struct Renewal {
+    sub: Arc<Mutex<QueueSub>>,
+    offset: u64,
+    receipt: u64,
+    since_ms: i64,
+}
+
+/// Invisible time of a push consumer's delivery (its receive names none), renewed while
+/// the consumer holds it.
+pub const AUTO_RENEW_INVISIBLE_MS: u64 = 60_000;
+/// How often held push deliveries are renewed.
+pub const AUTO_RENEW_EVERY_MS: u64 = 20_000;
+/// Longest a push delivery is kept invisible by renewals (then it is redelivered).
+pub const AUTO_RENEW_MAX_MS: i64 = 3 * 60 * 60 * 1000;
+/// Push deliveries renewed at most at once; past it, new ones are not renewed.
+const RENEWALS_MAX: usize = 1_000_000;
 
 /// A producer's Telemetry stream, for commands the server pushes.
 pub type Telemetry = tokio::sync::mpsc::Sender<Result<crate::pb::TelemetryCommand, tonic::Status>>;
@@ -174,6 +195,7 @@ impl RocketBroker {
             producers: Mutex::new(HashMap::new()),
             half_wake: tokio::sync::Notify::new(),
             groups: Mutex::new(groups),
+            renewals: Mutex::new(Vec::new()),
         })
     }
 
@@ -254,6 +276,53 @@ impl RocketBroker {
             })?;
         self.delay_wake.notify_one();
         Ok(())
+    }
+
+    /// Keeps a push consumer's delivery invisible, renewing it every
+    /// `AUTO_RENEW_EVERY_MS`, until it is acked, changed or `AUTO_RENEW_MAX_MS` passed.
+    pub fn track_renewal(&self, sub: &Arc<Mutex<QueueSub>>, offset: u64, receipt: u64) {
+        let mut renewals = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+        if renewals.len() < RENEWALS_MAX {
+            renewals.push(Renewal {
+                sub: Arc::clone(sub),
+                offset,
+                receipt,
+                since_ms: self.clock.now_ms(),
+            });
+        }
+    }
+
+    /// One round of renewals: held push deliveries get `AUTO_RENEW_INVISIBLE_MS` from
+    /// now; settled or expired ones are forgotten. Returns how many are held.
+    pub fn renew_held(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut renewals = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+        renewals.retain(|r| {
+            if now.saturating_sub(r.since_ms) >= AUTO_RENEW_MAX_MS {
+                return false;
+            }
+            let renew = Command::Renew {
+                offset: r.offset,
+                receipt: r.receipt,
+                invisible_ms: AUTO_RENEW_INVISIBLE_MS,
+            };
+            let mut effects = Vec::new();
+            let mut qs = r.sub.lock().unwrap_or_else(|p| p.into_inner());
+            qs.sub.apply(renew, now, &mut effects);
+            !effects.iter().any(|e| matches!(e, Effect::Refused(_)))
+        });
+        renewals.len()
+    }
+
+    /// Renews held push deliveries for ever.
+    pub async fn run_renewals(self: Arc<Self>) {
+        let mut every =
+            tokio::time::interval(std::time::Duration::from_millis(AUTO_RENEW_EVERY_MS));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.renew_held();
+        }
     }
 
     /// A consumer group's configuration (the defaults for one never configured).
@@ -839,7 +908,92 @@ pub fn parse_receipt_handle(handle: &str) -> Option<(i32, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+    use sluice_core::ManualClock;
+    use sluice_engine::stream::TopicConfig;
+
+    fn broker(dir: &Path, clock: &ManualClock) -> RocketBroker {
+        let log = LogConfig::default();
+        let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        let topics = Topics::open(
+            &dir.join("kafka"),
+            TopicConfig::default(),
+            log.clone(),
+            Arc::clone(&clock),
+            100,
+            100,
+        )
+        .unwrap();
+        let config = RocketConfig {
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 8081,
+            max_body_bytes: 1 << 20,
+            max_delivery_attempts: 17,
+            auto_create_queues: None,
+        };
+        RocketBroker::open(&dir.join("rocketmq"), &log, Arc::new(topics), config, clock).unwrap()
+    }
+
+    /// A push consumer's delivery stays invisible past its 60 s while renewals run, and
+    /// comes back once they stop (the consumer went away without settling it).
+    #[test]
+    fn held_push_deliveries_are_renewed_until_settled_or_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let b = broker(dir.path(), &clock);
+        assert!(b.create_topic("t", 1, "MIXED").unwrap());
+        let message = crate::pb::Message {
+            system_properties: Some(crate::pb::SystemProperties {
+                message_id: "01".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let system = message.system_properties.clone().unwrap();
+        b.append("t", 0, &[(&message, &system)]).unwrap();
+        let partition = b.topics.get("t").unwrap().partition(0).unwrap();
+        let sub = b.subscription("g", "t", &partition, 0);
+        let mut commits = Vec::new();
+        let receive = |commits: &mut Vec<u64>| {
+            b.receive(
+                "g",
+                "t",
+                &sub,
+                &partition,
+                10,
+                AUTO_RENEW_INVISIBLE_MS,
+                commits,
+            )
+        };
+        let [first] = <[Leased; 1]>::try_from(receive(&mut commits)).unwrap();
+        b.track_renewal(&sub, first.record.offset, first.receipt);
+        for _ in 0..5 {
+            clock.advance_ms(AUTO_RENEW_EVERY_MS as i64);
+            assert_eq!(b.renew_held(), 1);
+            assert!(receive(&mut commits).is_empty(), "renewed: still invisible");
+        }
+        // The consumer is gone: renewals stop once the limit passes.
+        clock.advance_ms(AUTO_RENEW_MAX_MS);
+        assert_eq!(b.renew_held(), 0);
+        let again = receive(&mut commits);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].attempt, again[0].record.offset), (2, 0));
+        // Settled: nothing left to renew.
+        b.track_renewal(&sub, 0, again[0].receipt);
+        b.settle(
+            &sub,
+            Command::Ack {
+                offset: 0,
+                receipt: again[0].receipt,
+            },
+            &mut commits,
+        )
+        .unwrap();
+        assert_eq!(b.renew_held(), 0);
+        assert_eq!(commits.last(), Some(&1));
+    }
 
     #[test]
     fn receipt_handles_round_trip_and_garbage_is_refused() {

@@ -26,6 +26,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tokio::spawn(std::sync::Arc::clone(&broker).run_delays());
     tokio::spawn(std::sync::Arc::clone(&broker).run_checks());
+    tokio::spawn(std::sync::Arc::clone(&broker).run_renewals());
     tonic::transport::Server::builder()
         .add_service(pb::messaging_service_server::MessagingServiceServer::new(
             Service::new(broker),

@@ -22,8 +22,6 @@ use crate::pb::{self, Code, messaging_service_server::MessagingService};
 const INVISIBLE_MIN_MS: u64 = 10_000;
 /// Longest invisible time (the Apache proxy's maximum).
 const INVISIBLE_MAX_MS: u64 = 12 * 60 * 60 * 1000;
-/// Invisible time of a push consumer's receive, which names none.
-const PUSH_INVISIBLE_MS: u64 = 60_000;
 /// Longest long poll, and the one a receive gets when it names none.
 const LONG_POLL_MAX: Duration = Duration::from_secs(20);
 /// Messages one receive hands out at most.
@@ -397,7 +395,7 @@ impl Service {
                     ),
                 ));
             }
-            None if request.auto_renew => PUSH_INVISIBLE_MS,
+            None if request.auto_renew => crate::broker::AUTO_RENEW_INVISIBLE_MS,
             None => {
                 return Err(Refused(
                     Code::IllegalInvisibleTime,
@@ -458,6 +456,9 @@ impl Service {
                             &mut commits,
                         );
                         continue;
+                    }
+                    if request.auto_renew {
+                        self.broker.track_renewal(&sub, l.record.offset, l.receipt);
                     }
                     let handle = receipt_handle(*index, l.record.offset, l.receipt);
                     out.push(convert::to_message(

@@ -17,6 +17,10 @@ use sluice_engine::stream::record::{Record, read_batch};
 use sluice_engine::stream::{LogConfig, LogError, Partition, Topics};
 use sluice_engine::subscription::{Command, Effect, LeaseError, Policy, Subscription};
 
+/// Group-and-queue subscriptions held at most (each is a consumer group's state on one
+/// queue); receives that would make more are refused.
+pub const SUBSCRIPTIONS_MAX: usize = 100_000;
+
 /// Bytes read from a partition at a time to find leased records.
 const READ_BYTES: usize = 1 << 20;
 
@@ -438,8 +442,12 @@ impl RocketBroker {
         Ok(())
     }
 
-    /// Registers a producer's Telemetry stream for check-backs of `topic`.
+    /// Registers a producer's Telemetry stream for check-backs of `topic`, if the topic
+    /// exists (clients name topics freely: the registry holds only real ones).
     pub fn register_producer(&self, topic: &str, stream: &Telemetry) {
+        if self.topics.get(topic).is_none() {
+            return;
+        }
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let list = producers.entry(topic.to_string()).or_default();
         list.retain(|s| !s.is_closed());
@@ -592,18 +600,34 @@ impl RocketBroker {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The group's subscription to one queue if it has one: a delivery's receipt can
+    /// only be valid in a subscription that exists.
+    pub fn existing_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        index: i32,
+    ) -> Option<Arc<Mutex<QueueSub>>> {
+        let key: SubKey = (group.into(), topic.into(), index);
+        self.subs().get(&key).cloned()
+    }
+
     /// The group's subscription to one queue, made on first use from the stored
     /// committed offset (or the queue's start: a new group reads what is retained).
+    /// `None` when `SUBSCRIPTIONS_MAX` are held and this would be a new one.
     pub fn subscription(
         &self,
         group: &str,
         topic: &str,
         partition: &Partition,
         index: i32,
-    ) -> Arc<Mutex<QueueSub>> {
+    ) -> Option<Arc<Mutex<QueueSub>>> {
         let key: SubKey = (group.into(), topic.into(), index);
         if let Some(s) = self.subs().get(&key) {
-            return Arc::clone(s);
+            return Some(Arc::clone(s));
+        }
+        if self.subs().len() >= SUBSCRIPTIONS_MAX {
+            return None;
         }
         let (log_start, _) = partition.offsets();
         let committed = self
@@ -626,7 +650,7 @@ impl RocketBroker {
             sub: Subscription::new(policy, committed),
             cache: Vec::new(),
         }));
-        Arc::clone(self.subs().entry(key).or_insert(made))
+        Some(Arc::clone(self.subs().entry(key).or_insert(made)))
     }
 
     /// Leases up to `max` records of `partition` for `invisible_ms`: due redeliveries
@@ -954,7 +978,7 @@ mod tests {
         let system = message.system_properties.clone().unwrap();
         b.append("t", 0, &[(&message, &system)]).unwrap();
         let partition = b.topics.get("t").unwrap().partition(0).unwrap();
-        let sub = b.subscription("g", "t", &partition, 0);
+        let sub = b.subscription("g", "t", &partition, 0).unwrap();
         let mut commits = Vec::new();
         let receive = |commits: &mut Vec<u64>| {
             b.receive(

@@ -27,10 +27,13 @@ pub async fn serve(
     tokio::spawn(std::sync::Arc::clone(&broker).run_delays());
     tokio::spawn(std::sync::Arc::clone(&broker).run_checks());
     tokio::spawn(std::sync::Arc::clone(&broker).run_renewals());
+    // Room for the largest body a send may carry, so a body over the limit is refused
+    // with RocketMQ's MESSAGE_BODY_TOO_LARGE rather than a gRPC transport error.
+    let request_max = broker.config.max_body_bytes.saturating_mul(2).max(4 << 20);
+    let service = pb::messaging_service_server::MessagingServiceServer::new(Service::new(broker))
+        .max_decoding_message_size(request_max);
     tonic::transport::Server::builder()
-        .add_service(pb::messaging_service_server::MessagingServiceServer::new(
-            Service::new(broker),
-        ))
+        .add_service(service)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

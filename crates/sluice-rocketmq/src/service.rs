@@ -131,7 +131,8 @@ impl Service {
         let partition = topic.partition(queue).ok_or_else(invalid_handle)?;
         let sub = self
             .broker
-            .subscription(group, &topic.name, &partition, queue);
+            .existing_subscription(group, &topic.name, queue)
+            .ok_or_else(invalid_handle)?;
         Ok(Named {
             topic,
             queue,
@@ -335,10 +336,10 @@ impl Service {
         for entry in &request.entries {
             let settled =
                 parse_receipt_handle(&entry.receipt_handle).and_then(|(queue, offset, receipt)| {
-                    let partition = topic.partition(queue)?;
+                    topic.partition(queue)?;
                     let sub = self
                         .broker
-                        .subscription(group, &topic.name, &partition, queue);
+                        .existing_subscription(group, &topic.name, queue)?;
                     let mut moved = Vec::new();
                     self.broker
                         .settle(&sub, Command::Ack { offset, receipt }, &mut moved)
@@ -431,9 +432,18 @@ impl Service {
                 if out.len() >= max {
                     break;
                 }
-                let sub = self
+                let Some(sub) = self
                     .broker
-                    .subscription(group, &topic.name, partition, *index);
+                    .subscription(group, &topic.name, partition, *index)
+                else {
+                    return Err(Refused(
+                        Code::TooManyRequests,
+                        format!(
+                            "the broker holds {} consumer group subscriptions",
+                            crate::broker::SUBSCRIPTIONS_MAX
+                        ),
+                    ));
+                };
                 let mut commits = Vec::new();
                 let leased = self.broker.receive(
                     group,

@@ -572,3 +572,14 @@ def test_auto_creation_is_off_by_default_and_a_setting_turns_it_on(sluice, tmp_p
             assert p.send(message("made-on-demand", b"hello")).message_id
     finally:
         other.stop()
+
+
+def test_a_body_over_4_mib_is_refused_with_rocketmq_s_code(sluice, make_topic):
+    from rocketmq.grpc_protocol import MessageType, SendMessageRequest
+    from rocketmq.grpc_protocol.definition_pb2 import Message as PbMessage
+    from rocketmq.grpc_protocol.definition_pb2 import SystemProperties
+    topic = make_topic(1)
+    msg = PbMessage(topic=Resource(name=topic), body=b"x" * (4 * 1024 * 1024 + 1),
+                    system_properties=SystemProperties(message_id="01BIG", message_type=MessageType.NORMAL))
+    reply = raw_call(sluice, "SendMessage", SendMessageRequest(messages=[msg]))
+    assert reply.status.code == Code.MESSAGE_BODY_TOO_LARGE

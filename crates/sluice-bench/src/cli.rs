@@ -46,6 +46,25 @@ pub enum Target {
     /// Exit status: 0 clean; 3 finished but acknowledged records were not read back, or
     /// errors occurred; 1 could not run; 2 usage error.
     Kafka(KafkaArgs),
+
+    /// Drive any RocketMQ 5 gRPC endpoint (Sluice, an Apache or rocketmq-rust proxy):
+    /// send throughput of NORMAL messages to an existing topic, then receive+ack
+    /// throughput in a fresh consumer group, with the broker's CPU per MB when
+    /// --broker-pid is given.
+    ///
+    /// Exit status: 0 clean; 3 finished but sent messages were missing or duplicated, or
+    /// errors occurred; 1 could not run; 2 usage error.
+    Rocketmq(RocketmqArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RocketmqArgs {
+    #[command(flatten)]
+    pub options: crate::rocketmq::Options,
+
+    /// Write the report as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +96,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     match args.target {
         Target::Amqp(args) => amqp_main(&args),
         Target::Kafka(args) => kafka_main(&args),
+        Target::Rocketmq(args) => rocketmq_main(&args),
     }
 }
 
@@ -91,20 +111,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+fn rocketmq_main(args: &RocketmqArgs) -> ExitCode {
+    report_main(
+        crate::rocketmq::run(&args.options),
+        args.json.as_deref(),
+        |r: &crate::rocketmq::Report| (r.summary(), r.is_clean()),
+    )
+}
+
 fn kafka_main(args: &KafkaArgs) -> ExitCode {
+    report_main(
+        crate::kafka::run(&args.options),
+        args.json.as_deref(),
+        |r: &crate::kafka::Report| (r.summary(), r.is_clean()),
+    )
+}
+
+/// Runs a load generator, prints its summary, writes its JSON report if asked, and
+/// turns its outcome into the exit code.
+fn report_main<R: serde::Serialize, E: std::fmt::Display>(
+    run: impl std::future::Future<Output = Result<R, E>>,
+    json: Option<&Path>,
+    outcome: impl FnOnce(&R) -> (String, bool),
+) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let report = match runtime.block_on(crate::kafka::run(&args.options)) {
+    let report = match runtime.block_on(run) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("sluice: bench: {error}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    print!("{}", report.summary());
-    if let Some(path) = &args.json {
+    let (summary, clean) = outcome(&report);
+    print!("{summary}");
+    if let Some(path) = json {
         let written = serde_json::to_string_pretty(&report)
             .map_err(|e| format!("encoding the JSON report: {e}"))
             .and_then(|json| write(path, &(json + "\n")));
@@ -113,7 +156,7 @@ fn kafka_main(args: &KafkaArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     }
-    if report.is_clean() {
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CHECK_FAILED)

@@ -16,4 +16,5 @@ pub mod kafka;
 pub mod payload;
 pub mod plot;
 pub mod report;
+pub mod rocketmq;
 pub mod tracker;

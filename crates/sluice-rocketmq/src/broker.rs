@@ -832,18 +832,26 @@ impl RocketBroker {
 
     /// Stores a group's committed offset on a queue (fsynced before it returns).
     pub async fn commit(&self, group: &str, topic: &str, partition: i32, offset: u64) {
-        let change = Change::Commit {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            partition,
-            committed: Committed {
-                offset: i64::try_from(offset).unwrap_or(i64::MAX),
-                leader_epoch: -1,
-                metadata: None,
-            },
-        };
-        if let Err(e) = self.offsets.persist(&[change]).await {
-            tracing::error!(group, topic, partition, error = %e, "cannot store a RocketMQ group's offset");
+        self.commit_many(group, topic, &[(partition, offset)]).await;
+    }
+
+    /// Stores a group's committed offsets on several queues with one fsync.
+    pub async fn commit_many(&self, group: &str, topic: &str, offsets: &[(i32, u64)]) {
+        let changes: Vec<Change> = offsets
+            .iter()
+            .map(|&(partition, offset)| Change::Commit {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+                committed: Committed {
+                    offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                    leader_epoch: -1,
+                    metadata: None,
+                },
+            })
+            .collect();
+        if let Err(e) = self.offsets.persist(&changes).await {
+            tracing::error!(group, topic, error = %e, "cannot store a RocketMQ group's offsets");
         }
     }
 

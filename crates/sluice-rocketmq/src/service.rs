@@ -361,8 +361,10 @@ impl Service {
                 },
             });
         }
-        for (queue, offset) in commits {
-            self.broker.commit(group, &topic.name, queue, offset).await;
+        // One fsync for the whole acknowledgement, whatever queues it covers.
+        let commits: Vec<(i32, u64)> = commits.into_iter().collect();
+        if !commits.is_empty() {
+            self.broker.commit_many(group, &topic.name, &commits).await;
         }
         Ok(results)
     }

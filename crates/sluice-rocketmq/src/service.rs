@@ -168,6 +168,17 @@ impl Service {
         }
     }
 
+    /// The message queues of `topic`, each naming this broker at `endpoints`.
+    fn route(
+        &self,
+        topic: Option<&pb::Resource>,
+        endpoints: Option<&pb::Endpoints>,
+    ) -> Result<Vec<pb::MessageQueue>, Refused> {
+        let found = self.topic(topic)?;
+        let resource = topic.cloned().unwrap_or_default();
+        Ok(self.queues(&found, &resource, &self.endpoints(endpoints)))
+    }
+
     fn queues(
         &self,
         topic: &Topic,
@@ -759,14 +770,9 @@ impl MessagingService for Service {
                 tracing::warn!(error = %e, "cannot auto-create a RocketMQ topic");
             }
         }
-        let answer = (|| -> Result<_, Refused> {
-            check_client(&request)?;
-            let r = request.get_ref();
-            let topic = self.topic(r.topic.as_ref())?;
-            let resource = r.topic.clone().unwrap_or_default();
-            let endpoints = self.endpoints(r.endpoints.as_ref());
-            Ok(self.queues(&topic, &resource, &endpoints))
-        })();
+        let r = request.get_ref();
+        let answer = check_client(&request)
+            .and_then(|()| self.route(r.topic.as_ref(), r.endpoints.as_ref()));
         Ok(Response::new(match answer {
             Ok(message_queues) => pb::QueryRouteResponse {
                 status: ok(),
@@ -834,14 +840,9 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
-        let answer = (|| -> Result<_, Refused> {
-            check_client(&request)?;
-            let r = request.get_ref();
-            let topic = self.topic(r.topic.as_ref())?;
-            let resource = r.topic.clone().unwrap_or_default();
-            let endpoints = self.endpoints(r.endpoints.as_ref());
-            Ok(self.queues(&topic, &resource, &endpoints))
-        })();
+        let r = request.get_ref();
+        let answer = check_client(&request)
+            .and_then(|()| self.route(r.topic.as_ref(), r.endpoints.as_ref()));
         Ok(Response::new(match answer {
             Ok(queues) => pb::QueryAssignmentResponse {
                 status: ok(),

@@ -32,8 +32,18 @@ pub async fn serve(
     let request_max = broker.config.max_body_bytes.saturating_mul(2).max(4 << 20);
     let service = pb::messaging_service_server::MessagingServiceServer::new(Service::new(broker))
         .max_decoding_message_size(request_max);
+    // Answers go out at once: with Nagle's algorithm a response's last frame waits for
+    // the client's delayed ACK (about 40 ms per round trip for a lone consumer).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |accepted| {
+            accepted.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
 }

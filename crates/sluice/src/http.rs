@@ -40,6 +40,10 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<
         .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
         .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
         .with_state(admin);
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -49,9 +49,10 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub consumers: u32,
 
-    /// Broker process to charge CPU to (its /proc/PID/stat is read)
+    /// Broker process to charge CPU to (its /proc/PID/stat is read); repeat it for a
+    /// broker made of several processes (a proxy, a broker and a name server)
     #[arg(long, value_name = "PID")]
-    pub broker_pid: Option<u32>,
+    pub broker_pid: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,6 +108,60 @@ pub enum RunError {
     Connect(String, String),
     #[error("{0}")]
     Cpu(#[from] cpu::CpuError),
+    #[error("route of topic {0}: {1}")]
+    Route(String, String),
+}
+
+/// The topic's message queues, as the route names them: senders spread over the
+/// writable ones as the official clients do (a proxy may refuse a send without a queue).
+async fn route(
+    client: &mut MessagingServiceClient<Channel>,
+    o: &Options,
+    client_id: &str,
+) -> Result<Vec<pb::MessageQueue>, RunError> {
+    let fail = |why: String| RunError::Route(o.topic.clone(), why);
+    // The access point, as clients name it (a proxy checks it is there).
+    let (host, port) = o.endpoint.rsplit_once(':').unwrap_or((&o.endpoint, "8081"));
+    let scheme = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        pb::AddressScheme::IPv4
+    } else if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        pb::AddressScheme::IPv6
+    } else {
+        pb::AddressScheme::DomainName
+    };
+    let asked = pb::QueryRouteRequest {
+        topic: resource(&o.topic),
+        endpoints: Some(pb::Endpoints {
+            scheme: scheme as i32,
+            addresses: vec![pb::Address {
+                host: host.to_string(),
+                port: port.parse().unwrap_or(8081),
+            }],
+        }),
+    };
+    let answer = client
+        .query_route(request(asked, client_id))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .into_inner();
+    match answer.status {
+        Some(s) if s.code == pb::Code::Ok as i32 => {}
+        Some(s) => return Err(fail(format!("{}: {}", s.code, s.message))),
+        None => return Err(fail("no status".into())),
+    }
+    let writable = [
+        pb::Permission::Write as i32,
+        pb::Permission::ReadWrite as i32,
+    ];
+    let queues: Vec<pb::MessageQueue> = answer
+        .message_queues
+        .into_iter()
+        .filter(|q| writable.contains(&q.permission))
+        .collect();
+    if queues.is_empty() {
+        return Err(fail("no writable message queue".into()));
+    }
+    Ok(queues)
 }
 
 fn resource(name: &str) -> Option<pb::Resource> {
@@ -170,8 +225,24 @@ fn phase(
     }
 }
 
-fn cpu_of(pid: Option<u32>) -> Result<Option<Duration>, cpu::CpuError> {
-    pid.map(|p| cpu::cpu_time(Process::Pid(p))).transpose()
+fn now_timestamp() -> prost_types::Timestamp {
+    let ns = crate::payload::wall_ns();
+    prost_types::Timestamp {
+        seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
+    }
+}
+
+/// CPU time of all of `pids` together; `None` when none are given.
+fn cpu_of(pids: &[u32]) -> Result<Option<Duration>, cpu::CpuError> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut total = Duration::ZERO;
+    for &p in pids {
+        total += cpu::cpu_time(Process::Pid(p))?;
+    }
+    Ok(Some(total))
 }
 
 pub async fn run(o: &Options) -> Result<Report, RunError> {
@@ -190,12 +261,14 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
         first: Mutex::new(Vec::new()),
     });
 
+    let queues = Arc::new(route(&mut client.clone(), o, &client_id).await?);
+
     // Send.
     let sent: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let body = bytes::Bytes::from(vec![b'x'; o.size]);
     let deadline = Instant::now() + Duration::from_secs_f64(o.duration);
     let (broker0, client0, start) = (
-        cpu_of(o.broker_pid)?,
+        cpu_of(&o.broker_pid)?,
         cpu::cpu_time(Process::Current)?,
         Instant::now(),
     );
@@ -208,11 +281,15 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
             body.clone(),
         );
         let (topic, client_id, run_id) = (o.topic.clone(), client_id.clone(), run_id.clone());
+        let queues = Arc::clone(&queues);
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
+                let Some(queue) = queues.get((p as usize + seq as usize) % queues.len()) else {
+                    break;
+                };
                 let id = format!("{run_id}-{p}-{seq}");
                 let message = pb::Message {
                     topic: resource(&topic),
@@ -221,7 +298,10 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
                         message_id: id.clone(),
                         message_type: pb::MessageType::Normal as i32,
                         body_encoding: pb::Encoding::Identity as i32,
-                        queue_id: -1,
+                        queue_id: queue.id,
+                        // As the official clients stamp every message.
+                        born_timestamp: Some(now_timestamp()),
+                        born_host: "127.0.0.1".into(),
                         ..Default::default()
                     }),
                     body: body.clone(),
@@ -234,9 +314,10 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
                         &client_id,
                     ))
                     .await;
-                match reply.map(|r| r.into_inner().status.map(|s| s.code)) {
-                    Ok(Some(c)) if c == pb::Code::Ok as i32 => mine.push(id),
-                    Ok(code) => errors.note(format!("send answered {code:?}")),
+                match reply.map(|r| r.into_inner().status) {
+                    Ok(Some(s)) if s.code == pb::Code::Ok as i32 => mine.push(id),
+                    Ok(Some(s)) => errors.note(format!("send answered {}: {}", s.code, s.message)),
+                    Ok(None) => errors.note("send answered without a status".into()),
                     Err(e) => errors.note(format!("send failed: {e}")),
                 }
             }
@@ -247,7 +328,7 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
         let _ = t.await;
     }
     let send_wall = start.elapsed();
-    let (broker1, client1) = (cpu_of(o.broker_pid)?, cpu::cpu_time(Process::Current)?);
+    let (broker1, client1) = (cpu_of(&o.broker_pid)?, cpu::cpu_time(Process::Current)?);
     let sent: HashSet<String> =
         std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
@@ -267,11 +348,15 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
         Arc::new(Mutex::new((HashSet::new(), 0, Instant::now())));
     let target = sent.len();
     let start = Instant::now();
-    let (broker0, client0) = (cpu_of(o.broker_pid)?, cpu::cpu_time(Process::Current)?);
+    let (broker0, client0) = (cpu_of(&o.broker_pid)?, cpu::cpu_time(Process::Current)?);
     let mut tasks = Vec::new();
-    for _ in 0..o.consumers.max(1) {
+    for c in 0..o.consumers.max(1) {
         let (mut client, received, errors) =
             (client.clone(), Arc::clone(&received), Arc::clone(&errors));
+        let queue = queues
+            .get(c as usize % queues.len())
+            .cloned()
+            .unwrap_or_default();
         let (topic, group, client_id) = (o.topic.clone(), group.clone(), client_id.clone());
         tasks.push(tokio::spawn(async move {
             let mut idle = 0;
@@ -282,11 +367,7 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
                 }
                 let asked = pb::ReceiveMessageRequest {
                     group: resource(&group),
-                    message_queue: Some(pb::MessageQueue {
-                        topic: resource(&topic),
-                        id: 0,
-                        ..Default::default()
-                    }),
+                    message_queue: Some(queue.clone()),
                     filter_expression: Some(pb::FilterExpression {
                         r#type: pb::FilterType::Tag as i32,
                         expression: "*".into(),
@@ -313,14 +394,24 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
                 };
                 let mut entries = Vec::new();
                 while let Ok(Some(item)) = stream.message().await {
-                    if let Some(pb::receive_message_response::Content::Message(m)) = item.content
-                        && let Some(s) = m.system_properties
-                    {
-                        entries.push(pb::AckMessageEntry {
-                            message_id: s.message_id,
-                            receipt_handle: s.receipt_handle.unwrap_or_default(),
-                            lite_topic: None,
-                        });
+                    use pb::receive_message_response::Content;
+                    match item.content {
+                        Some(Content::Message(m)) => {
+                            if let Some(s) = m.system_properties {
+                                entries.push(pb::AckMessageEntry {
+                                    message_id: s.message_id,
+                                    receipt_handle: s.receipt_handle.unwrap_or_default(),
+                                    lite_topic: None,
+                                });
+                            }
+                        }
+                        Some(Content::Status(s))
+                            if s.code != pb::Code::Ok as i32
+                                && s.code != pb::Code::MessageNotFound as i32 =>
+                        {
+                            errors.note(format!("receive answered {}: {}", s.code, s.message));
+                        }
+                        _ => {}
                     }
                 }
                 if entries.is_empty() {
@@ -358,7 +449,7 @@ pub async fn run(o: &Options) -> Result<Report, RunError> {
     for t in tasks {
         let _ = t.await;
     }
-    let (broker1, client1) = (cpu_of(o.broker_pid)?, cpu::cpu_time(Process::Current)?);
+    let (broker1, client1) = (cpu_of(&o.broker_pid)?, cpu::cpu_time(Process::Current)?);
     let (got, duplicates, last) = std::mem::replace(
         &mut *received.lock().unwrap_or_else(|p| p.into_inner()),
         (HashSet::new(), 0, Instant::now()),

@@ -204,6 +204,12 @@ impl Subscription {
         false
     }
 
+    /// Changes the retry policy from the next failed attempt on; attempts already
+    /// counted stay.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// Messages waiting behind an earlier one of their group.
     pub fn parked(&self) -> usize {
         self.parked.len()

@@ -52,6 +52,8 @@ pub struct QueueSub {
     /// Decoded records of the last batches read, by offset, so the leases of one receive
     /// do not read the same batch again.
     cache: Vec<Record>,
+    /// When a consumer last received from it (the broker's clock).
+    used_ms: i64,
 }
 
 type SubKey = (Arc<str>, Arc<str>, i32);
@@ -62,7 +64,8 @@ pub struct RocketBroker {
     pub config: RocketConfig,
     pub clock: Arc<dyn Clock>,
     subs: Mutex<HashMap<SubKey, Arc<Mutex<QueueSub>>>>,
-    /// Committed offsets as stored when the face opened, for subscriptions made later.
+    /// Committed offsets as stored when the face opened, and those of subscriptions
+    /// dropped while idle since, for subscriptions made later.
     stored: Mutex<HashMap<SubKey, u64>>,
     offsets: OffsetStore,
     /// Delayed messages until their delivery time.
@@ -98,6 +101,14 @@ pub const AUTO_RENEW_INVISIBLE_MS: u64 = 60_000;
 pub const AUTO_RENEW_EVERY_MS: u64 = 20_000;
 /// Longest a push delivery is kept invisible by renewals (then it is redelivered).
 pub const AUTO_RENEW_MAX_MS: i64 = 3 * 60 * 60 * 1000;
+
+/// A group's subscription to a queue that holds nothing in flight, nothing to retry and
+/// has not been received from for this long is dropped from memory; its committed offset
+/// stays, and the next receive makes it again from there.
+pub const SUBSCRIPTION_IDLE_MS: i64 = 10 * 60 * 1000;
+
+/// How often idle subscriptions are looked for.
+const EVICT_EVERY_MS: i64 = 60 * 1000;
 /// Push deliveries renewed at most at once; past it, new ones are not renewed.
 const RENEWALS_MAX: usize = 1_000_000;
 
@@ -318,15 +329,52 @@ impl RocketBroker {
         renewals.len()
     }
 
-    /// Renews held push deliveries for ever.
+    /// Renews held push deliveries and drops idle subscriptions, for ever.
     pub async fn run_renewals(self: Arc<Self>) {
         let mut every =
             tokio::time::interval(std::time::Duration::from_millis(AUTO_RENEW_EVERY_MS));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut evicted_ms = self.clock.now_ms();
         loop {
             every.tick().await;
             self.renew_held();
+            let now = self.clock.now_ms();
+            if now.saturating_sub(evicted_ms) >= EVICT_EVERY_MS {
+                evicted_ms = now;
+                let dropped = self.evict_idle();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "idle RocketMQ subscriptions dropped");
+                }
+            }
         }
+    }
+
+    /// Drops the subscriptions idle for `SUBSCRIPTION_IDLE_MS` (see there), keeping their
+    /// committed offsets for the next use; returns how many. A subscription someone holds
+    /// (a receive or ack under way, a renewal) is never idle: it is only dropped when the
+    /// map holds its one reference, under the map's lock, so nobody can get it meanwhile.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut subs = self.subs();
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let before = subs.len();
+        subs.retain(|key, sub| {
+            if Arc::strong_count(sub) > 1 {
+                return true;
+            }
+            let Ok(qs) = sub.try_lock() else {
+                return true;
+            };
+            let idle = qs.sub.in_flight() == 0
+                && qs.sub.retrying() == 0
+                && qs.sub.parked() == 0
+                && now.saturating_sub(qs.used_ms) >= SUBSCRIPTION_IDLE_MS;
+            if idle {
+                stored.insert(key.clone(), qs.sub.committed());
+            }
+            !idle
+        });
+        before - subs.len()
     }
 
     /// A consumer group's configuration (the defaults for one never configured).
@@ -345,8 +393,8 @@ impl RocketBroker {
             .max(1)
     }
 
-    /// Configures a consumer group (stored durably). FIFO applies from the next receive;
-    /// a new retry limit to the group's queues it has not read since the start. Blocking.
+    /// Configures a consumer group (stored durably). FIFO and the retry limit apply from
+    /// the next receive on. Blocking.
     pub fn set_group(&self, name: &str, config: crate::groups::GroupConfig) -> Result<(), String> {
         if !crate::groups::valid_name(name) {
             return Err(format!("consumer group name {name:?} is not valid"));
@@ -356,7 +404,29 @@ impl RocketBroker {
             .unwrap_or_else(|p| p.into_inner())
             .set(name, config)
             .map_err(|e| format!("cannot store the group: {e}"))?;
+        let held: Vec<Arc<Mutex<QueueSub>>> = self
+            .subs()
+            .iter()
+            .filter(|(key, _)| &*key.0 == name)
+            .map(|(_, sub)| Arc::clone(sub))
+            .collect();
+        let policy = self.retry_policy(name);
+        for sub in held {
+            let mut qs = sub.lock().unwrap_or_else(|p| p.into_inner());
+            qs.sub.set_policy(policy);
+        }
         Ok(())
+    }
+
+    /// Redelivery follows the invisible time the consumer chose, with no backoff of its
+    /// own; past the group's last attempt a message goes to the dead-letter topic.
+    fn retry_policy(&self, group: &str) -> Policy {
+        Policy {
+            max_attempts: self.max_delivery_attempts(group),
+            backoff_ms: 0,
+            multiplier: 1,
+            backoff_max_ms: 0,
+        }
     }
 
     /// Creates a topic with `queues` message queues and a message type (a stream, also
@@ -638,17 +708,11 @@ impl RocketBroker {
             .copied()
             .unwrap_or(0)
             .max(u64::try_from(log_start).unwrap_or(0));
-        // Redelivery follows the invisible time the consumer chose, with no backoff of
-        // its own; past the last attempt a message goes to the dead-letter topic.
-        let policy = Policy {
-            max_attempts: self.max_delivery_attempts(group),
-            backoff_ms: 0,
-            multiplier: 1,
-            backoff_max_ms: 0,
-        };
+        let policy = self.retry_policy(group);
         let made = Arc::new(Mutex::new(QueueSub {
             sub: Subscription::new(policy, committed),
             cache: Vec::new(),
+            used_ms: self.clock.now_ms(),
         }));
         Some(Arc::clone(self.subs().entry(key).or_insert(made)))
     }
@@ -674,6 +738,7 @@ impl RocketBroker {
         let end = u64::try_from(end).unwrap_or(0);
         let mut guard = sub.lock().unwrap_or_else(|p| p.into_inner());
         let qs = &mut *guard;
+        qs.used_ms = now;
         let mut effects = Vec::new();
         qs.sub.apply(
             Command::Receive {
@@ -1025,6 +1090,64 @@ mod tests {
         .unwrap();
         assert_eq!(b.renew_held(), 0);
         assert_eq!(commits.last(), Some(&1));
+    }
+
+    /// A subscription is dropped only when idle (nothing in flight, unused for
+    /// `SUBSCRIPTION_IDLE_MS`, held by nobody), and comes back at its committed offset.
+    #[test]
+    fn idle_subscriptions_are_dropped_and_resume_at_their_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let b = broker(dir.path(), &clock);
+        assert!(b.create_topic("t", 1, "MIXED").unwrap());
+        for id in ["01", "02", "03"] {
+            let message = crate::pb::Message {
+                system_properties: Some(crate::pb::SystemProperties {
+                    message_id: id.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let system = message.system_properties.clone().unwrap();
+            b.append("t", 0, &[(&message, &system)]).unwrap();
+        }
+        let partition = b.topics.get("t").unwrap().partition(0).unwrap();
+        let receive = |n: usize| {
+            let sub = b.subscription("g", "t", &partition, 0).unwrap();
+            let mut commits = Vec::new();
+            let leased = b.receive("g", "t", &sub, &partition, n, 3_600_000, &mut commits);
+            (sub, leased)
+        };
+        // Two leased, one acked: the other is in flight.
+        let (sub, leased) = receive(2);
+        let mut commits = Vec::new();
+        let ack = |l: &Leased, commits: &mut Vec<u64>| {
+            let sub = b.existing_subscription("g", "t", 0).unwrap();
+            let ack = Command::Ack {
+                offset: l.record.offset,
+                receipt: l.receipt,
+            };
+            b.settle(&sub, ack, commits).unwrap();
+        };
+        ack(&leased[0], &mut commits);
+        drop(sub);
+        clock.advance_ms(SUBSCRIPTION_IDLE_MS / 2);
+        assert_eq!(b.evict_idle(), 0, "a delivery is in flight");
+        ack(&leased[1], &mut commits);
+        assert_eq!(b.evict_idle(), 0, "received from 5 minutes ago");
+        clock.advance_ms(SUBSCRIPTION_IDLE_MS / 2);
+        let held = b.existing_subscription("g", "t", 0).unwrap();
+        assert_eq!(b.evict_idle(), 0, "held by a caller");
+        drop(held);
+        assert_eq!(b.evict_idle(), 1);
+        assert!(b.existing_subscription("g", "t", 0).is_none());
+        let (_sub, back) = receive(3);
+        let offsets: Vec<u64> = back.iter().map(|l| l.record.offset).collect();
+        assert_eq!(
+            offsets,
+            vec![2],
+            "resumes at the committed offset: 0 and 1 stay done"
+        );
     }
 
     #[test]

@@ -477,6 +477,26 @@ def test_a_message_past_its_last_attempt_goes_to_the_dead_letter_topic(sluice, m
         dlq.ack(dead)
 
 
+def test_a_group_s_new_retry_limit_applies_to_the_queues_it_already_reads(sluice, make_topic, group):
+    topic = make_topic(1)
+    with producer(sluice, topic) as p:
+        sent = p.send(message(topic, b"poison")).message_id
+    with consumer(sluice, group, topic) as c:
+        [m] = receive_all(c, 1)
+        assert m.delivery_attempt == 1
+        # The group is now allowed one retry (2 deliveries), not the server's 3.
+        assert sluice.admin("group", "create", group, "--retry-max-times", "1").returncode == 0
+        c.change_invisible_duration(m, 0)
+        [m] = receive_all(c, 1)
+        assert (m.message_id, m.delivery_attempt) == (sent, 2)
+        c.change_invisible_duration(m, 0)
+        assert c.receive(32, INVISIBLE_S) == []
+    with consumer(sluice, group + "-dlq", f"%DLQ%{group}") as dlq:
+        [dead] = receive_all(dlq, 1)
+        assert dead.message_id == sent
+        dlq.ack(dead)
+
+
 def test_forward_to_dead_letter_queue_moves_a_delivery_at_once(sluice, make_topic, group):
     topic = make_topic(1)
     with producer(sluice, topic) as p:

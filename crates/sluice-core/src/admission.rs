@@ -121,6 +121,11 @@ impl Ticket {
         self.admission.lock().waiting.remove(&self.seq);
     }
 
+    /// The signal behind `evicted`, for a connection that polls it itself.
+    pub fn eviction(&self) -> Arc<Notify> {
+        Arc::clone(&self.evict)
+    }
+
     /// Resolves when the connection is evicted to make room for a newer one (never, once
     /// it is authenticated).
     pub async fn evicted(&self) {

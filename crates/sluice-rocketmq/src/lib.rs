@@ -18,12 +18,23 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
-/// Serves the RocketMQ face on `listener` until the process ends, delivers delayed
-/// messages as they come due and sends transaction check-backs.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the RocketMQ face on the connections of `incoming` until the process ends,
+/// delivers delayed messages as they come due and sends transaction check-backs. The
+/// caller accepts the connections (admission, `TCP_NODELAY`: with Nagle's algorithm a
+/// response's last frame waits for the client's delayed ACK, about 40 ms a round trip).
+pub async fn serve<I, IO>(
+    incoming: I,
     broker: std::sync::Arc<RocketBroker>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, std::io::Error>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     tokio::spawn(std::sync::Arc::clone(&broker).run_delays());
     tokio::spawn(std::sync::Arc::clone(&broker).run_checks());
     tokio::spawn(std::sync::Arc::clone(&broker).run_renewals());
@@ -32,16 +43,6 @@ pub async fn serve(
     let request_max = broker.config.max_body_bytes.saturating_mul(2).max(4 << 20);
     let service = pb::messaging_service_server::MessagingServiceServer::new(Service::new(broker))
         .max_decoding_message_size(request_max);
-    // Answers go out at once: with Nagle's algorithm a response's last frame waits for
-    // the client's delayed ACK (about 40 ms per round trip for a lone consumer).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |accepted| {
-            accepted.inspect(|stream| {
-                let _ = stream.set_nodelay(true);
-            })
-        },
-    );
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming(incoming)

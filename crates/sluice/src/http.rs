@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::listen::AdmittingListener;
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
@@ -24,7 +25,6 @@ use serde::Deserialize;
 use sluice_amqp::Broker;
 use sluice_rocketmq::RocketBroker;
 use sluice_rocketmq::groups::GroupConfig;
-use tokio::net::TcpListener;
 
 /// Queues of a topic created without a count (RocketMQ's default).
 const DEFAULT_QUEUES: u32 = 8;
@@ -35,20 +35,24 @@ pub struct Admin {
 }
 
 /// Serves the admin API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<()> {
+pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
         .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
         .with_state(admin);
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+}
+
+/// The client's address, for handlers (guest logs in from loopback only).
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdmittingListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AdmittingListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
@@ -111,7 +115,7 @@ struct TopicBody {
 
 async fn create_topic(
     State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Option<Json<TopicBody>>,
@@ -144,7 +148,7 @@ struct GroupBody {
 
 async fn configure_group(
     State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Option<Json<GroupBody>>,

@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod config;
 mod http;
+mod listen;
 mod lock;
 mod resources;
 mod serve;

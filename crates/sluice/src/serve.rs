@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::listen::AdmittingListener;
 use anyhow::Context as _;
 use sluice_amqp::{Broker, ConnectionConfig, serve_connection};
 use sluice_core::SystemClock;
@@ -181,9 +182,12 @@ async fn listen_until_signal(
         ) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
-        never = kafka_accept_loop(kafka.listener, kafka_broker, admission) => match never {},
-        never = rocketmq_loop(rocketmq.listener, Arc::clone(&rocketmq_broker)) => match never {},
-        never = http_loop(http.listener, admin) => match never {},
+        never = kafka_accept_loop(kafka.listener, kafka_broker, Arc::clone(&admission)) => match never {},
+        never = rocketmq_loop(
+            AdmittingListener::new(rocketmq.listener, Arc::clone(&admission), "rocketmq"),
+            Arc::clone(&rocketmq_broker),
+        ) => match never {},
+        never = http_loop(AdmittingListener::new(http.listener, admission, "http"), admin) => match never {},
     };
     tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
@@ -230,7 +234,7 @@ async fn flush_loop(broker: Arc<Broker>, kafka: Arc<KafkaBroker>) -> Infallible 
 }
 
 /// Serves the admin HTTP API.
-async fn http_loop(listener: TcpListener, admin: Arc<crate::http::Admin>) -> Infallible {
+async fn http_loop(listener: AdmittingListener, admin: Arc<crate::http::Admin>) -> Infallible {
     if let Err(e) = crate::http::serve(listener, admin).await {
         tracing::error!(error = %e, "the admin HTTP listener failed");
     }
@@ -241,8 +245,8 @@ async fn http_loop(listener: TcpListener, admin: Arc<crate::http::Admin>) -> Inf
 const ROCKETMQ_BODY_MAX: usize = 4 << 20;
 
 /// Serves RocketMQ 5 clients over gRPC.
-async fn rocketmq_loop(listener: TcpListener, broker: Arc<RocketBroker>) -> Infallible {
-    if let Err(e) = sluice_rocketmq::serve(listener, broker).await {
+async fn rocketmq_loop(listener: AdmittingListener, broker: Arc<RocketBroker>) -> Infallible {
+    if let Err(e) = sluice_rocketmq::serve(listener.incoming(), broker).await {
         tracing::error!(error = %e, "the RocketMQ listener failed");
     }
     std::future::pending().await
@@ -320,7 +324,7 @@ fn amqp_config(config: &Config) -> ConnectionConfig {
 }
 
 /// Admits a connection, or logs and drops it when `connections_max` are open.
-fn admit(admission: &Arc<Admission>, face: &str, peer: SocketAddr) -> Option<Ticket> {
+pub(crate) fn admit(admission: &Arc<Admission>, face: &str, peer: SocketAddr) -> Option<Ticket> {
     let ticket = admission.admit();
     if ticket.is_none() {
         let limits = admission.limits();

@@ -1,6 +1,7 @@
 """Hostile input on the RocketMQ gRPC and admin HTTP listeners: random bytes, lying
 HTTP/2 frame lengths, a huge HTTP body claim and a crowd of half-open connections. The
-server must survive each and go on answering real clients."""
+server must survive each and go on answering real clients. Both listeners count toward
+the one connection limit, and silent sockets are evicted oldest first."""
 
 import os
 import socket
@@ -55,3 +56,77 @@ def test_the_admin_listener_survives_lies_and_half_open_crowds(sluice, make_topi
     finally:
         for s in crowd:
             s.close()
+
+
+def test_grpc_and_admin_connections_count_toward_the_connection_limit(tmp_path):
+    import time
+
+    import grpc
+    from conftest import Sluice
+    limited = Sluice(str(tmp_path), env={"SLUICE_LIMITS_CONNECTIONS_MAX": "20"})
+    limited.start()
+    try:
+        ports = (limited.ports["rocketmq"], limited.ports["http"])
+        crowd = [socket.create_connection(("127.0.0.1", p), timeout=5)
+                 for p in ports for _ in range(10)]
+        try:
+            # Once the server has accepted the crowd, every place is taken: a new gRPC
+            # connection is closed at once.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    raw_call(limited, "QueryRoute", QueryRouteRequest(topic=Resource(name="t")))
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                    break
+                assert time.monotonic() < deadline, "a 21st connection was served"
+                time.sleep(0.05)
+            assert limited.admin("group", "create", "g").returncode != 0
+        finally:
+            for s in crowd:
+                s.close()
+        # The crowd's places come back once the server sees them closed.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                route = raw_call(limited, "QueryRoute", QueryRouteRequest(topic=Resource(name="t")))
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "places never came back"
+                time.sleep(0.1)
+        assert route.status.code == Code.TOPIC_NOT_FOUND
+        assert limited.admin("group", "create", "g").returncode == 0
+    finally:
+        limited.stop()
+
+
+def test_silent_sockets_are_evicted_to_make_room_for_real_clients(tmp_path):
+    from conftest import Sluice
+    limited = Sluice(str(tmp_path), env={"SLUICE_LIMITS_UNAUTHENTICATED_CONNECTIONS_MAX": "5"})
+    limited.start()
+    try:
+        crowd = [socket.create_connection(("127.0.0.1", p), timeout=5)
+                 for p in (limited.ports["rocketmq"], limited.ports["http"]) for _ in range(50)]
+        try:
+            route = raw_call(limited, "QueryRoute", QueryRouteRequest(topic=Resource(name="t")))
+            assert route.status.code == Code.TOPIC_NOT_FOUND
+            assert limited.admin("group", "create", "g").returncode == 0
+            # All but the newest 5 silent sockets were closed by the server (a gRPC one
+            # gets the server's HTTP/2 settings first).
+            closed = 0
+            for s in crowd[:45] + crowd[50:95]:
+                s.settimeout(5)
+                try:
+                    while s.recv(65536):
+                        pass
+                    closed += 1
+                except ConnectionResetError:
+                    closed += 1
+                except socket.timeout:
+                    pass
+            assert closed == 90, closed
+        finally:
+            for s in crowd:
+                s.close()
+    finally:
+        limited.stop()

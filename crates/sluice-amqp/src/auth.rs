@@ -50,6 +50,19 @@ impl Permissions {
         })
     }
 
+    /// The pattern for `access` as configured (an empty one reads as `""`).
+    pub fn pattern(&self, access: Access) -> String {
+        let re = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        match re.as_str() {
+            "^$" => String::new(),
+            p => p.to_string(),
+        }
+    }
+
     /// `kind` is "queue" or "exchange"; the default exchange is checked as `amq.default`.
     pub fn check(&self, access: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
         let name = if kind == "exchange" && name.is_empty() {
@@ -73,6 +86,16 @@ impl Permissions {
             ),
         ))
     }
+}
+
+/// One user's patterns in one virtual host, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
 }
 
 /// The user has no permissions in the virtual host.
@@ -165,6 +188,48 @@ impl Users {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0;
         same && (loopback || user != "guest")
+    }
+
+    /// Every user's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.users.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// Every user's permissions, sorted by user then vhost. Without configured
+    /// permissions every user may do everything in each of `vhosts`.
+    pub fn grants(&self, vhosts: &[String]) -> Vec<Grant> {
+        let mut out = Vec::new();
+        for name in self.names() {
+            let Some(user) = self.users.get(&name) else {
+                continue;
+            };
+            if !self.restricted {
+                for vhost in vhosts {
+                    out.push(Grant {
+                        user: name.clone(),
+                        vhost: vhost.clone(),
+                        configure: ".*".into(),
+                        write: ".*".into(),
+                        read: ".*".into(),
+                    });
+                }
+                continue;
+            }
+            let mut held: Vec<(&String, &Arc<Permissions>)> = user.vhosts.iter().collect();
+            held.sort_by(|a, b| a.0.cmp(b.0));
+            for (vhost, p) in held {
+                out.push(Grant {
+                    user: name.clone(),
+                    vhost: vhost.clone(),
+                    configure: p.pattern(Access::Configure),
+                    write: p.pattern(Access::Write),
+                    read: p.pattern(Access::Read),
+                });
+            }
+        }
+        out
     }
 
     /// The user's permissions in `vhost`: `Ok(None)` means unrestricted.

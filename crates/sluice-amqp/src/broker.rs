@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use sluice_core::{Message, SystemClock, Table};
 use sluice_engine::queue::{ConsumerId, DeathReason, Entry};
@@ -213,6 +213,14 @@ impl Alarms {
         memory != was_memory || disk != was_disk
     }
 
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn disk_free_limit(&self) -> u64 {
+        self.disk_free_limit_bytes.load(Ordering::Relaxed)
+    }
+
     /// Why publishers are blocked now, if they are.
     pub fn reason(&self) -> Option<&'static str> {
         match (
@@ -258,6 +266,27 @@ pub struct Broker {
     next_id: AtomicU64,
     pub message_bytes_max: usize,
     pub alarms: Alarms,
+    /// AMQP channels open now (each channel holds an `OpenCount`).
+    pub channels_open: Arc<AtomicUsize>,
+    /// AMQP connections open now.
+    pub connections_open: Arc<AtomicUsize>,
+}
+
+/// One open object counted in a shared gauge, until dropped.
+#[derive(Debug)]
+pub struct OpenCount(Arc<AtomicUsize>);
+
+impl OpenCount {
+    pub fn new(gauge: &Arc<AtomicUsize>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        OpenCount(Arc::clone(gauge))
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Broker {
@@ -275,6 +304,8 @@ impl Broker {
             message_bytes_max,
             alarms: Alarms::default(),
             users: crate::auth::Users::default(),
+            channels_open: Arc::new(AtomicUsize::new(0)),
+            connections_open: Arc::new(AtomicUsize::new(0)),
         };
         broker.set_limits(AmqpLimits::default());
         broker
@@ -323,6 +354,8 @@ impl Broker {
             message_bytes_max,
             alarms: Alarms::default(),
             users: crate::auth::Users::default(),
+            channels_open: Arc::new(AtomicUsize::new(0)),
+            connections_open: Arc::new(AtomicUsize::new(0)),
         };
         broker.set_limits(AmqpLimits::default());
         Ok(broker)
@@ -330,6 +363,23 @@ impl Broker {
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()
+    }
+
+    /// Every virtual host, sorted by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut out: Vec<Arc<VHost>> = self.vhosts.values().cloned().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// AMQP connections open now.
+    pub fn connections_open(&self) -> usize {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// AMQP channels open now on all connections.
+    pub fn channels_open(&self) -> usize {
+        self.channels_open.load(Ordering::Relaxed)
     }
 
     /// Makes the engine's streams the stream queues of vhost `/`.

@@ -12,18 +12,18 @@ use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use sluice_core::{Message, Table, Value};
 use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
-use sluice_engine::routing::{Binding, DeleteWhen, Destination, ExchangeDef, ExchangeKind};
+use sluice_engine::routing::{Binding, Destination};
 use sluice_engine::stream::{Partition, RefusalKind, Topic, valid_name};
 
-use crate::args;
 use crate::auth::Access;
 use crate::broker::{
     Broker, ChannelCredit, Confirm, Confirms, ConnectionId, ConsumerSink, DirectReply, Flow,
-    OpenError, Outbox, QueueCell, QueueDef, VHost,
+    Outbox, QueueCell, VHost,
 };
 use crate::convert;
 use crate::error::{AmqpError, codes};
 use crate::frame;
+use crate::manage;
 use crate::props;
 use crate::stream_queue::{self, StreamCredit};
 
@@ -141,6 +141,8 @@ struct Unacked {
 
 pub struct Channel {
     pub id: u16,
+    /// Counts this channel in the broker's open channels while it lives.
+    _open: crate::broker::OpenCount,
     /// `channel.close` was sent; everything but close / close-ok is ignored.
     pub closing: bool,
     publishing: Option<Box<Publishing>>,
@@ -191,9 +193,10 @@ fn ok_unless(
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    pub fn new(id: u16, open: crate::broker::OpenCount) -> Self {
         Channel {
             id,
+            _open: open,
             closing: false,
             publishing: None,
             header_expected: false,
@@ -292,37 +295,15 @@ impl Channel {
                     }
                 } else {
                     ctx.allow(Access::Configure, "exchange", name)?;
-                    let arguments = props::table_from_amqp(&d.arguments);
-                    let delayed = d.kind.as_str() == DELAYED_TYPE;
-                    let kind_name = if delayed {
-                        arguments.get("x-delayed-type").and_then(Value::as_str).ok_or_else(|| {
-                            AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type")
-                        })?
-                    } else {
-                        d.kind.as_str()
-                    };
-                    let kind: ExchangeKind = kind_name.parse().map_err(|_| {
-                        if delayed {
-                            AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type")
-                        } else {
-                            AmqpError::connection(
-                                codes::COMMAND_INVALID,
-                                format!("COMMAND_INVALID - invalid exchange type '{}'", d.kind.as_str()),
-                            )
-                        }
-                    })?;
-                    let def = ExchangeDef {
-                        name: name.into(),
-                        kind,
-                        durable: d.durable,
-                        auto_delete: d.auto_delete,
-                        internal: d.internal,
-                        arguments: arguments.clone(),
-                    };
-                    let created = ctx.vhost.router_mut().declare_exchange(def)?;
-                    if delayed && created {
-                        declare_delayed(ctx, name, d.durable)?;
-                    }
+                    manage::declare_exchange(
+                        ctx.vhost,
+                        name,
+                        d.kind.as_str(),
+                        d.durable,
+                        d.auto_delete,
+                        d.internal,
+                        props::table_from_amqp(&d.arguments),
+                    )?;
                 }
                 ok_unless(
                     d.nowait,
@@ -333,15 +314,7 @@ impl Channel {
             }
             exchange::AMQPMethod::Delete(d) => {
                 ctx.allow(Access::Configure, "exchange", d.exchange.as_str())?;
-                let when = if d.if_unused {
-                    DeleteWhen::Unused
-                } else {
-                    DeleteWhen::Always
-                };
-                ctx.vhost
-                    .router_mut()
-                    .delete_exchange(d.exchange.as_str(), when)?;
-                ctx.vhost.delete_delayed(d.exchange.as_str());
+                manage::delete_exchange(ctx.vhost, d.exchange.as_str(), d.if_unused)?;
                 ok_unless(
                     d.nowait,
                     ctx.out,
@@ -407,7 +380,7 @@ impl Channel {
             .vhost
             .client_queue(name)
             .ok_or_else(|| AmqpError::not_found("queue", name, &ctx.vhost.name))?;
-        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
+        manage::check_owner(&queue, Some(ctx.connection), &ctx.vhost.name)?;
         Ok(queue)
     }
 
@@ -424,39 +397,15 @@ impl Channel {
                 } else {
                     let name = new_queue_name(ctx, requested)?;
                     ctx.allow(Access::Configure, "queue", &name)?;
-                    let arguments = props::table_from_amqp(&d.arguments);
-                    let settings =
-                        args::queue_settings(&arguments, d.durable, d.exclusive, d.auto_delete)?;
-                    let def = QueueDef {
-                        durable: d.durable,
-                        exclusive_owner: d.exclusive.then_some(ctx.connection),
-                        auto_delete: d.auto_delete,
-                        arguments,
-                        settings,
-                    };
-                    let (queue, created) =
-                        ctx.vhost
-                            .declare_queue(name, def.clone())
-                            .map_err(|e| match e {
-                                OpenError::Limit(text) => {
-                                    AmqpError::precondition(text).during(50, 10)
-                                }
-                                e => {
-                                    tracing::error!(error = %e, "cannot create queue storage");
-                                    AmqpError::connection(
-                                        codes::INTERNAL_ERROR,
-                                        "INTERNAL_ERROR - cannot create queue storage",
-                                    )
-                                }
-                            })?;
-                    if created {
-                        ctx.vhost.definitions_changed();
-                    }
-                    if !created {
-                        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
-                        check_equivalent(&queue, &def, &ctx.vhost.name)?;
-                    }
-                    (queue, created)
+                    manage::declare_queue(
+                        ctx.vhost,
+                        name,
+                        d.durable,
+                        d.auto_delete,
+                        d.exclusive.then_some(ctx.connection),
+                        Some(ctx.connection),
+                        props::table_from_amqp(&d.arguments),
+                    )?
                 };
                 let _ = created;
                 self.last_queue = Some(Arc::clone(&queue.name));
@@ -539,7 +488,7 @@ impl Channel {
                         0
                     }
                     Some(queue) => {
-                        check_owner(&queue, ctx.connection, &ctx.vhost.name)?;
+                        manage::check_owner(&queue, Some(ctx.connection), &ctx.vhost.name)?;
                         let (messages, consumers) = queue.counts();
                         if d.if_unused && consumers > 0 {
                             return Err(AmqpError::precondition(format!(
@@ -1749,27 +1698,8 @@ fn binding(
 /// Message ids of one queue.
 type QueueIds = (Arc<QueueCell>, Vec<MessageId>);
 
-/// The exchange type of delayed delivery (as RabbitMQ's delayed-message plugin names it).
-const DELAYED_TYPE: &str = "x-delayed-message";
-
 fn now_ms() -> i64 {
     sluice_core::Clock::now_ms(&sluice_core::SystemClock)
-}
-
-/// Gives a delayed exchange its store of messages waiting to be due.
-fn declare_delayed(ctx: &mut Ctx<'_>, exchange: &str, durable: bool) -> Result<(), AmqpError> {
-    ctx.vhost
-        .declare_delayed(exchange, durable)
-        .map_err(|e| match e {
-            OpenError::Limit(text) => AmqpError::precondition(text),
-            e => {
-                tracing::error!(error = %e, "cannot create delayed exchange storage");
-                AmqpError::connection(
-                    codes::INTERNAL_ERROR,
-                    "INTERNAL_ERROR - cannot create delayed exchange storage",
-                )
-            }
-        })
 }
 
 /// The pseudo-queue of direct reply-to.
@@ -1784,66 +1714,6 @@ fn group_by_queue(items: Vec<Unacked>) -> Vec<QueueIds> {
         }
     }
     groups
-}
-
-fn check_owner(queue: &QueueCell, connection: ConnectionId, vhost: &str) -> Result<(), AmqpError> {
-    match queue.def.exclusive_owner {
-        Some(owner) if owner != connection => Err(AmqpError::channel(
-            codes::RESOURCE_LOCKED,
-            format!(
-                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-                queue.name
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn check_equivalent(queue: &QueueCell, requested: &QueueDef, vhost: &str) -> Result<(), AmqpError> {
-    let current = &queue.def;
-    let mismatch = |arg: &str, received: String, now: String| {
-        Err(AmqpError::precondition(format!(
-            "inequivalent arg '{arg}' for queue '{}' in vhost '{vhost}': received '{received}' but current is '{now}'",
-            queue.name
-        )))
-    };
-    // RabbitMQ does not compare `durable` for an exclusive queue.
-    if current.durable != requested.durable && current.exclusive_owner.is_none() {
-        return mismatch(
-            "durable",
-            requested.durable.to_string(),
-            current.durable.to_string(),
-        );
-    }
-    if current.auto_delete != requested.auto_delete {
-        return mismatch(
-            "auto_delete",
-            requested.auto_delete.to_string(),
-            current.auto_delete.to_string(),
-        );
-    }
-    if current.exclusive_owner.is_some() != requested.exclusive_owner.is_some() {
-        return Err(AmqpError::channel(
-            codes::RESOURCE_LOCKED,
-            format!(
-                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'",
-                queue.name
-            ),
-        ));
-    }
-    for (key, value) in requested.arguments.iter().chain(current.arguments.iter()) {
-        if !key.starts_with("x-") {
-            continue;
-        }
-        let a = requested.arguments.get(key);
-        let b = current.arguments.get(key);
-        if a != b {
-            let show = |v: Option<&Value>| v.map_or("none".to_string(), |v| format!("{v:?}"));
-            let _ = value;
-            return mismatch(key, show(a), show(b));
-        }
-    }
-    Ok(())
 }
 
 /// `basic.consume-ok` for consumer `tag`.

@@ -119,6 +119,7 @@ pub async fn serve_connection(
     config: ConnectionConfig,
     ticket: Ticket,
 ) {
+    let _open = crate::broker::OpenCount::new(&broker.connections_open);
     if let Err(e) = run(stream, peer, broker, config, ticket).await {
         tracing::debug!(%peer, error = %e, "amqp connection ended");
     }
@@ -631,7 +632,13 @@ impl Conn {
                     ),
                 ));
             }
-            self.channels.insert(id, Channel::new(id));
+            self.channels.insert(
+                id,
+                Channel::new(
+                    id,
+                    crate::broker::OpenCount::new(&self.broker.channels_open),
+                ),
+            );
             frame::write_method(
                 &mut self.out,
                 id,

@@ -82,6 +82,20 @@ impl AmqpError {
         self
     }
 
+    /// The AMQP reply code.
+    pub fn code(&self) -> u16 {
+        match self {
+            AmqpError::Connection { code, .. } | AmqpError::Channel { code, .. } => *code,
+        }
+    }
+
+    /// The reply text, as the client sees it.
+    pub fn text(&self) -> &str {
+        match self {
+            AmqpError::Connection { text, .. } | AmqpError::Channel { text, .. } => text,
+        }
+    }
+
     pub fn not_found(what: &str, name: &str, vhost: &str) -> Self {
         AmqpError::channel(
             codes::NOT_FOUND,

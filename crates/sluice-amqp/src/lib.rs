@@ -18,6 +18,7 @@ mod dead_letter;
 pub mod definitions;
 pub mod error;
 pub mod frame;
+pub mod manage;
 pub mod props;
 pub mod stream_queue;
 

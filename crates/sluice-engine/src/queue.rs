@@ -229,6 +229,11 @@ impl Queue {
         self.ready.bytes()
     }
 
+    /// Body bytes of the deliveries not yet acknowledged (a walk: for inspection only).
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked.values().map(|(e, _)| u64::from(e.size)).sum()
+    }
+
     pub fn consumer_count(&self) -> u32 {
         u32::try_from(self.consumers.len()).unwrap_or(u32::MAX)
     }

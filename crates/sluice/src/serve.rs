@@ -167,6 +167,16 @@ async fn listen_until_signal(
     let admin = Arc::new(crate::http::Admin {
         broker: Arc::clone(&broker),
         rocketmq: Arc::clone(&rocketmq_broker),
+        admission: Arc::clone(&admission),
+        listeners: vec![
+            ("amqp", amqp.local_addr),
+            ("kafka", kafka.local_addr),
+            ("rocketmq", rocketmq.local_addr),
+            ("http", http.local_addr),
+        ],
+        node: format!("sluice@{}", node_host()),
+        started: std::time::Instant::now(),
+        data_dir: config.data_dir.clone(),
     });
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.
@@ -192,6 +202,15 @@ async fn listen_until_signal(
     tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
     Ok(())
+}
+
+/// This machine's host name, for the node name the management API shows.
+fn node_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 struct Bound {

@@ -113,6 +113,19 @@ impl QueueState {
     }
 }
 
+/// A queue's counts as an operator sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub ready: u32,
+    pub unacked: u32,
+    pub consumers: u32,
+    pub ready_bytes: u64,
+    pub unacked_bytes: u64,
+    pub consumer_tags: Vec<Arc<str>>,
+    /// When it was last used (declared, consumed from, read), in ms since the epoch.
+    pub idle_since_ms: i64,
+}
+
 #[derive(Debug)]
 pub struct QueueCell {
     pub name: Arc<str>,
@@ -636,6 +649,23 @@ impl QueueCell {
 
     pub fn is_deleted(&self) -> bool {
         self.lock().deleted
+    }
+
+    /// What an operator sees of the queue now (expired messages are gone first).
+    pub fn stats(self: &Arc<Self>) -> QueueStats {
+        let mut state = self.lock();
+        self.expire(&mut state);
+        self.hand_over_dead(&mut state);
+        let q = &state.queue;
+        QueueStats {
+            ready: q.message_count(),
+            unacked: u32::try_from(q.unacked_count()).unwrap_or(u32::MAX),
+            consumers: q.consumer_count(),
+            ready_bytes: q.ready_bytes(),
+            unacked_bytes: q.unacked_bytes(),
+            consumer_tags: q.consumers().iter().map(|c| Arc::clone(&c.tag)).collect(),
+            idle_since_ms: self.last_used_ms.load(Ordering::Relaxed),
+        }
     }
 
     /// Adds a consumer whose deliveries go to `sink`; `credit` is its channel's

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use sluice_core::{Clock, Message, Table, Value};
 
 pub use cell::{
-    ConnectionId, DeadLetters, QueueCell, QueueDef, QueueSettings, QueueState, Sink, Timers,
+    ConnectionId, DeadLetters, QueueCell, QueueDef, QueueSettings, QueueState, QueueStats, Sink,
+    Timers,
 };
 pub use flow::{ChannelCredit, Confirm, Confirms, FLOW_BUFFERED_MAX, Flow};
 
@@ -227,6 +228,20 @@ impl VHost {
             self.router_mut().add_queue(name.into());
         }
         Some(found)
+    }
+
+    /// The queues clients can name (not the engine's own stores), sorted by name.
+    pub fn client_queues(&self) -> Vec<Arc<QueueCell>> {
+        let mut out: Vec<Arc<QueueCell>> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|q| !q.name.starts_with("amq.sluice."))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn queue_count(&self) -> usize {

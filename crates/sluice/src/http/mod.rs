@@ -1,8 +1,8 @@
 //! The admin HTTP listener (`http.listen`, default 127.0.0.1:15672, RabbitMQ's management
-//! port). Today it holds Sluice's own endpoints for what no client protocol can do:
-//! creating RocketMQ topics with a message type and configuring RocketMQ consumer
-//! groups. `sluice admin` calls them. Every request needs HTTP basic auth with a broker
-//! user (`guest` only from loopback, as for AMQP); errors are JSON
+//! port): RabbitMQ's management API (`mgmt`) and Sluice's own endpoints for what no client
+//! protocol can do, creating RocketMQ topics with a message type and configuring RocketMQ
+//! consumer groups (`sluice admin` calls them). Every request needs HTTP basic auth with a
+//! broker user (`guest` only from loopback, as for AMQP); errors are JSON
 //! `{"error": ..., "reason": ...}` as RabbitMQ's management API writes them.
 //!
 //! - `PUT /api/sluice/rocketmq/topics/{name}` `{"queues": 8, "message_type": "fifo"}`:
@@ -29,18 +29,96 @@ use sluice_rocketmq::groups::GroupConfig;
 /// Queues of a topic created without a count (RocketMQ's default).
 const DEFAULT_QUEUES: u32 = 8;
 
+mod listing;
+mod mgmt;
+
 pub struct Admin {
     pub broker: Arc<Broker>,
     pub rocketmq: Arc<RocketBroker>,
+    pub admission: Arc<sluice_core::admission::Admission>,
+    /// The listeners, by protocol as RabbitMQ names them (`amqp`, `http`, ...).
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    /// The node's name in the API (RabbitMQ's `rabbit@host`).
+    pub node: String,
+    pub started: std::time::Instant,
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::Result<()> {
-    let app = Router::new()
+    let api = Router::new()
         .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
         .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
+        .merge(mgmt::routes())
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found") })
         .with_state(admin);
+    // A trailing slash names the same resource, as in RabbitMQ's API; the path is
+    // rewritten before the routes see it.
+    let app = Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::map_request(strip_trailing_slash));
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+}
+
+async fn strip_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let rebuilt = match request.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+/// An authenticated API user (HTTP basic auth against the broker's users). Without
+/// credentials the answer is RabbitMQ's empty 401 with a challenge; with wrong ones its
+/// JSON `not_authorized`.
+pub struct User(pub String);
+
+impl axum::extract::FromRequestParts<Arc<Admin>> for User {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        admin: &Arc<Admin>,
+    ) -> Result<Self, Response> {
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
+        let Some(encoded) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            let mut r = StatusCode::UNAUTHORIZED.into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+            );
+            return Err(r);
+        };
+        let credentials = encoded
+            .strip_prefix("Basic ")
+            .and_then(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e.trim())
+                    .ok()
+            })
+            .and_then(|d| String::from_utf8(d).ok());
+        if let (Some(text), Some(peer)) = (credentials, peer)
+            && let Some((user, password)) = text.split_once(':')
+            && admin
+                .broker
+                .users
+                .login(user, password, peer.ip().is_loopback())
+        {
+            return Ok(User(user.to_string()));
+        }
+        Err(unauthorized())
+    }
 }
 
 /// The client's address, for handlers (guest logs in from loopback only).
@@ -65,7 +143,7 @@ fn unauthorized() -> Response {
     let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed");
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Basic realm=\"Sluice\""),
+        header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
     );
     r
 }

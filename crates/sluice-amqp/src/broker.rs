@@ -3,6 +3,7 @@
 //! items in a connection's outbox).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +23,10 @@ pub use sluice_engine::vhost::{
 /// Work for a connection task that comes from outside it.
 #[derive(Debug)]
 pub enum Outbound {
+    /// An operator closes the connection (`connection.close` 320 CONNECTION_FORCED).
+    Close { reason: String },
+    /// The management API asks what the connection's channels hold.
+    Describe(tokio::sync::oneshot::Sender<Vec<ChannelInfo>>),
     Deliver {
         channel: u16,
         consumer: ConsumerId,
@@ -270,6 +275,104 @@ pub struct Broker {
     pub channels_open: Arc<AtomicUsize>,
     /// AMQP connections open now.
     pub connections_open: Arc<AtomicUsize>,
+    /// The connections that completed their handshake, for the management API.
+    pub connections: Arc<Connections>,
+}
+
+/// An open AMQP connection as operators see it (registered once it is open).
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub id: ConnectionId,
+    /// RabbitMQ's name: `peer -> local`.
+    pub name: String,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub connected_at_ms: i64,
+    pub user: String,
+    pub vhost: String,
+    pub auth_mechanism: String,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat_s: u16,
+    /// The client's `client_properties` (connection name, product, version, platform).
+    pub client_properties: Table,
+    pub outbox: tokio::sync::mpsc::Sender<Outbound>,
+}
+
+/// A channel of an open connection as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub number: u16,
+    pub consumers: usize,
+    pub prefetch: u16,
+    pub confirm: bool,
+    pub transactional: bool,
+    pub unacked: usize,
+    pub unconfirmed: usize,
+}
+
+impl ConnectionInfo {
+    /// Its channels now, as the connection's task reports them (`None`: it did not answer
+    /// in time, or is gone).
+    pub async fn channels(&self) -> Option<Vec<ChannelInfo>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.outbox.try_send(Outbound::Describe(tx)).ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Asks the connection to close with `reason`; false if it is gone.
+    pub fn close(&self, reason: &str) -> bool {
+        self.outbox
+            .try_send(Outbound::Close {
+                reason: reason.to_string(),
+            })
+            .is_ok()
+    }
+}
+
+/// The open connections, by id.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: std::sync::Mutex<HashMap<ConnectionId, Arc<ConnectionInfo>>>,
+}
+
+impl Connections {
+    /// Registers `info` until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, info: ConnectionInfo) -> Registered {
+        let id = info.id;
+        self.lock().insert(id, Arc::new(info));
+        Registered {
+            connections: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Every open connection, sorted by name.
+    pub fn list(&self) -> Vec<Arc<ConnectionInfo>> {
+        let mut out: Vec<Arc<ConnectionInfo>> = self.lock().values().cloned().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Arc<ConnectionInfo>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection's place in `Connections`, given up when dropped.
+#[derive(Debug)]
+pub struct Registered {
+    connections: Arc<Connections>,
+    id: ConnectionId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+    }
 }
 
 /// One open object counted in a shared gauge, until dropped.
@@ -306,6 +409,7 @@ impl Broker {
             users: crate::auth::Users::default(),
             channels_open: Arc::new(AtomicUsize::new(0)),
             connections_open: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(Connections::default()),
         };
         broker.set_limits(AmqpLimits::default());
         broker
@@ -356,6 +460,7 @@ impl Broker {
             users: crate::auth::Users::default(),
             channels_open: Arc::new(AtomicUsize::new(0)),
             connections_open: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(Connections::default()),
         };
         broker.set_limits(AmqpLimits::default());
         Ok(broker)

@@ -1609,6 +1609,19 @@ impl Channel {
 
     /// A queue reports a persistent message of publish `seq` on disk (or not).
     /// Publishes waiting for the disk before they are confirmed.
+    /// What operators see of this channel.
+    pub fn describe(&self) -> crate::broker::ChannelInfo {
+        crate::broker::ChannelInfo {
+            number: self.id,
+            consumers: self.consumers.len(),
+            prefetch: self.prefetch,
+            confirm: self.confirm,
+            transactional: self.tx.is_some(),
+            unacked: self.unacked.len() + self.stream_unacked.len(),
+            unconfirmed: self.unconfirmed.len(),
+        }
+    }
+
     pub fn unconfirmed(&self) -> usize {
         self.unconfirmed.len()
     }

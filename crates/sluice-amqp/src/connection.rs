@@ -90,6 +90,9 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// The authenticated user.
     user: String,
+    /// The login mechanism and the client's properties, for the management API.
+    mechanism: String,
+    client_properties: sluice_core::Table,
     /// The client handles `connection.blocked` (its `capabilities` say so).
     wants_blocked: bool,
     /// This connection has published: resource alarms block it.
@@ -133,6 +136,8 @@ async fn run(
     ticket: Ticket,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let local = stream.local_addr()?;
+    let connected_at_ms = sluice_core::Clock::now_ms(&sluice_core::SystemClock);
     let (mut rd, mut wr) = stream.into_split();
     let mut header = [0u8; 8];
     let read = tokio::select! {
@@ -158,6 +163,8 @@ async fn run(
         config,
         channels: HashMap::new(),
         user: String::new(),
+        mechanism: String::new(),
+        client_properties: sluice_core::Table::default(),
         wants_blocked: false,
         publisher: false,
         blocked: None,
@@ -176,6 +183,7 @@ async fn run(
     let mut inbuf = BytesMut::with_capacity(BUFFER_BYTES_INITIAL);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut authenticated = false;
+    let mut _registered = None;
     let result = loop {
         if let Err(e) = conn.write_pending(&mut wr, &mut last_write).await {
             break Err(e);
@@ -186,6 +194,7 @@ async fn run(
         if conn.phase == Phase::Open && !authenticated {
             ticket.authenticated();
             authenticated = true;
+            _registered = Some(conn.register(local, connected_at_ms));
         }
         conn.sync_blocked();
         // While an alarm blocks this publisher, or too many of its publishes wait for the
@@ -515,6 +524,8 @@ impl Conn {
                     ));
                 }
                 self.user = login.0;
+                self.mechanism = s.mechanism.as_str().to_string();
+                self.client_properties = crate::props::table_from_amqp(&s.client_properties);
                 frame::write_method(
                     &mut self.out,
                     0,
@@ -757,8 +768,46 @@ impl Conn {
     }
 
     /// Handles work sent by queues: a delivery to write, or a consumer to cancel.
+    /// Lists this connection for operators (the management API).
+    fn register(&self, local: SocketAddr, connected_at_ms: i64) -> crate::broker::Registered {
+        self.broker
+            .connections
+            .register(crate::broker::ConnectionInfo {
+                id: self.id,
+                name: format!("{} -> {local}", self.peer),
+                peer: self.peer,
+                local,
+                connected_at_ms,
+                user: self.user.clone(),
+                vhost: self
+                    .vhost
+                    .as_ref()
+                    .map_or_else(String::new, |v| v.name.clone()),
+                auth_mechanism: self.mechanism.clone(),
+                channel_max: self.channel_max,
+                frame_max: self.frame_max,
+                heartbeat_s: self.heartbeat_s,
+                client_properties: self.client_properties.clone(),
+                outbox: self.outbox.clone(),
+            })
+    }
+
     fn outbound(&mut self, item: Outbound) {
         match item {
+            Outbound::Close { reason } => {
+                self.close_connection(
+                    codes::CONNECTION_FORCED,
+                    &format!("CONNECTION_FORCED - {reason}"),
+                    0,
+                    0,
+                );
+            }
+            Outbound::Describe(answer) => {
+                let mut channels: Vec<crate::broker::ChannelInfo> =
+                    self.channels.values().map(Channel::describe).collect();
+                channels.sort_by_key(|c| c.number);
+                let _ = answer.send(channels);
+            }
             Outbound::Deliver {
                 channel,
                 consumer,

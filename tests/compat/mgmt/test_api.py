@@ -245,3 +245,50 @@ def test_health_checks_and_aliveness(broker):
     assert status == 503 and body["status"] == "failed" and body["reason"] == "No active listener"
     assert broker.get("/api/aliveness-test/%2F") == {"status": "ok"}
     assert broker.call("GET", "/api/aliveness-test/no-such-vhost")[0] == 404
+
+
+def test_connections_channels_consumers_and_closing_a_connection(broker, name):
+    import urllib.parse
+    declare(broker, name)
+    params = pika.URLParameters(broker.amqp_url)
+    params.client_properties = {"connection_name": name}
+    connection = pika.BlockingConnection(params)
+    try:
+        publisher = connection.channel()
+        publisher.confirm_delivery()
+        consumer = connection.channel()
+        consumer.basic_qos(prefetch_count=10)
+        tag = consumer.basic_consume(name, lambda *a: None, consumer_tag=name + "-tag")
+        connection.process_data_events(0.1)
+        conns = broker.wait_for("/api/connections", lambda cs: any(
+            c.get("user_provided_name") == name and c["channels"] == 2 for c in cs))
+        c = next(c for c in conns if c.get("user_provided_name") == name)
+        assert (c["user"], c["vhost"], c["protocol"], c["state"]) == ("guest", "/", "AMQP 0-9-1", "running")
+        assert c["name"] == f"{c['peer_host']}:{c['peer_port']} -> {c['host']}:{c['port']}"
+        assert c["client_properties"]["connection_name"] == name
+        quoted = urllib.parse.quote(c["name"], safe="")
+        assert broker.get("/api/connections/" + quoted)["name"] == c["name"]
+        chans = broker.wait_for(f"/api/connections/{quoted}/channels", lambda chs: len(chs) == 2)
+        by_number = {ch["number"]: ch for ch in chans}
+        assert by_number[1]["confirm"] is True
+        assert by_number[2]["consumer_count"] == 1 and by_number[2]["prefetch_count"] == 10
+        assert by_number[1]["name"] == f"{c['name']} (1)"
+        assert any(ch["name"] == f"{c['name']} (2)" for ch in broker.get("/api/channels"))
+        assert any(x["name"] == c["name"] for x in broker.get("/api/vhosts/%2F/connections"))
+        consumers = broker.wait_for("/api/consumers/%2F", lambda cs: any(x["consumer_tag"] == tag for x in cs))
+        mine = next(x for x in consumers if x["consumer_tag"] == tag)
+        assert mine["queue"] == {"name": name, "vhost": "/"}
+        assert mine["ack_required"] is True and mine["exclusive"] is False
+        status, _, _ = broker.call("DELETE", "/api/connections/" + quoted, headers={"X-Reason": "maintenance"})
+        assert status == 204
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            for _ in range(50):
+                connection.process_data_events(0.1)
+        assert closed.value.reply_code == 320
+        assert closed.value.reply_text == "CONNECTION_FORCED - maintenance"
+        broker.wait_for("/api/connections", lambda cs: not any(x["name"] == c["name"] for x in cs))
+        assert broker.call("GET", "/api/connections/" + quoted)[0] == 404
+    finally:
+        if connection.is_open:
+            connection.close()
+    delete(broker, name)

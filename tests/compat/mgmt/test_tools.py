@@ -105,3 +105,28 @@ def test_pyrabbit2(broker, name):
     client.delete_exchange("/", name + "-x")
     client.delete_queue("/", name)
     assert name not in [q["name"] for q in client.get_queues("/")]
+
+
+def test_rabbitmqadmin_lists_and_closes_connections(admin_cli, broker, name):
+    import pika
+    admin_cli("declare", "queue", f"name={name}")
+    params = pika.URLParameters(broker.amqp_url)
+    params.client_properties = {"connection_name": name}
+    connection = pika.BlockingConnection(params)
+    try:
+        ch = connection.channel()
+        tag = ch.basic_consume(name, lambda *a: None)
+        connection.process_data_events(0.1)
+        rows = eventually(lambda: [r.split("\t") for r in admin_cli("-f", "tsv", "list", "connections").splitlines()
+                                   if r.endswith("\tguest\t1")])
+        conn_name = rows[0][0]
+        assert eventually(lambda: conn_name + " (1)\tguest" in admin_cli("-f", "tsv", "list", "channels"))
+        assert eventually(lambda: tag in admin_cli("-f", "tsv", "list", "consumers"))
+        assert "connection closed" in admin_cli("close", "connection", f"name={conn_name}")
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+            for _ in range(50):
+                connection.process_data_events(0.1)
+    finally:
+        if connection.is_open:
+            connection.close()
+    admin_cli("delete", "queue", f"name={name}")

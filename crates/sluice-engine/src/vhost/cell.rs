@@ -113,6 +113,17 @@ impl QueueState {
     }
 }
 
+/// A consumer of a queue as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub tag: Arc<str>,
+    pub ack_required: bool,
+    pub prefetch: u32,
+    pub exclusive: bool,
+    /// It gets deliveries now (not waiting as a single-active consumer's standby).
+    pub active: bool,
+}
+
 /// A queue's counts as an operator sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -121,7 +132,7 @@ pub struct QueueStats {
     pub consumers: u32,
     pub ready_bytes: u64,
     pub unacked_bytes: u64,
-    pub consumer_tags: Vec<Arc<str>>,
+    pub consumer_list: Vec<ConsumerStats>,
     /// When it was last used (declared, consumed from, read), in ms since the epoch.
     pub idle_since_ms: i64,
 }
@@ -663,7 +674,17 @@ impl QueueCell {
             consumers: q.consumer_count(),
             ready_bytes: q.ready_bytes(),
             unacked_bytes: q.unacked_bytes(),
-            consumer_tags: q.consumers().iter().map(|c| Arc::clone(&c.tag)).collect(),
+            consumer_list: q
+                .consumers()
+                .iter()
+                .map(|c| ConsumerStats {
+                    tag: Arc::clone(&c.tag),
+                    ack_required: !c.no_ack,
+                    prefetch: c.prefetch,
+                    exclusive: c.exclusive,
+                    active: q.active_consumer().is_none_or(|a| a == c.id),
+                })
+                .collect(),
             idle_since_ms: self.last_used_ms.load(Ordering::Relaxed),
         }
     }

@@ -34,10 +34,12 @@ macro_rules! or_return {
     };
 }
 
+mod connections;
 mod exchanges;
 mod objects;
 mod queues;
 
+use connections::*;
 use exchanges::*;
 use objects::*;
 use queues::*;
@@ -62,6 +64,18 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/permissions/{vhost}/{user}", get(one_permission))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(one_node))
+        .route("/api/connections", get(connections))
+        .route("/api/vhosts/{vhost}/connections", get(connections))
+        .route(
+            "/api/connections/{name}",
+            get(one_connection).delete(close_connection),
+        )
+        .route("/api/connections/{name}/channels", get(connection_channels))
+        .route("/api/channels", get(channels))
+        .route("/api/vhosts/{vhost}/channels", get(channels))
+        .route("/api/channels/{name}", get(one_channel))
+        .route("/api/consumers", get(list(consumer_items, false)))
+        .route("/api/consumers/{vhost}", get(list(consumer_items, false)))
         .route("/api/exchanges", get(list(|_, v| exchange_items(v), true)))
         .route(
             "/api/exchanges/{vhost}",

@@ -83,9 +83,13 @@ pub(super) async fn one_queue(
     let mut body = queue_json(&admin, &v, &q);
     let details: Vec<Value> = q
         .stats()
-        .consumer_tags
+        .consumer_list
         .iter()
-        .map(|tag| json!({"consumer_tag": &**tag, "queue": {"name": &*q.name, "vhost": v.name}}))
+        .map(|c| {
+            json!({"consumer_tag": &*c.tag, "ack_required": c.ack_required,
+                        "prefetch_count": c.prefetch, "exclusive": c.exclusive, "active": c.active,
+                        "queue": {"name": &*q.name, "vhost": v.name}})
+        })
         .collect();
     extend(
         &mut body,

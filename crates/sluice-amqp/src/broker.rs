@@ -277,6 +277,7 @@ pub struct Broker {
     pub connections_open: Arc<AtomicUsize>,
     /// The connections that completed their handshake, for the management API.
     pub connections: Arc<Connections>,
+    pub stats: Arc<MessageStats>,
 }
 
 /// An open AMQP connection as operators see it (registered once it is open).
@@ -375,6 +376,43 @@ impl Drop for Registered {
     }
 }
 
+/// Message counters of the whole broker, as RabbitMQ's `rabbitmq_global_messages_*`
+/// count them. One relaxed atomic add per event on the message path.
+#[derive(Debug, Default)]
+pub struct MessageStats {
+    /// Publishes received from clients.
+    pub received: AtomicU64,
+    /// Publishes received on channels in confirm mode.
+    pub received_confirm: AtomicU64,
+    /// Publishes routed to at least one queue.
+    pub routed: AtomicU64,
+    /// Unroutable publishes dropped (not mandatory) or returned (mandatory).
+    pub unroutable_dropped: AtomicU64,
+    pub unroutable_returned: AtomicU64,
+    /// Publishes confirmed to the client.
+    pub confirmed: AtomicU64,
+    /// Deliveries to consumers, with and without manual acks, and through `basic.get`.
+    pub delivered_consume_manual_ack: AtomicU64,
+    pub delivered_consume_auto_ack: AtomicU64,
+    pub delivered_get_manual_ack: AtomicU64,
+    pub delivered_get_auto_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: AtomicU64,
+    /// Deliveries the client acknowledged.
+    pub acknowledged: AtomicU64,
+}
+
+impl MessageStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// One open object counted in a shared gauge, until dropped.
 #[derive(Debug)]
 pub struct OpenCount(Arc<AtomicUsize>);
@@ -410,6 +448,7 @@ impl Broker {
             channels_open: Arc::new(AtomicUsize::new(0)),
             connections_open: Arc::new(AtomicUsize::new(0)),
             connections: Arc::new(Connections::default()),
+            stats: Arc::new(MessageStats::default()),
         };
         broker.set_limits(AmqpLimits::default());
         broker
@@ -461,6 +500,7 @@ impl Broker {
             channels_open: Arc::new(AtomicUsize::new(0)),
             connections_open: Arc::new(AtomicUsize::new(0)),
             connections: Arc::new(Connections::default()),
+            stats: Arc::new(MessageStats::default()),
         };
         broker.set_limits(AmqpLimits::default());
         Ok(broker)

@@ -18,7 +18,7 @@ use sluice_engine::stream::{Partition, RefusalKind, Topic, valid_name};
 use crate::auth::Access;
 use crate::broker::{
     Broker, ChannelCredit, Confirm, Confirms, ConnectionId, ConsumerSink, DirectReply, Flow,
-    Outbox, QueueCell, VHost,
+    MessageStats, Outbox, QueueCell, VHost,
 };
 use crate::convert;
 use crate::error::{AmqpError, codes};
@@ -143,6 +143,7 @@ pub struct Channel {
     pub id: u16,
     /// Counts this channel in the broker's open channels while it lives.
     _open: crate::broker::OpenCount,
+    stats: Arc<MessageStats>,
     /// `channel.close` was sent; everything but close / close-ok is ignored.
     pub closing: bool,
     publishing: Option<Box<Publishing>>,
@@ -193,10 +194,11 @@ fn ok_unless(
 }
 
 impl Channel {
-    pub fn new(id: u16, open: crate::broker::OpenCount) -> Self {
+    pub fn new(id: u16, open: crate::broker::OpenCount, stats: Arc<MessageStats>) -> Self {
         Channel {
             id,
             _open: open,
+            stats,
             closing: false,
             publishing: None,
             header_expected: false,
@@ -616,12 +618,24 @@ impl Channel {
                 let queue = self.find_queue(ctx, name)?;
                 queue.touch();
                 match queue.get(g.no_ack) {
-                    None => ok(
-                        ctx.out,
-                        id,
-                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-                    ),
+                    None => {
+                        MessageStats::add(&self.stats.get_empty, 1);
+                        ok(
+                            ctx.out,
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                        )
+                    }
                     Some((entry, remaining)) => {
+                        let counter = if g.no_ack {
+                            &self.stats.delivered_get_auto_ack
+                        } else {
+                            &self.stats.delivered_get_manual_ack
+                        };
+                        MessageStats::add(counter, 1);
+                        if entry.redelivered {
+                            MessageStats::add(&self.stats.redelivered, 1);
+                        }
                         let tag = self.take_delivery_tag(&queue, &entry, g.no_ack, false);
                         frame::write_method(
                             ctx.out,
@@ -1148,6 +1162,15 @@ impl Channel {
         entry: &Entry,
     ) {
         let delivery_tag = self.take_delivery_tag(queue, entry, no_ack, true);
+        let counter = if no_ack {
+            &self.stats.delivered_consume_auto_ack
+        } else {
+            &self.stats.delivered_consume_manual_ack
+        };
+        MessageStats::add(counter, 1);
+        if entry.redelivered {
+            MessageStats::add(&self.stats.redelivered, 1);
+        }
         frame::write_deliver(
             ctx_out,
             self.id,
@@ -1225,9 +1248,12 @@ impl Channel {
         match op {
             Settle::Ack { tag, multiple } => {
                 let (queues, streams) = self.take_unacked(tag, multiple)?;
+                let mut acked = streams.len();
                 for (queue, ids) in queues {
+                    acked += ids.len();
                     queue.ack(&ids);
                 }
+                MessageStats::add(&self.stats.acknowledged, acked as u64);
                 for s in streams {
                     s.credit.release(1);
                 }
@@ -1466,6 +1492,10 @@ impl Channel {
         mandatory: bool,
         headers: Option<&Table>,
     ) -> Result<(), AmqpError> {
+        MessageStats::add(&self.stats.received, 1);
+        if self.confirm {
+            MessageStats::add(&self.stats.received_confirm, 1);
+        }
         if message.exchange.is_empty() && message.routing_key.starts_with(REPLY_TO) {
             // A reply: straight to the waiting consumer, or dropped as RabbitMQ does.
             let routed = ctx
@@ -1580,6 +1610,12 @@ impl Channel {
         } else if waiting > 0 {
             self.unconfirmed.insert(seq, waiting);
         }
+        let counter = match (delivered, mandatory) {
+            (0, true) => &self.stats.unroutable_returned,
+            (0, false) => &self.stats.unroutable_dropped,
+            _ => &self.stats.routed,
+        };
+        MessageStats::add(counter, 1);
         if delivered == 0 && mandatory {
             self.return_unroutable(ctx, &message);
         }
@@ -1664,10 +1700,12 @@ impl Channel {
             return;
         }
         if self.nacked.is_empty() {
+            MessageStats::add(&self.stats.confirmed, upto - self.confirm_sent);
             frame::write_confirm_ack(out, self.id, upto, upto - self.confirm_sent > 1);
         } else {
             for seq in self.confirm_sent + 1..=upto {
                 if !self.nacked.remove(&seq) {
+                    MessageStats::add(&self.stats.confirmed, 1);
                     frame::write_confirm_ack(out, self.id, seq, false);
                 }
             }

@@ -648,6 +648,7 @@ impl Conn {
                 Channel::new(
                     id,
                     crate::broker::OpenCount::new(&self.broker.channels_open),
+                    Arc::clone(&self.broker.stats),
                 ),
             );
             frame::write_method(

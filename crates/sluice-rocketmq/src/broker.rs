@@ -58,6 +58,18 @@ pub struct QueueSub {
 
 type SubKey = (Arc<str>, Arc<str>, i32);
 
+/// A consumer group's subscription to one message queue, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    pub group: String,
+    pub topic: String,
+    pub queue: i32,
+    /// Every message below this offset is done for the group.
+    pub committed: u64,
+    pub in_flight: usize,
+    pub retrying: usize,
+}
+
 #[derive(Debug)]
 pub struct RocketBroker {
     pub topics: Arc<Topics>,
@@ -664,6 +676,32 @@ impl RocketBroker {
             delayed.maintain();
         }
         delayed.next_due()
+    }
+
+    /// Every consumer group's subscription to a queue now, sorted by group, topic and
+    /// queue, for operators.
+    pub fn subscription_stats(&self) -> Vec<SubscriptionStats> {
+        let held: Vec<(SubKey, Arc<Mutex<QueueSub>>)> = self
+            .subs()
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        let mut out: Vec<SubscriptionStats> = held
+            .into_iter()
+            .map(|((group, topic, queue), sub)| {
+                let qs = sub.lock().unwrap_or_else(|p| p.into_inner());
+                SubscriptionStats {
+                    group: group.to_string(),
+                    topic: topic.to_string(),
+                    queue,
+                    committed: qs.sub.committed(),
+                    in_flight: qs.sub.in_flight(),
+                    retrying: qs.sub.retrying(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.group, &a.topic, a.queue).cmp(&(&b.group, &b.topic, b.queue)));
+        out
     }
 
     fn subs(&self) -> MutexGuard<'_, HashMap<SubKey, Arc<Mutex<QueueSub>>>> {

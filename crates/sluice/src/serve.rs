@@ -166,6 +166,7 @@ async fn listen_until_signal(
     info!(http = %http.local_addr, "listening");
     let admin = Arc::new(crate::http::Admin {
         broker: Arc::clone(&broker),
+        kafka: Arc::clone(&kafka_broker),
         rocketmq: Arc::clone(&rocketmq_broker),
         admission: Arc::clone(&admission),
         listeners: vec![
@@ -177,6 +178,7 @@ async fn listen_until_signal(
         node: format!("sluice@{}", node_host()),
         started: std::time::Instant::now(),
         data_dir: config.data_dir.clone(),
+        rates: Default::default(),
     });
     // The accept loops own the listeners: when a signal wins the select, both loops are
     // dropped and their sockets closed before this function returns.

@@ -28,16 +28,17 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SLUICE_BIN = os.environ.get("SLUICE_BIN") or os.path.join(ROOT, "target", "debug", "sluice")
-LISTENING = {face: re.compile(rf"listening {face}=(\S+):(\d+)") for face in ("amqp", "http")}
+LISTENING = {face: re.compile(rf"listening {face}=(\S+):(\d+)") for face in ("amqp", "http", "kafka")}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT = 20.0
 
 
 class Broker:
-    def __init__(self, http_url, amqp_url, is_sluice):
+    def __init__(self, http_url, amqp_url, is_sluice, kafka_bootstrap=None):
         self.http_url = http_url.rstrip("/")
         self.amqp_url = amqp_url
         self.is_sluice = is_sluice
+        self.kafka_bootstrap = kafka_bootstrap
 
     @property
     def http_port(self):
@@ -106,7 +107,7 @@ def start_sluice(data_dir):
 
     threading.Thread(target=read, daemon=True).start()
     ports = {}
-    while len(ports) < 2:
+    while len(ports) < 3:
         try:
             item = found.get(timeout=START_TIMEOUT)
         except queue_mod.Empty:
@@ -127,7 +128,8 @@ def broker():
         proc, ports = start_sluice(d)
         try:
             yield Broker(f"http://127.0.0.1:{ports['http']}",
-                         f"amqp://guest:guest@127.0.0.1:{ports['amqp']}/%2F", is_sluice=True)
+                         f"amqp://guest:guest@127.0.0.1:{ports['amqp']}/%2F", is_sluice=True,
+                         kafka_bootstrap=f"127.0.0.1:{ports['kafka']}")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -292,3 +292,31 @@ def test_connections_channels_consumers_and_closing_a_connection(broker, name):
         if connection.is_open:
             connection.close()
     delete(broker, name)
+
+
+def test_overview_message_stats_count_what_clients_did(broker, name):
+    def stats():
+        return broker.get("/api/overview")["message_stats"]
+    before = stats()
+    declare(broker, name)
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    try:
+        ch = connection.channel()
+        ch.confirm_delivery()
+        for i in range(3):
+            ch.basic_publish("", name, f"m{i}".encode())
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch.basic_publish("", "nowhere-" + name, b"x", mandatory=True)
+        for _ in range(2):
+            method, _, _ = ch.basic_get(name, auto_ack=False)
+            ch.basic_ack(method.delivery_tag)
+        assert ch.basic_get(name, auto_ack=True)[0] is not None
+        assert ch.basic_get(name, auto_ack=True)[0] is None
+    finally:
+        connection.close()
+    grew = lambda after, k, n: after.get(k, 0) - before.get(k, 0) >= n
+    after = broker.wait_for("/api/overview", lambda o: all(grew(o["message_stats"], k, n) for k, n in [
+        ("publish", 4), ("confirm", 4), ("get", 2), ("get_no_ack", 1), ("get_empty", 1),
+        ("deliver_get", 3), ("ack", 2), ("return_unroutable", 1)]))["message_stats"]
+    assert "rate" in after["publish_details"]
+    delete(broker, name)

@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
+use axum::routing::{get, put};
 use base64::Engine as _;
 use serde::Deserialize;
 use sluice_amqp::Broker;
@@ -30,10 +30,13 @@ use sluice_rocketmq::groups::GroupConfig;
 const DEFAULT_QUEUES: u32 = 8;
 
 mod listing;
+mod metrics;
 mod mgmt;
+mod rates;
 
 pub struct Admin {
     pub broker: Arc<Broker>,
+    pub kafka: Arc<sluice_kafka::KafkaBroker>,
     pub rocketmq: Arc<RocketBroker>,
     pub admission: Arc<sluice_core::admission::Admission>,
     /// The listeners, by protocol as RabbitMQ names them (`amqp`, `http`, ...).
@@ -42,14 +45,25 @@ pub struct Admin {
     pub node: String,
     pub started: std::time::Instant,
     pub data_dir: std::path::PathBuf,
+    pub rates: rates::Rates,
 }
 
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::Result<()> {
+    let sampled = Arc::clone(&admin);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(rates::SAMPLE_EVERY);
+        loop {
+            every.tick().await;
+            sampled.rates.sample(&sampled.broker.stats);
+        }
+    });
     let api = Router::new()
         .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
         .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
         .merge(mgmt::routes())
+        .route("/metrics", get(metrics::aggregated))
+        .route("/metrics/per-object", get(metrics::per_object))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found") })
         .with_state(admin);
     // A trailing slash names the same resource, as in RabbitMQ's API; the path is

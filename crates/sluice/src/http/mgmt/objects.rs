@@ -46,7 +46,7 @@ pub(super) async fn overview(
         "cluster_name": admin.node,
         "disable_stats": false,
         "enable_queue_totals": false,
-        "message_stats": {},
+        "message_stats": admin.rates.message_stats(&admin.broker.stats),
         "queue_totals": {
             "messages": ready + unacked, "messages_details": rate(),
             "messages_ready": ready, "messages_ready_details": rate(),

@@ -35,7 +35,7 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    fn new(user: &str, vhost: &str, patterns: [&str; 3]) -> Result<Permissions, String> {
+    pub(crate) fn new(user: &str, vhost: &str, patterns: [&str; 3]) -> Result<Permissions, String> {
         let compile = |p: &str| {
             // RabbitMQ treats an empty pattern as "nothing".
             let p = if p.is_empty() { "^$" } else { p };
@@ -102,18 +102,84 @@ pub struct Grant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoAccess;
 
-#[derive(Debug)]
-struct User {
-    password: String,
-    /// Per virtual host; empty when permissions are not configured at all.
-    vhosts: HashMap<String, Arc<Permissions>>,
+/// A password as RabbitMQ stores it (`rabbit_password_hashing_sha256`): a 4-byte salt
+/// and SHA-256 of salt and password, shown as base64 of the two together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordHash {
+    salt: [u8; 4],
+    digest: [u8; 32],
 }
 
-#[derive(Debug)]
+impl PasswordHash {
+    /// A fresh salt and the hash of `password` with it.
+    pub fn new(password: &str) -> PasswordHash {
+        let mut salt = [0u8; 4];
+        if getrandom::getrandom(&mut salt).is_err() {
+            // No entropy source: a time-derived salt still differs between users.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            salt = nanos.to_le_bytes();
+        }
+        PasswordHash::with_salt(salt, password)
+    }
+
+    fn with_salt(salt: [u8; 4], password: &str) -> PasswordHash {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(salt);
+        h.update(password.as_bytes());
+        PasswordHash {
+            salt,
+            digest: h.finalize().into(),
+        }
+    }
+
+    /// Reads RabbitMQ's base64 form; `None` if it is not one.
+    pub fn parse(encoded: &str) -> Option<PasswordHash> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let (salt, digest) = raw.split_at_checked(4)?;
+        Some(PasswordHash {
+            salt: salt.try_into().ok()?,
+            digest: digest.try_into().ok()?,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let mut raw = self.salt.to_vec();
+        raw.extend_from_slice(&self.digest);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    /// Compares every byte, so the time taken does not tell how much matched.
+    pub fn matches(&self, password: &str) -> bool {
+        let other = PasswordHash::with_salt(self.salt, password);
+        self.digest
+            .iter()
+            .zip(other.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    /// `None`: no password login (RabbitMQ's empty `password_hash`).
+    pub(crate) password: Option<PasswordHash>,
+    pub(crate) tags: Vec<String>,
+    /// Per virtual host; empty when permissions are not configured at all.
+    pub(crate) vhosts: HashMap<String, Arc<Permissions>>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Users {
-    users: HashMap<String, User>,
-    /// Whether `amqp.permissions` was given; if not, everyone may do everything.
-    restricted: bool,
+    pub(crate) users: HashMap<String, User>,
+    /// Whether permissions were given; if not, everyone may do everything.
+    pub(crate) restricted: bool,
 }
 
 impl Default for Users {
@@ -136,10 +202,13 @@ impl Users {
             if name.is_empty() {
                 return Err(format!("user {entry:?}: empty name"));
             }
+            // Users from the configuration administer the broker, as RabbitMQ's default
+            // user does.
             out.insert(
                 name.to_string(),
                 User {
-                    password: password.to_string(),
+                    password: Some(PasswordHash::new(password)),
+                    tags: vec!["administrator".to_string()],
                     vhosts: HashMap::new(),
                 },
             );
@@ -180,13 +249,7 @@ impl Users {
         let Some(u) = self.users.get(user) else {
             return false;
         };
-        // Compare every byte, so the time taken does not tell how much of it matched.
-        let same = u.password.len() == password.len()
-            && u.password
-                .bytes()
-                .zip(password.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same = u.password.as_ref().is_some_and(|h| h.matches(password));
         same && (loopback || user != "guest")
     }
 

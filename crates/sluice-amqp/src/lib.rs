@@ -21,6 +21,7 @@ pub mod frame;
 pub mod manage;
 pub mod props;
 pub mod stream_queue;
+pub mod users;
 
 pub use broker::{AmqpLimits, Broker};
 pub use connection::{ConnectionConfig, serve_connection};

@@ -51,8 +51,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot open AMQP data in {}", amqp_dir.display()))?;
     let mut broker = broker;
-    broker.users = sluice_amqp::auth::Users::parse(&config.amqp_users, &config.amqp_permissions)
+    let seed = sluice_amqp::auth::Users::parse(&config.amqp_users, &config.amqp_permissions)
         .map_err(|e| anyhow::anyhow!("amqp.permissions: {e}"))?;
+    broker.users = sluice_amqp::users::UserStore::open(&amqp_dir.join("users.json"), seed)
+        .map_err(|e| anyhow::anyhow!("users: {e}"))?;
     let memory_limit = resources::total_memory_bytes().map_or(u64::MAX, |total| {
         total / 1_000_000 * u64::from(config.memory_high_watermark_ppm)
     });

@@ -135,7 +135,9 @@ def free_port():
 
 def test_a_real_prometheus_scrapes_the_broker(broker, prometheus_dir):
     import json
+    import urllib.parse
     port = free_port()
+    target = urllib.parse.urlparse(os.environ.get("METRICS_URL") or broker.http_url).netloc
     with tempfile.TemporaryDirectory(prefix="sluice-prom-") as d:
         config = os.path.join(d, "prometheus.yml")
         with open(config, "w") as f:
@@ -145,7 +147,7 @@ scrape_configs:
   - job_name: broker
     metrics_path: /metrics/per-object
     static_configs:
-      - targets: ["127.0.0.1:{broker.http_port}"]
+      - targets: ["{target}"]
 """)
         proc = subprocess.Popen([os.path.join(prometheus_dir, "prometheus"), f"--config.file={config}",
                                  f"--storage.tsdb.path={d}/data", f"--web.listen-address=127.0.0.1:{port}"],

@@ -89,6 +89,9 @@ async fn strip_trailing_slash(mut request: axum::extract::Request) -> axum::extr
     request
 }
 
+/// Tags that let a user use the API (RabbitMQ's management user tags).
+const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "policymaker", "management"];
+
 /// An authenticated API user (HTTP basic auth against the broker's users). Without
 /// credentials the answer is RabbitMQ's empty 401 with a challenge; with wrong ones its
 /// JSON `not_authorized`.
@@ -129,6 +132,17 @@ impl axum::extract::FromRequestParts<Arc<Admin>> for User {
                 .users
                 .login(user, password, peer.ip().is_loopback())
         {
+            // As RabbitMQ: the API is for users tagged for it.
+            let allowed = admin.broker.users.describe(user).is_some_and(|(tags, _)| {
+                tags.iter().any(|t| MANAGEMENT_TAGS.contains(&t.as_str()))
+            });
+            if !allowed {
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "not_authorised",
+                    "Not management user",
+                ));
+            }
             return Ok(User(user.to_string()));
         }
         Err(unauthorized())

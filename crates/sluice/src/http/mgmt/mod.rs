@@ -38,11 +38,13 @@ mod connections;
 mod exchanges;
 mod objects;
 mod queues;
+mod users;
 
 use connections::*;
 use exchanges::*;
 use objects::*;
 use queues::*;
+use users::*;
 
 /// The management API version whose shapes these are.
 const MANAGEMENT_VERSION: &str = "3.10.8";
@@ -59,9 +61,19 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/vhosts", get(vhosts))
         .route("/api/vhosts/{vhost}", get(one_vhost))
         .route("/api/users", get(users))
-        .route("/api/users/{user}", get(one_user))
+        .route(
+            "/api/users/{user}",
+            get(one_user).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{user}/permissions", get(user_permissions))
+        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
         .route("/api/permissions", get(permissions))
-        .route("/api/permissions/{vhost}/{user}", get(one_permission))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(one_permission)
+                .put(put_permission)
+                .delete(delete_permission),
+        )
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(one_node))
         .route("/api/connections", get(connections))

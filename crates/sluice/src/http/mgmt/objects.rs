@@ -1,11 +1,8 @@
 //! The broker as a whole: overview, virtual hosts, users, permissions, the node, definitions export and health checks.
 
 use super::exchanges::{binding_json, exchange_items};
+use super::users::{permission_items, user_json};
 use super::*;
-
-pub(super) async fn whoami(user: User) -> Response {
-    axum::Json(json!({"name": user.0, "tags": ["administrator"]})).into_response()
-}
 
 pub(super) async fn cluster_name(State(admin): State<Arc<Admin>>, _: User) -> Response {
     axum::Json(json!({"name": admin.node})).into_response()
@@ -135,76 +132,6 @@ pub(super) async fn one_vhost(
         Some(v) => axum::Json(vhost_json(&admin, &v)).into_response(),
         None => not_found(),
     }
-}
-
-pub(super) fn user_json(name: &str) -> Value {
-    json!({"name": name, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
-           "tags": ["administrator"], "limits": {}})
-}
-
-pub(super) async fn users(
-    State(admin): State<Arc<Admin>>,
-    _: User,
-    Query(params): Query<Params>,
-) -> Response {
-    let items = admin
-        .broker
-        .users
-        .names()
-        .iter()
-        .map(|n| user_json(n))
-        .collect();
-    listing::respond(items, &params, false)
-}
-
-pub(super) async fn one_user(
-    State(admin): State<Arc<Admin>>,
-    _: User,
-    Path(name): Path<String>,
-) -> Response {
-    if admin.broker.users.names().contains(&name) {
-        axum::Json(user_json(&name)).into_response()
-    } else {
-        not_found()
-    }
-}
-
-pub(super) fn permission_items(admin: &Admin) -> Vec<Value> {
-    let vhosts: Vec<String> = admin
-        .broker
-        .vhosts()
-        .iter()
-        .map(|v| v.name.clone())
-        .collect();
-    admin
-        .broker
-        .users
-        .grants(&vhosts)
-        .into_iter()
-        .map(|g| {
-            json!({"user": g.user, "vhost": g.vhost, "configure": g.configure,
-                   "write": g.write, "read": g.read})
-        })
-        .collect()
-}
-
-pub(super) async fn permissions(
-    State(admin): State<Arc<Admin>>,
-    _: User,
-    Query(params): Query<Params>,
-) -> Response {
-    listing::respond(permission_items(&admin), &params, false)
-}
-
-pub(super) async fn one_permission(
-    State(admin): State<Arc<Admin>>,
-    _: User,
-    Path((vhost, user)): Path<(String, String)>,
-) -> Response {
-    permission_items(&admin)
-        .into_iter()
-        .find(|p| p["vhost"] == vhost.as_str() && p["user"] == user.as_str())
-        .map_or_else(not_found, |p| axum::Json(p).into_response())
 }
 
 pub(super) fn node_json(admin: &Admin) -> Value {
@@ -344,10 +271,7 @@ pub(super) async fn definitions(State(admin): State<Arc<Admin>>, _: User) -> Res
         .users
         .names()
         .iter()
-        .map(|n| {
-            json!({"name": n, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
-                   "tags": ["administrator"], "limits": {}})
-        })
+        .map(|n| user_json(&admin, n).unwrap_or(Value::Null))
         .collect();
     axum::Json(json!({
         "rabbit_version": MANAGEMENT_VERSION,

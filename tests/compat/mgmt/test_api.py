@@ -376,3 +376,22 @@ def test_a_rabbitmq_password_hash_imports_and_logs_in(broker, name):
     assert broker.call("PUT", f"/api/users/{user}", body)[0] == 204
     assert broker.call("GET", "/api/whoami", auth=(user, "secret"))[2] == {"name": user, "tags": ["monitoring"]}
     broker.call("DELETE", f"/api/users/{user}")
+
+
+def test_definitions_import_creates_what_is_missing(broker, name):
+    q, ex = name + "-q", name + "-x"
+    defs = {"queues": [{"name": q, "vhost": "/", "durable": True, "auto_delete": False,
+                        "arguments": {"x-max-length": 5}}],
+            "exchanges": [{"name": ex, "vhost": "/", "type": "fanout", "durable": True,
+                           "auto_delete": False, "internal": False, "arguments": {}}],
+            "bindings": [{"source": ex, "vhost": "/", "destination": q, "destination_type": "queue",
+                          "routing_key": "", "arguments": {}}]}
+    assert broker.call("POST", "/api/definitions", defs)[0] == 204
+    assert broker.get(Q + q)["arguments"] == {"x-max-length": 5}
+    assert broker.get("/api/exchanges/%2F/" + ex)["type"] == "fanout"
+    assert [b["destination"] for b in broker.get(f"/api/bindings/%2F/e/{ex}/q/{q}")] == [q]
+    assert broker.call("POST", "/api/definitions", defs)[0] == 204, "again: nothing changes"
+    status, _, body = broker.call("POST", "/api/definitions", raw=b"{nope")
+    assert (status, body) == (400, {"error": "bad_request", "reason": "failed_to_parse_json"})
+    broker.call("DELETE", "/api/exchanges/%2F/" + ex)
+    delete(broker, q)

@@ -75,6 +75,12 @@ def test_rabbitmqadmin_declares_publishes_lists_gets_and_deletes(admin_cli, name
     defs = json.loads(exported.read_text())
     assert any(q["name"] == name for q in defs["queues"])
     assert any(e["name"] == ex for e in defs["exchanges"])
+    # Gone, then back from the exported file, with its binding.
+    admin_cli("delete", "queue", f"name={name}")
+    admin_cli("delete", "exchange", f"name={ex}")
+    assert "Uploaded definitions" in admin_cli("import", str(exported))
+    assert name in admin_cli("-f", "tsv", "list", "queues", "name")
+    assert f"{ex}\t{name}\ta.*" in admin_cli("-f", "tsv", "list", "bindings")
 
     assert "Not found" in admin_cli("get", "queue=no-such-queue-" + name, expect=1)
     assert "queue deleted" in admin_cli("delete", "queue", f"name={name}")

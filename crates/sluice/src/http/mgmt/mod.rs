@@ -123,8 +123,14 @@ pub fn routes() -> Router<Arc<Admin>> {
         )
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
-        .route("/api/definitions", get(definitions))
-        .route("/api/definitions/{vhost}", get(vhost_definitions))
+        .route(
+            "/api/definitions",
+            get(definitions).post(import_definitions),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(vhost_definitions).post(import_definitions),
+        )
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))

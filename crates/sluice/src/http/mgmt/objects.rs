@@ -413,3 +413,176 @@ pub(super) async fn protocol_listener(
         )
     }
 }
+
+/// Imports definitions as RabbitMQ's `POST /api/definitions` does: users (with their
+/// stored hashes), permissions, exchanges, queues and bindings, each created unless it
+/// exists. Virtual hosts must exist already: Sluice's come from `amqp.vhosts`.
+pub(super) async fn import_definitions(
+    State(admin): State<Arc<Admin>>,
+    user: User,
+    vhost_name: Option<Path<String>>,
+    body: Bytes,
+) -> Response {
+    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("failed_to_parse_json");
+    };
+    let only = vhost_name.map(|Path(v)| v);
+    if let Some(v) = &only {
+        or_return!(vhost(&admin, v));
+    }
+    blocking(move || match import(&admin, &user, &doc, only.as_deref()) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    })
+    .await
+}
+
+fn import(
+    admin: &Admin,
+    user: &User,
+    doc: &Map<String, Value>,
+    only: Option<&str>,
+) -> Result<(), Response> {
+    let items = |key: &str| {
+        doc.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let text = |item: &Value, key: &str| {
+        item.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let target = |item: &Value| -> Result<Arc<VHost>, Response> {
+        let name = only.map_or_else(|| text(item, "vhost"), str::to_string);
+        admin.broker.vhost(&name).ok_or_else(|| {
+            bad_request(format!(
+                "vhost '{name}' does not exist; Sluice's virtual hosts come from amqp.vhosts"
+            ))
+        })
+    };
+    let vhosts: Vec<String> = admin
+        .broker
+        .vhosts()
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
+    if only.is_none() {
+        for v in items("vhosts") {
+            target(&json!({"vhost": text(&v, "name")}))?;
+        }
+        let users = items("users");
+        let grants = items("permissions");
+        if !users.is_empty() || !grants.is_empty() {
+            super::users::administrator(admin, user)?;
+        }
+        for u in &users {
+            let tags = match u.get("tags") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect(),
+                Some(Value::String(s)) => s
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            admin
+                .broker
+                .users
+                .put_user(
+                    &vhosts,
+                    &text(u, "name"),
+                    None,
+                    Some(&text(u, "password_hash")),
+                    tags,
+                )
+                .map_err(|r| bad_request(r.to_string()))?;
+        }
+        for p in &grants {
+            let patterns = [text(p, "configure"), text(p, "write"), text(p, "read")];
+            admin
+                .broker
+                .users
+                .set_permissions(
+                    &vhosts,
+                    &text(p, "user"),
+                    &text(p, "vhost"),
+                    [&patterns[0], &patterns[1], &patterns[2]],
+                )
+                .map_err(|r| bad_request(r.to_string()))?;
+        }
+    }
+    let access = sluice_amqp::auth::Access::Configure;
+    for e in items("exchanges") {
+        let v = target(&e)?;
+        let name = text(&e, "name");
+        allow(admin, user, &v.name, access, "exchange", &name)?;
+        let flag_of = |k: &str, d: bool| e.get(k).and_then(Value::as_bool).unwrap_or(d);
+        let args = match e.get("arguments") {
+            Some(Value::Object(o)) => manage::table_from_json(o),
+            _ => Default::default(),
+        };
+        let kind = e.get("type").and_then(Value::as_str).unwrap_or("direct");
+        manage::declare_exchange(
+            &v,
+            &name,
+            kind,
+            flag_of("durable", true),
+            flag_of("auto_delete", false),
+            flag_of("internal", false),
+            args,
+        )
+        .map_err(|err| refused(&err))?;
+        v.definitions_changed();
+    }
+    for q in items("queues") {
+        let v = target(&q)?;
+        let name = text(&q, "name");
+        allow(admin, user, &v.name, access, "queue", &name)?;
+        let args = match q.get("arguments") {
+            Some(Value::Object(o)) => manage::table_from_json(o),
+            _ => Default::default(),
+        };
+        let durable = q.get("durable").and_then(Value::as_bool).unwrap_or(true);
+        let auto_delete = q
+            .get("auto_delete")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        manage::declare_queue(
+            &v,
+            name.as_str().into(),
+            durable,
+            auto_delete,
+            None,
+            None,
+            args,
+        )
+        .map_err(|err| refused(&err))?;
+    }
+    for b in items("bindings") {
+        let v = target(&b)?;
+        let destination = match text(&b, "destination_type").as_str() {
+            "exchange" => Destination::Exchange(text(&b, "destination").into()),
+            _ => Destination::Queue(text(&b, "destination").into()),
+        };
+        let args = match b.get("arguments") {
+            Some(Value::Object(o)) => manage::table_from_json(o),
+            _ => Default::default(),
+        };
+        let binding = manage::binding(
+            &text(&b, "source"),
+            destination,
+            &text(&b, "routing_key"),
+            args,
+        );
+        let result = v.router_mut().bind(binding);
+        result.map_err(|err| refused(&AmqpError::from(err)))?;
+        v.definitions_changed();
+    }
+    Ok(())
+}

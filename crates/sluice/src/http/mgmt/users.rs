@@ -36,7 +36,7 @@ pub(super) fn permission_items(admin: &Admin) -> Vec<Value> {
         .collect()
 }
 
-fn administrator(admin: &Admin, user: &User) -> Result<(), Response> {
+pub(super) fn administrator(admin: &Admin, user: &User) -> Result<(), Response> {
     let is_admin = admin
         .broker
         .users

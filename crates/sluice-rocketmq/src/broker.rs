@@ -678,6 +678,14 @@ impl RocketBroker {
         delayed.next_due()
     }
 
+    /// Delayed messages waiting for their time, and half messages of open transactions,
+    /// each with the time of the next one due (ms since the epoch).
+    pub fn held_counts(&self) -> ((usize, Option<i64>), (usize, Option<i64>)) {
+        let d = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.half.lock().unwrap_or_else(|p| p.into_inner());
+        ((d.len(), d.next_due()), (h.len(), h.next_due()))
+    }
+
     /// Every consumer group's subscription to a queue now, sorted by group, topic and
     /// queue, for operators.
     pub fn subscription_stats(&self) -> Vec<SubscriptionStats> {

@@ -129,8 +129,11 @@ def test_an_unacknowledged_message_comes_back_after_its_invisible_time(sluice, m
     with consumer(sluice, group, topic) as c:
         [first] = receive_all(c, 1, invisible=10)
         assert first.message_id == sent_id and first.delivery_attempt == 1
-        # Invisible to the group until the deadline.
+        # Invisible to the group until the deadline; operators see it in flight.
         assert c.receive(32, 10) == []
+        [sub] = [s for s in admin_get(sluice, "/api/sluice/rocketmq/subscriptions")
+                 if s["group"] == group and s["topic"] == topic]
+        assert (sub["in_flight"], sub["committed"], sub["end_offset"], sub["lag"]) == (1, 0, 1, 1)
         again = receive_all(c, 1, invisible=10, deadline_s=30)
         assert [m.message_id for m in again] == [sent_id]
         assert again[0].delivery_attempt == 2
@@ -155,6 +158,17 @@ def test_change_invisible_duration_renews_the_receipt(sluice, make_topic, group)
         time.sleep(11)
         assert c.receive(32, 10) == []
         c.ack(m)
+
+
+def admin_get(sluice, path):
+    """GET on the broker's admin HTTP API as guest."""
+    import base64
+    import json
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{sluice.ports['http']}{path}")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
 
 
 def raw_call(sluice, method, request, client_id="raw-test-client"):

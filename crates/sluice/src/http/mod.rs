@@ -29,6 +29,7 @@ use sluice_rocketmq::groups::GroupConfig;
 /// Queues of a topic created without a count (RocketMQ's default).
 const DEFAULT_QUEUES: u32 = 8;
 
+mod engine;
 mod listing;
 mod metrics;
 mod mgmt;
@@ -62,6 +63,15 @@ pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::R
         .route("/api/sluice/rocketmq/topics/{name}", put(create_topic))
         .route("/api/sluice/rocketmq/groups/{name}", put(configure_group))
         .merge(mgmt::routes())
+        .route("/api/sluice/topics", get(engine::topics))
+        .route("/api/sluice/topics/{name}", get(engine::one_topic))
+        .route("/api/sluice/kafka/groups", get(engine::kafka_groups))
+        .route("/api/sluice/kafka/groups/{group}", get(engine::kafka_group))
+        .route(
+            "/api/sluice/rocketmq/subscriptions",
+            get(engine::rocketmq_subscriptions),
+        )
+        .route("/api/sluice/rocketmq/held", get(engine::rocketmq_held))
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found") })

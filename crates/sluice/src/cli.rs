@@ -30,8 +30,9 @@ pub enum Command {
     /// latency, message loss and broker CPU.
     Bench(sluice_bench::cli::BenchArgs),
 
-    /// Administer a running server through its admin HTTP API (`http.listen`): RocketMQ
-    /// topics and consumer groups. Exits 0 once the object is usable.
+    /// Administer a running server through its admin HTTP API (`http.listen`): list
+    /// objects as tables (or JSON), manage queues, users, permissions and definitions,
+    /// create RocketMQ topics and groups. A change exits 0 once the object is usable.
     Admin(AdminArgs),
 }
 
@@ -45,6 +46,9 @@ pub struct AdminArgs {
     pub user: String,
     #[arg(long, default_value = "guest")]
     pub password: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub object: AdminObject,
 }
@@ -57,6 +61,115 @@ pub enum AdminObject {
     /// RocketMQ consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// List objects: queues, exchanges, bindings, vhosts, users, permissions,
+    /// connections, channels, consumers (AMQP); topics, kafka-groups,
+    /// rocketmq-subscriptions (the engine).
+    List {
+        #[arg(value_enum)]
+        what: Listable,
+        /// Only this virtual host (AMQP objects).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// One Kafka consumer group: members, committed offsets and lag per partition.
+    KafkaGroup { name: String },
+    /// AMQP queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Broker users (for every protocol's login).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// A user's permissions in a virtual host.
+    #[command(subcommand)]
+    Permission(PermissionCommand),
+    /// Durable definitions in RabbitMQ's format.
+    #[command(subcommand)]
+    Definitions(DefinitionsCommand),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Listable {
+    Queues,
+    Exchanges,
+    Bindings,
+    Vhosts,
+    Users,
+    Permissions,
+    Connections,
+    Channels,
+    Consumers,
+    Topics,
+    KafkaGroups,
+    RocketmqSubscriptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Declare a queue (nothing changes if an equal one exists).
+    Declare {
+        name: String,
+        #[arg(long)]
+        durable: bool,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Delete a queue and its messages.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Drop a queue's ready messages.
+    Purge {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create or change a user.
+    Add {
+        name: String,
+        #[arg(long)]
+        password: String,
+        /// Comma-separated: administrator, monitoring, policymaker, management.
+        #[arg(long, default_value = "")]
+        tags: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PermissionCommand {
+    /// Set a user's configure / write / read patterns in a vhost.
+    Set {
+        user: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        #[arg(long, default_value = ".*")]
+        configure: String,
+        #[arg(long, default_value = ".*")]
+        write: String,
+        #[arg(long, default_value = ".*")]
+        read: String,
+    },
+    Delete {
+        user: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DefinitionsCommand {
+    /// Write every durable definition to FILE (`-` for stdout).
+    Export { file: String },
+    /// Create what FILE defines (a RabbitMQ or Sluice export).
+    Import { file: String },
 }
 
 #[derive(Debug, Subcommand)]

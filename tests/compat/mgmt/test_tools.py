@@ -136,3 +136,46 @@ def test_rabbitmqadmin_lists_and_closes_connections(admin_cli, broker, name):
         if connection.is_open:
             connection.close()
     admin_cli("delete", "queue", f"name={name}")
+
+
+@pytest.mark.skipif(bool(os.environ.get("MGMT_URL")), reason="sluice admin is Sluice's CLI")
+def test_sluice_admin_lists_and_changes_objects(broker, name, tmp_path):
+    binary = os.environ.get("SLUICE_BIN") or os.path.join(ROOT, "target", "debug", "sluice")
+
+    def admin(*args, expect=0):
+        done = subprocess.run([binary, "admin", "--server", broker.http_url, *args],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == expect, (args, done.stdout, done.stderr)
+        return done.stdout + done.stderr
+
+    assert f"queue {name} created" in admin("queue", "declare", name, "--durable")
+    assert f"queue {name} ready" in admin("queue", "declare", name, "--durable")
+    assert "inequivalent arg 'durable'" in admin("queue", "declare", name, expect=1)
+    broker.call("POST", "/api/exchanges/%2F/amq.default/publish",
+                {"properties": {}, "routing_key": name, "payload": "x", "payload_encoding": "string"})
+    table = admin("list", "queues")
+    header, *rows = table.splitlines()
+    assert header.split() == ["vhost", "name", "type", "durable", "messages_ready",
+                              "messages_unacknowledged", "consumers"]
+    assert ["/", name, "classic", "true", "1", "0", "0"] in [r.split() for r in rows]
+    listed = json.loads(admin("--json", "list", "queues", "--vhost", "/"))
+    assert any(q["name"] == name for q in listed)
+    assert "guest" in admin("list", "users")
+    assert f"queue {name} purged" in admin("queue", "purge", name)
+    user = name + "-u"
+    assert f"user {user} created" in admin("user", "add", user, "--password", "pw", "--tags", "management")
+    assert "created" in admin("permission", "set", user, "--configure", "^x")
+    assert any(p.split()[:2] == [user, "/"] for p in admin("list", "permissions").splitlines())
+    exported = tmp_path / "defs.json"
+    assert "exported" in admin("definitions", "export", str(exported))
+    assert any(q["name"] == name for q in json.loads(exported.read_text())["queues"])
+    assert f"queue {name} deleted" in admin("queue", "delete", name)
+    assert "imported" in admin("definitions", "import", str(exported))
+    assert any(q["name"] == name for q in json.loads(admin("--json", "list", "queues")))
+    assert "deleted" in admin("permission", "delete", user)
+    assert "deleted" in admin("user", "delete", user)
+    assert "404" in admin("user", "delete", user, expect=1)
+    admin("queue", "delete", name)
+    for what in ("exchanges", "bindings", "vhosts", "connections", "channels", "consumers",
+                 "topics", "kafka-groups", "rocketmq-subscriptions"):
+        admin("list", what)

@@ -1,5 +1,6 @@
 //! The admin HTTP listener (`http.listen`, default 127.0.0.1:15672, RabbitMQ's management
-//! port): RabbitMQ's management API (`mgmt`) and Sluice's own endpoints for what no client
+//! port): the web dashboard (`/`, `ui/index.html`), Prometheus metrics (`metrics`),
+//! RabbitMQ's management API (`mgmt`) and Sluice's own endpoints for what no client
 //! protocol can do, creating RocketMQ topics with a message type and configuring RocketMQ
 //! consumer groups (`sluice admin` calls them). Every request needs HTTP basic auth with a
 //! broker user (`guest` only from loopback, as for AMQP); errors are JSON
@@ -72,6 +73,8 @@ pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::R
             get(engine::rocketmq_subscriptions),
         )
         .route("/api/sluice/rocketmq/held", get(engine::rocketmq_held))
+        .route("/", get(dashboard))
+        .route("/index.html", get(dashboard))
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found") })
@@ -97,6 +100,21 @@ async fn strip_trailing_slash(mut request: axum::extract::Request) -> axum::extr
         }
     }
     request
+}
+
+/// The web dashboard: one page of our own (no build step, no outside resources) that
+/// reads the API above; the browser's basic-auth login covers both.
+const DASHBOARD: &str = include_str!("ui/index.html");
+
+async fn dashboard(_: User) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 /// Tags that let a user use the API (RabbitMQ's management user tags).

@@ -27,6 +27,7 @@ mod scan;
 mod segment;
 mod sendfile;
 mod sys;
+pub mod timing;
 
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::LogError;

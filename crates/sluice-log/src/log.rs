@@ -99,6 +99,7 @@ pub struct Synced {
 impl SyncJob {
     /// Runs the fsyncs. Blocking: call it from a blocking thread, never an async executor.
     pub fn run(self) -> Result<Synced, LogError> {
+        let started = std::time::Instant::now();
         let failed = |e: LogError| {
             self.failed.store(true, Ordering::Release);
             e
@@ -116,6 +117,7 @@ impl SyncJob {
                 .map_err(LogError::io(dir))
                 .map_err(failed)?;
         }
+        crate::timing::FSYNC.record(started.elapsed());
         Ok(Synced {
             next_offset: self.next_offset,
         })

@@ -115,6 +115,10 @@ def test_kafka_metrics_have_kafka_exporter_s_names(broker, name):
     assert value(text, "kafka_consumergroup_current_offset", consumergroup=name + "-g", topic=name, partition="0") == 2
     assert value(text, "kafka_consumergroup_lag", consumergroup=name + "-g", topic=name, partition="0") == 3
     assert value(text, "sluice_partition_bytes", topic=name, partition="0") > 0
+    # Kafka offsets are stored with an fsync: the fsync latency histogram has counted them.
+    assert value(text, "sluice_fsync_duration_seconds_count") >= 1
+    assert value(text, "sluice_fsync_duration_seconds_bucket", le="+Inf") == value(
+        text, "sluice_fsync_duration_seconds_count")
 
 
 @pytest.mark.skipif(bool(os.environ.get("MGMT_URL")),

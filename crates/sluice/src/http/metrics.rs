@@ -5,7 +5,8 @@
 //!   `/metrics` with queue metrics summed over queues, `/metrics/per-object` with a
 //!   `vhost` and `queue` label on each;
 //! - kafka_exporter's names for Kafka topics and consumer groups;
-//! - Sluice's own for RocketMQ subscriptions and storage.
+//! - Sluice's own for RocketMQ subscriptions and storage, with the fsync latency
+//!   histogram.
 //!
 //! Like RabbitMQ's plugin, the endpoints need no login.
 
@@ -56,7 +57,9 @@ impl Scrape {
 
     fn encode(&self) -> Response {
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.push(fsync_histogram());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
         }
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -64,6 +67,37 @@ impl Scrape {
 }
 
 const NO_LABELS: [&str; 0] = [];
+
+/// fsync latency of every log of the process, from `sluice_log::timing` (recorded where
+/// the fsync runs, so this family is built from its buckets rather than observed here).
+fn fsync_histogram() -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
+    let snap = sluice_log::timing::FSYNC.snapshot();
+    let buckets = sluice_log::timing::BUCKETS_S
+        .iter()
+        .zip(&snap.cumulative)
+        .map(|(&bound, &count)| {
+            let mut b = Bucket::default();
+            b.set_upper_bound(bound);
+            b.set_cumulative_count(count);
+            b
+        })
+        .collect();
+    let mut h = Histogram::default();
+    h.set_sample_count(snap.count);
+    h.set_sample_sum(snap.sum_s);
+    h.set_bucket(buckets);
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    let mut family = MetricFamily::default();
+    family.set_name("sluice_fsync_duration_seconds".into());
+    family.set_help(
+        "Time an fsync job of a log took (its data files and, when new, its directory)".into(),
+    );
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(vec![m]);
+    family
+}
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

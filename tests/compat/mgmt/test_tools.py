@@ -179,3 +179,21 @@ def test_sluice_admin_lists_and_changes_objects(broker, name, tmp_path):
     for what in ("exchanges", "bindings", "vhosts", "connections", "channels", "consumers",
                  "topics", "kafka-groups", "rocketmq-subscriptions"):
         admin("list", what)
+
+
+@pytest.mark.skipif(bool(os.environ.get("MGMT_URL")),
+                    reason="Flower asks for /api/queues// for the default vhost, which RabbitMQ 3.10.8 answers 404")
+def test_celery_flower_reads_queue_depths(broker, name):
+    import asyncio
+    import urllib.parse
+
+    from flower.utils.broker import Broker
+    broker.call("PUT", f"/api/queues/%2F/{name}", {"durable": True})
+    for i in range(2):
+        broker.call("POST", "/api/exchanges/%2F/amq.default/publish",
+                    {"properties": {}, "routing_key": name, "payload": f"task {i}", "payload_encoding": "string"})
+    amqp_port = urllib.parse.urlparse(broker.amqp_url).port
+    flower = Broker(f"amqp://guest:guest@127.0.0.1:{amqp_port}//", http_api=f"{broker.http_url}/api/")
+    [info] = asyncio.run(flower.queues([name]))
+    assert (info["name"], info["messages"], info["messages_ready"], info["consumers"]) == (name, 2, 2, 0)
+    broker.call("DELETE", f"/api/queues/%2F/{name}")

@@ -86,6 +86,8 @@ def test_publish_get_and_purge(broker, name):
     assert first["properties"]["delivery_mode"] == 2
     assert first["properties"]["headers"] == {"n": 0}
     assert first["properties"]["content_type"] == "text/plain"
+    broker.wait_for(Q + name, lambda q: q["message_stats"].get("publish", 0) >= 3
+                    and q["message_stats"].get("deliver_get", 0) >= 2)
     # Requeued: they are there again, redelivered.
     status, _, again = broker.call("POST", Q + name + "/get",
                                    {"count": 1, "ackmode": "ack_requeue_false", "encoding": "base64"})

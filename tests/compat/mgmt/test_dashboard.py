@@ -83,6 +83,26 @@ def test_queues_page_publishes_gets_purges_and_deletes(page, broker, name):
     assert broker.call("GET", f"/api/queues/%2F/{name}")[0] == 404
 
 
+def test_queues_page_shows_each_queue_s_rates(page, broker, name):
+    broker.call("PUT", f"/api/queues/%2F/{name}", {"durable": False})
+    goto(page, broker, "queues")
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    try:
+        ch = connection.channel()
+        for _ in range(5):
+            for i in range(300):
+                ch.basic_publish("", name, b"x")
+            connection.process_data_events(0.1)
+            page.wait_for_timeout(500)
+        # "In msg/s" is the 7th column.
+        page.wait_for_function(f"""() => [...document.querySelectorAll('#queues-table tr')]
+            .some(tr => tr.cells[1] && tr.cells[1].textContent === {name!r}
+                  && Number(tr.cells[6].textContent.replace(/,/g, '')) > 0)""", timeout=20000)
+    finally:
+        connection.close()
+    broker.call("DELETE", f"/api/queues/%2F/{name}")
+
+
 def test_topics_and_groups_pages_show_partitions_and_lag(page, broker, name):
     from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
     producer = KafkaProducer(bootstrap_servers=broker.kafka_bootstrap)

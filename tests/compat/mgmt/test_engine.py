@@ -46,3 +46,18 @@ def test_rocketmq_views_answer(broker):
     held = broker.get("/api/sluice/rocketmq/held")
     assert set(held) == {"delayed", "transactions"}
     assert broker.call("GET", "/api/sluice/topics", auth=None)[0] == 401
+
+
+def test_amqp_delayed_exchanges_show_what_they_hold(broker, name):
+    import pika
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    try:
+        ch = connection.channel()
+        ch.exchange_declare(name, "x-delayed-message", arguments={"x-delayed-type": "direct"})
+        ch.basic_publish(name, "k", b"later", pika.BasicProperties(headers={"x-delay": 600000}))
+        connection.process_data_events(0.1)
+        delayed = broker.get("/api/sluice/amqp/delayed")
+        assert {"vhost": "/", "exchange": name, "messages": 1} in delayed
+        ch.exchange_delete(name)
+    finally:
+        connection.close()

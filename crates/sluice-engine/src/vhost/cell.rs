@@ -98,6 +98,17 @@ pub struct QueueState {
     pub(super) syncing: bool,
     /// Messages that left the queue during the current operation.
     pub(super) dead: Vec<Dead>,
+    /// Messages taken in, handed to consumers or gets, and acknowledged, since the
+    /// broker started (for rates; counted under the lock the operation holds anyway).
+    pub(super) counts: QueueCounts,
+}
+
+/// A queue's message counters since the broker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub published: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
 }
 
 impl QueueState {
@@ -133,6 +144,7 @@ pub struct QueueStats {
     pub ready_bytes: u64,
     pub unacked_bytes: u64,
     pub consumer_list: Vec<ConsumerStats>,
+    pub counts: QueueCounts,
     /// When it was last used (declared, consumed from, read), in ms since the epoch.
     pub idle_since_ms: i64,
 }
@@ -321,7 +333,9 @@ impl QueueCell {
         let Some(link) = state.links.get(&delivery.consumer) else {
             return;
         };
+        state.counts.delivered += 1;
         if let Err(entry) = link.sink.deliver(self, delivery.consumer, delivery.entry) {
+            state.counts.delivered -= 1;
             // The connection is gone or over its bound: the message stays in the queue.
             link.flow.release();
             if let Some(credit) = &link.credit {
@@ -414,6 +428,7 @@ impl QueueCell {
                 dead,
             )
         };
+        state.counts.published += 1;
         self.send_all(&mut state, out);
         self.hand_over_dead(&mut state);
         if waiting {
@@ -568,7 +583,8 @@ impl QueueCell {
     }
 
     pub fn ack(self: &Arc<Self>, ids: &[MessageId]) {
-        self.settle_with(|q, reserve, out| q.settle_many(ids, reserve, out));
+        let settled = self.settle_with(|q, reserve, out| q.settle_many(ids, reserve, out));
+        self.lock().counts.acknowledged += settled.len() as u64;
     }
 
     pub fn requeue(self: &Arc<Self>, ids: &[MessageId]) {
@@ -630,6 +646,7 @@ impl QueueCell {
         self.expire(&mut state);
         self.hand_over_dead(&mut state);
         let mut entry = state.queue.get(no_ack)?;
+        state.counts.delivered += 1;
         if !self.load(&mut state, &mut entry) {
             if no_ack {
                 state.settle([entry.stored]);
@@ -674,6 +691,7 @@ impl QueueCell {
             consumers: q.consumer_count(),
             ready_bytes: q.ready_bytes(),
             unacked_bytes: q.unacked_bytes(),
+            counts: state.counts,
             consumer_list: q
                 .consumers()
                 .iter()

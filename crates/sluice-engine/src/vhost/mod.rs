@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use sluice_core::{Clock, Message, Table, Value};
 
 pub use cell::{
-    ConnectionId, DeadLetters, QueueCell, QueueDef, QueueSettings, QueueState, QueueStats, Sink,
-    Timers,
+    ConnectionId, ConsumerStats, DeadLetters, QueueCell, QueueCounts, QueueDef, QueueSettings,
+    QueueState, QueueStats, Sink, Timers,
 };
 pub use flow::{ChannelCredit, Confirm, Confirms, FLOW_BUFFERED_MAX, Flow};
 
@@ -523,6 +523,7 @@ impl VHost {
                 store,
                 syncing: false,
                 dead: Vec::new(),
+                counts: QueueCounts::default(),
             }),
             dead_letters: Arc::clone(&self.dead_letters),
             last_used_ms: AtomicI64::new(self.clock.now_ms()),
@@ -776,6 +777,11 @@ impl VHost {
     }
 
     /// Whether `exchange` is a delayed exchange (it has a store for delayed messages).
+    /// The store of delayed exchange `exchange`: its messages wait there until due.
+    pub fn delayed_store(&self, exchange: &str) -> Option<Arc<QueueCell>> {
+        self.queue(&delay_queue_name(exchange))
+    }
+
     pub fn is_delayed(&self, exchange: &str) -> bool {
         self.queue(&delay_queue_name(exchange)).is_some()
     }

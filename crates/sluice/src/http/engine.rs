@@ -185,3 +185,21 @@ pub async fn rocketmq_held(State(admin): State<Arc<Admin>>, _: User) -> Response
     }))
     .into_response()
 }
+
+/// AMQP delayed exchanges (`x-delayed-message`) with the messages each holds until due.
+pub async fn amqp_delayed(State(admin): State<Arc<Admin>>, _: User) -> Response {
+    let mut items = Vec::new();
+    for v in admin.broker.vhosts() {
+        let names: Vec<String> = v
+            .router()
+            .exchanges()
+            .filter(|e| v.is_delayed(&e.name))
+            .map(|e| e.name.to_string())
+            .collect();
+        for name in names {
+            let held = v.delayed_store(&name).map_or(0, |q| q.stats().ready);
+            items.push(json!({"vhost": v.name, "exchange": name, "messages": held}));
+        }
+    }
+    Json(Value::Array(items)).into_response()
+}

@@ -73,6 +73,7 @@ pub async fn serve(listener: AdmittingListener, admin: Arc<Admin>) -> std::io::R
             get(engine::rocketmq_subscriptions),
         )
         .route("/api/sluice/rocketmq/held", get(engine::rocketmq_held))
+        .route("/api/sluice/amqp/delayed", get(engine::amqp_delayed))
         .route("/", get(dashboard))
         .route("/index.html", get(dashboard))
         .route("/metrics", get(metrics::aggregated))

@@ -58,7 +58,11 @@ pub(super) fn queue_json(admin: &Admin, v: &VHost, q: &Arc<QueueCell>) -> Value 
         "message_bytes": s.ready_bytes + s.unacked_bytes,
         "message_bytes_ready": s.ready_bytes,
         "message_bytes_unacknowledged": s.unacked_bytes,
-        "message_stats": {},
+        "message_stats": {
+            "publish": s.counts.published,
+            "deliver_get": s.counts.delivered,
+            "ack": s.counts.acknowledged,
+        },
         "idle_since": iso_ms(s.idle_since_ms),
     });
     body

@@ -297,6 +297,8 @@ pub struct ConnectionInfo {
     pub heartbeat_s: u16,
     /// The client's `client_properties` (connection name, product, version, platform).
     pub client_properties: Table,
+    /// It came over TLS (`amqps`).
+    pub tls: bool,
     pub outbox: tokio::sync::mpsc::Sender<Outbound>,
 }
 

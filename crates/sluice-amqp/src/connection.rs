@@ -13,7 +13,6 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, Confirms, ConnectionId, Outbound, VHost};
@@ -123,22 +122,53 @@ pub async fn serve_connection(
     ticket: Ticket,
 ) {
     let _open = crate::broker::OpenCount::new(&broker.connections_open);
-    if let Err(e) = run(stream, peer, broker, config, ticket).await {
+    let result = match (stream.set_nodelay(true), stream.local_addr()) {
+        (Ok(()), Ok(local)) => {
+            let (rd, wr) = stream.into_split();
+            run(rd, wr, local, peer, false, broker, config, ticket).await
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "amqp connection ended");
     }
 }
 
-async fn run(
-    stream: TcpStream,
+/// Serves one client connection over an established stream (TLS: `amqps`) until it
+/// closes; `local` is the listener's side of it.
+pub async fn serve_stream<S>(
+    stream: S,
+    local: SocketAddr,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: ConnectionConfig,
     ticket: Ticket,
-) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let local = stream.local_addr()?;
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
+    let _open = crate::broker::OpenCount::new(&broker.connections_open);
+    let (rd, wr) = tokio::io::split(stream);
+    if let Err(e) = run(rd, wr, local, peer, true, broker, config, ticket).await {
+        tracing::debug!(%peer, error = %e, "amqps connection ended");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<R, W>(
+    mut rd: R,
+    mut wr: W,
+    local: SocketAddr,
+    peer: SocketAddr,
+    tls: bool,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    ticket: Ticket,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let connected_at_ms = sluice_core::Clock::now_ms(&sluice_core::SystemClock);
-    let (mut rd, mut wr) = stream.into_split();
     let mut header = [0u8; 8];
     let read = tokio::select! {
         read = tokio::time::timeout(config.handshake_timeout, rd.read_exact(&mut header)) => read,
@@ -194,7 +224,7 @@ async fn run(
         if conn.phase == Phase::Open && !authenticated {
             ticket.authenticated();
             authenticated = true;
-            _registered = Some(conn.register(local, connected_at_ms));
+            _registered = Some(conn.register(local, connected_at_ms, tls));
         }
         conn.sync_blocked();
         // While an alarm blocks this publisher, or too many of its publishes wait for the
@@ -279,9 +309,9 @@ async fn run(
 }
 
 impl Conn {
-    async fn write_pending(
+    async fn write_pending<W: tokio::io::AsyncWrite + Unpin>(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut W,
         last_write: &mut Instant,
     ) -> std::io::Result<()> {
         for id in std::mem::take(&mut self.confirm_dirty) {
@@ -770,7 +800,12 @@ impl Conn {
 
     /// Handles work sent by queues: a delivery to write, or a consumer to cancel.
     /// Lists this connection for operators (the management API).
-    fn register(&self, local: SocketAddr, connected_at_ms: i64) -> crate::broker::Registered {
+    fn register(
+        &self,
+        local: SocketAddr,
+        connected_at_ms: i64,
+        tls: bool,
+    ) -> crate::broker::Registered {
         self.broker
             .connections
             .register(crate::broker::ConnectionInfo {
@@ -789,6 +824,7 @@ impl Conn {
                 frame_max: self.frame_max,
                 heartbeat_s: self.heartbeat_s,
                 client_properties: self.client_properties.clone(),
+                tls,
                 outbox: self.outbox.clone(),
             })
     }

@@ -24,4 +24,4 @@ pub mod stream_queue;
 pub mod users;
 
 pub use broker::{AmqpLimits, Broker};
-pub use connection::{ConnectionConfig, serve_connection};
+pub use connection::{ConnectionConfig, serve_connection, serve_stream};

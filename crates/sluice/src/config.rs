@@ -39,6 +39,11 @@ pub struct Config {
     pub rocketmq_listen: SocketAddr,
     /// The admin HTTP API.
     pub http_listen: SocketAddr,
+    /// Where AMQP clients connect over TLS (`amqps`); `None`: no TLS listener.
+    pub amqp_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key for the TLS listeners, reloaded when changed.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Deliveries of a message to a RocketMQ consumer group before it goes to the
     /// group's dead-letter topic `%DLQ%<group>` (RocketMQ: 16 retries, so 17).
     pub rocketmq_max_delivery_attempts: u32,
@@ -93,6 +98,9 @@ impl Default for Config {
             kafka_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9092)),
             rocketmq_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15672)),
+            amqp_tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             rocketmq_max_delivery_attempts: 17,
             rocketmq_auto_create_topics: false,
             rocketmq_default_queues: 8,
@@ -183,6 +191,37 @@ pub const SETTINGS: &[Setting] = &[
         flag: Some("--amqp-listen"),
         set: |d, v| {
             d.config.amqp_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.tls_listen",
+        env: "SLUICE_AMQP_TLS_LISTEN",
+        flag: Some("--amqp-tls-listen"),
+        set: |d, v| {
+            d.config.amqp_tls_listen = if v.is_empty() {
+                None
+            } else {
+                Some(parse_socket_addr(v)?)
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls.cert_file",
+        env: "SLUICE_TLS_CERT_FILE",
+        flag: Some("--tls-cert-file"),
+        set: |d, v| {
+            d.config.tls_cert_file = (!v.is_empty()).then(|| PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls.key_file",
+        env: "SLUICE_TLS_KEY_FILE",
+        flag: Some("--tls-key-file"),
+        set: |d, v| {
+            d.config.tls_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
             Ok(())
         },
     },

@@ -13,6 +13,7 @@ mod listen;
 mod lock;
 mod resources;
 mod serve;
+mod tls;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

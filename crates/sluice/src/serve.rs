@@ -132,6 +132,17 @@ async fn listen_until_signal(
     let kafka = bind("kafka.listen", config.kafka_listen).await?;
     let rocketmq = bind("rocketmq.listen", config.rocketmq_listen).await?;
     let http = bind("http.listen", config.http_listen).await?;
+    let amqps = match config.amqp_tls_listen {
+        None => None,
+        Some(addr) => {
+            let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+                anyhow::bail!("amqp.tls_listen needs tls.cert_file and tls.key_file");
+            };
+            let acceptor =
+                crate::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+            Some((bind("amqp.tls_listen", addr).await?, acceptor))
+        }
+    };
     let kafka_dir = config.data_dir.join("kafka");
     let kafka_config = kafka_config(config, kafka.local_addr);
     let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
@@ -163,6 +174,9 @@ async fn listen_until_signal(
     let rocketmq_broker = Arc::new(rocketmq_broker);
     let admission = Admission::new(config.admission);
     info!(amqp = %amqp.local_addr, "listening");
+    if let Some((bound, _)) = &amqps {
+        info!(amqps = %bound.local_addr, "listening");
+    }
     info!(kafka = %kafka.local_addr, "listening");
     info!(rocketmq = %rocketmq.local_addr, "listening");
     info!(http = %http.local_addr, "listening");
@@ -195,6 +209,7 @@ async fn listen_until_signal(
             Duration::from_millis(config.retention_check_interval_ms),
         ) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
+        never = amqps_accept_loop(amqps, Arc::clone(&broker), amqp_config(config), Arc::clone(&admission)) => match never {},
         never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
         never = kafka_accept_loop(kafka.listener, kafka_broker, Arc::clone(&admission)) => match never {},
         never = rocketmq_loop(
@@ -381,6 +396,50 @@ async fn amqp_accept_loop(
             }
             Err(error) => {
                 warn!(face = "amqp", %error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Accepts AMQP connections over TLS (`amqps`), one task each; the TLS handshake runs in
+/// the connection's task, bounded by the AMQP handshake timeout. Never returns, also when
+/// there is no TLS listener.
+async fn amqps_accept_loop(
+    listener: Option<(Bound, tokio_rustls::TlsAcceptor)>,
+    broker: Arc<Broker>,
+    config: ConnectionConfig,
+    admission: Arc<Admission>,
+) -> Infallible {
+    let Some((bound, acceptor)) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match bound.listener.accept().await {
+            Ok((stream, peer)) => {
+                let Some(ticket) = admit(&admission, "amqps", peer) else {
+                    drop(stream);
+                    continue;
+                };
+                let (acceptor, broker, config) =
+                    (acceptor.clone(), Arc::clone(&broker), config.clone());
+                let local = bound.local_addr;
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let handshake =
+                        tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            sluice_amqp::serve_stream(tls, local, peer, broker, config, ticket)
+                                .await;
+                        }
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            Err(error) => {
+                warn!(face = "amqps", %error, "accept failed");
                 tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }

@@ -21,7 +21,7 @@ fn connection_json(admin: &Admin, c: &ConnectionInfo, channels: usize) -> Value 
         "port": c.local.port(),
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
-        "ssl": false,
+        "ssl": c.tls,
         "channels": channels,
         "channel_max": c.channel_max,
         "frame_max": c.frame_max,

@@ -1,0 +1,172 @@
+//! TLS for the listeners, with rustls on the `ring` provider: the certificate chain and
+//! private key come from PEM files (`tls.cert_file`, `tls.key_file`) and are read again
+//! when either file changes, checked at most once a second at a handshake, so renewing a
+//! certificate needs no restart. A renewal that does not load (a half-written file, a key
+//! that does not match) is logged and the previous certificate stays in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::ServerConfig;
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// How often a handshake may look at the files' modification times.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Modification times of the certificate and key files when they were read.
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+/// The listeners' certificate, reloaded when its files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let signing = any_supported_type(&key).map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} does not match {}: {e}",
+            key_file.display(),
+            cert_file.display()
+        )
+    })?;
+    Ok(certified)
+}
+
+impl ReloadingCert {
+    /// Reads the files now; an error if they do not make a certificate and its key.
+    pub fn open(cert_file: &Path, key_file: &Path) -> Result<ReloadingCert, String> {
+        let key = load(cert_file, key_file)?;
+        Ok(ReloadingCert {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            loaded: Mutex::new(Loaded {
+                key: Arc::new(key),
+                stamps: (modified(cert_file), modified(key_file)),
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate to present, read again first if its files changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.checked.elapsed() >= CHECK_EVERY {
+            loaded.checked = Instant::now();
+            let stamps = (modified(&self.cert_file), modified(&self.key_file));
+            if stamps != loaded.stamps {
+                match load(&self.cert_file, &self.key_file) {
+                    Ok(key) => {
+                        tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                        loaded.key = Arc::new(key);
+                        loaded.stamps = stamps;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays");
+                    }
+                }
+            }
+        }
+        Arc::clone(&loaded.key)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// An acceptor presenting the certificate of `cert_file` and `key_file` (TLS 1.2 and 1.3).
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    let resolver = Arc::new(ReloadingCert::open(cert_file, key_file)?);
+    // ring builds with a plain C compiler in seconds; aws-lc-rs (rustls' default, with
+    // post-quantum key exchange) needs cmake and builds slowly on 2 cores.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Writes a fresh certificate and key, stamped `age_s` seconds from now (so a change
+    /// shows whatever the file system's time resolution).
+    fn write_cert(dir: &Path, name: &str, age_s: u64) -> (PathBuf, PathBuf, Vec<u8>) {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        let when = SystemTime::now() + Duration::from_secs(age_s);
+        for p in [&cert, &key] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        (cert, key, made.cert.der().to_vec())
+    }
+
+    /// A renewed certificate is presented once its files change, without a restart; a
+    /// broken renewal keeps the previous one.
+    #[test]
+    fn a_renewed_certificate_is_picked_up_and_a_broken_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, first) = write_cert(dir.path(), "first.test", 0);
+        let r = ReloadingCert::open(&cert, &key).unwrap();
+        assert_eq!(r.current().cert.first().unwrap().as_ref(), &first[..]);
+        let (_, _, second) = write_cert(dir.path(), "second.test", 10);
+        r.loaded.lock().unwrap().checked -= CHECK_EVERY;
+        assert_eq!(r.current().cert.first().unwrap().as_ref(), &second[..]);
+        std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(20);
+        std::fs::File::options()
+            .write(true)
+            .open(&key)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        r.loaded.lock().unwrap().checked -= CHECK_EVERY;
+        assert_eq!(r.current().cert.first().unwrap().as_ref(), &second[..]);
+        assert!(ReloadingCert::open(&cert, &key).is_err());
+    }
+}

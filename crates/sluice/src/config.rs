@@ -197,7 +197,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "amqp.tls_listen",
         env: "SLUICE_AMQP_TLS_LISTEN",
-        flag: Some("--amqp-tls-listen"),
+        flag: None,
         set: |d, v| {
             d.config.amqp_tls_listen = if v.is_empty() {
                 None
@@ -210,7 +210,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "tls.cert_file",
         env: "SLUICE_TLS_CERT_FILE",
-        flag: Some("--tls-cert-file"),
+        flag: None,
         set: |d, v| {
             d.config.tls_cert_file = (!v.is_empty()).then(|| PathBuf::from(v));
             Ok(())
@@ -219,7 +219,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "tls.key_file",
         env: "SLUICE_TLS_KEY_FILE",
-        flag: Some("--tls-key-file"),
+        flag: None,
         set: |d, v| {
             d.config.tls_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
             Ok(())

@@ -173,6 +173,17 @@ async fn listen_until_signal(
     .with_context(|| format!("cannot open RocketMQ data in {}", rocketmq_dir.display()))?;
     let rocketmq_broker = Arc::new(rocketmq_broker);
     let admission = Admission::new(config.admission);
+    for warning in exposure_warnings(
+        &[
+            ("amqp.listen", amqp.local_addr),
+            ("kafka.listen", kafka.local_addr),
+            ("rocketmq.listen", rocketmq.local_addr),
+            ("http.listen", http.local_addr),
+        ],
+        broker.users.login("guest", "guest", true),
+    ) {
+        warn!("{warning}");
+    }
     info!(amqp = %amqp.local_addr, "listening");
     if let Some((bound, _)) = &amqps {
         info!(amqps = %bound.local_addr, "listening");
@@ -221,6 +232,32 @@ async fn listen_until_signal(
     tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
     Ok(())
+}
+
+/// What an operator should hear about a broker reachable from the network: plaintext
+/// listeners off loopback (their traffic and passwords can be read on the way), and the
+/// default `guest`/`guest` login still valid (it works from loopback only, but anyone
+/// with a shell on the machine has it).
+fn exposure_warnings(plaintext: &[(&str, SocketAddr)], default_login: bool) -> Vec<String> {
+    let exposed: Vec<String> = plaintext
+        .iter()
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(key, addr)| format!("{key} {addr}"))
+        .collect();
+    let mut out = Vec::new();
+    if !exposed.is_empty() {
+        out.push(format!(
+            "listening without TLS on non-loopback addresses ({}): traffic and passwords travel in clear text",
+            exposed.join(", ")
+        ));
+        if default_login {
+            out.push(
+                "the default login guest/guest is still valid: set amqp.users before exposing the broker"
+                    .to_string(),
+            );
+        }
+    }
+    out
 }
 
 /// This machine's host name, for the node name the management API shows.
@@ -495,5 +532,24 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn loopback_only_brokers_get_no_warning_and_exposed_ones_do() {
+        let lo: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9092".parse().unwrap();
+        assert!(exposure_warnings(&[("amqp.listen", lo)], true).is_empty());
+        let w = exposure_warnings(&[("amqp.listen", lo), ("kafka.listen", any)], true);
+        assert_eq!(w.len(), 2);
+        assert!(w[0].contains("kafka.listen 0.0.0.0:9092") && !w[0].contains("amqp.listen"));
+        assert!(w[1].contains("guest/guest"));
+        assert_eq!(exposure_warnings(&[("kafka.listen", any)], false).len(), 1);
     }
 }

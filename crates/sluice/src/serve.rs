@@ -465,7 +465,12 @@ async fn amqps_accept_loop(
                     let _ = stream.set_nodelay(true);
                     let handshake =
                         tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream));
-                    match handshake.await {
+                    // A crowd of silent sockets evicts the oldest handshakes, as for plaintext.
+                    let done = tokio::select! {
+                        done = handshake => done,
+                        () = ticket.evicted() => return,
+                    };
+                    match done {
                         Ok(Ok(tls)) => {
                             sluice_amqp::serve_stream(tls, local, peer, broker, config, ticket)
                                 .await;

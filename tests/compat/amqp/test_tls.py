@@ -28,8 +28,11 @@ def tls_broker():
         issued = ca.issue_cert("127.0.0.1", "localhost")
         issued.cert_chain_pems[0].write_to_path(cert)
         issued.private_key_pem.write_to_path(key)
+        # Low caps on connections (100) and on those not logged in (50), so the crowd
+        # test below runs into both.
         env = dict(os.environ, NO_COLOR="1", SLUICE_AMQP_TLS_LISTEN="127.0.0.1:0",
-                   SLUICE_TLS_CERT_FILE=cert, SLUICE_TLS_KEY_FILE=key)
+                   SLUICE_TLS_CERT_FILE=cert, SLUICE_TLS_KEY_FILE=key,
+                   SLUICE_LIMITS_UNAUTHENTICATED_CONNECTIONS_MAX="50", SLUICE_LIMITS_CONNECTIONS_MAX="100")
         proc = subprocess.Popen(
             [SLUICE_BIN, "serve", "--data-dir", os.path.join(d, "data"), "--amqp-listen", "127.0.0.1:0",
              "--kafka-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
@@ -104,3 +107,23 @@ def test_a_renewed_certificate_is_used_without_a_restart(tls_broker):
     params = pika.ConnectionParameters(host="127.0.0.1", port=tls_broker["port"],
                                        ssl_options=pika.SSLOptions(context(tls_broker["ca"]), "127.0.0.1"))
     pika.BlockingConnection(params).close()
+
+
+def test_garbage_and_silent_crowds_on_the_tls_port_leave_it_serving(tls_broker):
+    port = tls_broker["port"]
+    for junk in (os.urandom(4096), b"\x16\x03\x01\xff\xff" + os.urandom(64), b"AMQP\x00\x00\x09\x01"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            try:
+                s.sendall(junk)
+                s.settimeout(2)
+                s.recv(4096)
+            except OSError:
+                pass
+    # Half-open sockets that never start a handshake: twice the connection cap. A real
+    # client must still get in.
+    crowd = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    try:
+        test_pika_publishes_and_consumes_over_tls(tls_broker)
+    finally:
+        for s in crowd:
+            s.close()

@@ -10,10 +10,11 @@
 //!   each field separated by spaces. With no permissions configured, every user may use
 //!   every virtual host fully.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use regex::Regex;
+use sluice_core::scram::{Credential, DEFAULT_ITERATIONS, Mechanism};
 
 use crate::error::{AmqpError, codes};
 
@@ -60,6 +61,15 @@ impl Permissions {
         match re.as_str() {
             "^$" => String::new(),
             p => p.to_string(),
+        }
+    }
+
+    /// Whether `name` matches the pattern for `access`.
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        match access {
+            Access::Configure => self.configure.is_match(name),
+            Access::Write => self.write.is_match(name),
+            Access::Read => self.read.is_match(name),
         }
     }
 
@@ -166,11 +176,27 @@ impl PasswordHash {
     }
 }
 
+/// Both SCRAM credentials for `password`.
+pub(crate) fn scram_for(password: &str) -> BTreeMap<Mechanism, Credential> {
+    Mechanism::ALL
+        .into_iter()
+        .map(|m| {
+            (
+                m,
+                Credential::from_password(m, password, DEFAULT_ITERATIONS),
+            )
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct User {
     /// `None`: no password login (RabbitMQ's empty `password_hash`).
     pub(crate) password: Option<PasswordHash>,
     pub(crate) tags: Vec<String>,
+    /// Kafka's SCRAM credentials, derived when a password is set (a RabbitMQ hash alone
+    /// cannot make them) or given by Kafka's AlterUserScramCredentials.
+    pub(crate) scram: BTreeMap<Mechanism, Credential>,
     /// Per virtual host; empty when permissions are not configured at all.
     pub(crate) vhosts: HashMap<String, Arc<Permissions>>,
 }
@@ -209,6 +235,7 @@ impl Users {
                 User {
                     password: Some(PasswordHash::new(password)),
                     tags: vec!["administrator".to_string()],
+                    scram: scram_for(password),
                     vhosts: HashMap::new(),
                 },
             );
@@ -251,6 +278,37 @@ impl Users {
         };
         let same = u.password.as_ref().is_some_and(|h| h.matches(password));
         same && (loopback || user != "guest")
+    }
+
+    /// Whether `user` has the `administrator` tag.
+    pub fn is_administrator(&self, user: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.tags.iter().any(|t| t == "administrator"))
+    }
+
+    /// The user's SCRAM credential for `mechanism`.
+    pub fn scram(&self, user: &str, mechanism: Mechanism) -> Option<Credential> {
+        self.users.get(user)?.scram.get(&mechanism).cloned()
+    }
+
+    /// Users with SCRAM credentials, sorted, with each mechanism's iterations.
+    pub fn scram_users(&self) -> Vec<(String, Vec<(Mechanism, u32)>)> {
+        let mut out: Vec<_> = self
+            .users
+            .iter()
+            .filter(|(_, u)| !u.scram.is_empty())
+            .map(|(n, u)| {
+                let creds = u
+                    .scram
+                    .values()
+                    .map(|c| (c.mechanism, c.iterations))
+                    .collect();
+                (n.clone(), creds)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Every user's name, sorted.

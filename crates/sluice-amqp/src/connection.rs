@@ -89,6 +89,9 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// The authenticated user.
     user: String,
+    /// The common name of the client's verified TLS certificate: the user EXTERNAL
+    /// logs in as.
+    cert_user: Option<String>,
     /// The login mechanism and the client's properties, for the management API.
     mechanism: String,
     client_properties: sluice_core::Table,
@@ -125,7 +128,7 @@ pub async fn serve_connection(
     let result = match (stream.set_nodelay(true), stream.local_addr()) {
         (Ok(()), Ok(local)) => {
             let (rd, wr) = stream.into_split();
-            run(rd, wr, local, peer, false, broker, config, ticket).await
+            run(rd, wr, local, peer, false, broker, config, ticket, None).await
         }
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
@@ -143,12 +146,13 @@ pub async fn serve_stream<S>(
     broker: Arc<Broker>,
     config: ConnectionConfig,
     ticket: Ticket,
+    cert_user: Option<String>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
     let _open = crate::broker::OpenCount::new(&broker.connections_open);
     let (rd, wr) = tokio::io::split(stream);
-    if let Err(e) = run(rd, wr, local, peer, true, broker, config, ticket).await {
+    if let Err(e) = run(rd, wr, local, peer, true, broker, config, ticket, cert_user).await {
         tracing::debug!(%peer, error = %e, "amqps connection ended");
     }
 }
@@ -163,6 +167,7 @@ async fn run<R, W>(
     broker: Arc<Broker>,
     config: ConnectionConfig,
     ticket: Ticket,
+    cert_user: Option<String>,
 ) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -193,6 +198,7 @@ where
         config,
         channels: HashMap::new(),
         user: String::new(),
+        cert_user,
         mechanism: String::new(),
         client_properties: sluice_core::Table::default(),
         wants_blocked: false,
@@ -321,6 +327,8 @@ impl Conn {
         }
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
+            // TLS may hold records back until flushed; a socket's flush does nothing.
+            wr.flush().await?;
             self.out.clear();
             *last_write = Instant::now();
         }
@@ -361,7 +369,11 @@ impl Conn {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: props,
-                mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+                mechanisms: LongString::from(if self.cert_user.is_some() {
+                    b"PLAIN AMQPLAIN EXTERNAL".to_vec()
+                } else {
+                    b"PLAIN AMQPLAIN".to_vec()
+                }),
                 locales: LongString::from(b"en_US".to_vec()),
             })),
         );
@@ -509,6 +521,24 @@ impl Conn {
         self.with_channel(id, f)
     }
 
+    /// The login succeeded: remember who, and tune.
+    fn logged_in(&mut self, user: String, s: &connection::StartOk) -> Result<(), AmqpError> {
+        self.user = user;
+        self.mechanism = s.mechanism.as_str().to_string();
+        self.client_properties = crate::props::table_from_amqp(&s.client_properties);
+        frame::write_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: self.config.channel_max,
+                frame_max: self.config.frame_max,
+                heartbeat: self.config.heartbeat_s,
+            })),
+        );
+        self.phase = Phase::AwaitTuneOk;
+        Ok(())
+    }
+
     fn connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
         let class = m.get_amqp_class_id();
         let method = m.get_amqp_method_id();
@@ -529,6 +559,27 @@ impl Conn {
                 };
                 self.wants_blocked = capability("connection.blocked");
                 self.wants_auth_close = capability("authentication_failure_close");
+                let refused = |mechanism: &str| {
+                    AmqpError::connection(
+                        codes::ACCESS_REFUSED,
+                        format!(
+                            "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.",
+                        ),
+                    )
+                };
+                if s.mechanism.as_str() == "EXTERNAL" {
+                    // The certificate is the credential: its user must exist, and guest
+                    // stays on loopback, as with RabbitMQ's rabbitmq_auth_mechanism_ssl.
+                    let user = self.cert_user.clone().filter(|u| {
+                        self.broker.users.describe(u).is_some()
+                            && (u != "guest" || self.peer.ip().is_loopback())
+                    });
+                    let Some(user) = user else {
+                        tracing::info!(peer = %self.peer, cert_user = ?self.cert_user, "EXTERNAL login refused");
+                        return Err(refused("EXTERNAL"));
+                    };
+                    return self.logged_in(user, &s);
+                }
                 let Some(login) = credentials(s.mechanism.as_str(), s.response.as_bytes()) else {
                     // An unknown mechanism or a response it cannot read: RabbitMQ closes
                     // silently, whatever the client's capabilities.
@@ -539,34 +590,16 @@ impl Conn {
                     ));
                 };
                 let (user, pass) = &login;
-                if !self
-                    .broker
-                    .users
-                    .login(user, pass, self.peer.ip().is_loopback())
-                {
+                if !self.broker.users.login_from(
+                    sluice_core::login_guard::Face::Amqp,
+                    user,
+                    pass,
+                    self.peer.ip(),
+                ) {
                     tracing::info!(peer = %self.peer, mechanism = s.mechanism.as_str(), "login refused");
-                    return Err(AmqpError::connection(
-                        codes::ACCESS_REFUSED,
-                        format!(
-                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                            s.mechanism.as_str()
-                        ),
-                    ));
+                    return Err(refused(s.mechanism.as_str()));
                 }
-                self.user = login.0;
-                self.mechanism = s.mechanism.as_str().to_string();
-                self.client_properties = crate::props::table_from_amqp(&s.client_properties);
-                frame::write_method(
-                    &mut self.out,
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                        channel_max: self.config.channel_max,
-                        frame_max: self.config.frame_max,
-                        heartbeat: self.config.heartbeat_s,
-                    })),
-                );
-                self.phase = Phase::AwaitTuneOk;
-                Ok(())
+                self.logged_in(login.0, &s)
             }
             (Phase::AwaitTuneOk, connection::AMQPMethod::TuneOk(t)) => {
                 // 0 means "no limit", which is above what was offered: RabbitMQ refuses it.

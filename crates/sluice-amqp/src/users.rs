@@ -10,12 +10,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
 
-use crate::auth::{Grant, NoAccess, PasswordHash, Permissions, User, Users};
+use sluice_core::login_guard::{Face, LoginGuard};
+use sluice_core::scram::{Credential, Mechanism};
+
+use crate::auth::{Grant, NoAccess, PasswordHash, Permissions, User, Users, scram_for};
 
 /// RabbitMQ's name of the only hashing this store writes.
 pub const HASHING: &str = "rabbit_password_hashing_sha256";
@@ -36,6 +40,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct UserStore {
     current: RwLock<Arc<Users>>,
+    /// Failed logins of every protocol, and the addresses held back for them.
+    pub guard: LoginGuard,
     /// Where changes are kept; `None` keeps them in memory only.
     path: Option<PathBuf>,
 }
@@ -50,6 +56,7 @@ impl UserStore {
     pub fn in_memory(users: Users) -> Self {
         UserStore {
             current: RwLock::new(Arc::new(users)),
+            guard: LoginGuard::default(),
             path: None,
         }
     }
@@ -67,6 +74,7 @@ impl UserStore {
         };
         Ok(UserStore {
             current: RwLock::new(Arc::new(users)),
+            guard: LoginGuard::default(),
             path: Some(path.to_path_buf()),
         })
     }
@@ -77,6 +85,20 @@ impl UserStore {
 
     pub fn login(&self, user: &str, password: &str, loopback: bool) -> bool {
         self.snapshot().login(user, password, loopback)
+    }
+
+    /// A password login over `face` from `peer`, counted and limited by the guard: an
+    /// address with too many recent failures is refused without a check.
+    pub fn login_from(&self, face: Face, user: &str, password: &str, peer: IpAddr) -> bool {
+        if self.guard.throttled(face, peer, user) {
+            self.guard.failed(face, peer, user);
+            return false;
+        }
+        let ok = self.login(user, password, peer.is_loopback());
+        if !ok {
+            self.guard.failed(face, peer, user);
+        }
+        ok
     }
 
     pub fn vhost_access(
@@ -149,6 +171,7 @@ impl UserStore {
         if name.is_empty() {
             return Err(Refusal::Invalid("user name must not be empty".into()));
         }
+        let scram = password.map(scram_for).unwrap_or_default();
         let hash = match (password, password_hash) {
             (Some(p), _) => Some(PasswordHash::new(p)),
             (None, Some("")) => None,
@@ -171,11 +194,51 @@ impl UserStore {
                     User {
                         password: hash,
                         tags,
+                        scram,
                         vhosts: permissions,
                     },
                 )
                 .is_none();
             Ok(created)
+        })
+    }
+
+    /// Sets (`Some`) or removes (`None`) `user`'s SCRAM credential for `mechanism`, as
+    /// Kafka's AlterUserScramCredentials does. Kafka's users exist by having credentials,
+    /// so an unknown user is created, with no password login, no tags and no permissions.
+    /// Removing one the user does not have is `NotFound`.
+    pub fn set_scram(
+        &self,
+        vhosts: &[String],
+        changes: &[(String, Mechanism, Option<Credential>)],
+    ) -> Result<(), Refusal> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.change(vhosts, |users| {
+            for (user, mechanism, credential) in changes {
+                match credential {
+                    Some(c) => {
+                        let u = users.users.entry(user.clone()).or_insert_with(|| User {
+                            password: None,
+                            tags: Vec::new(),
+                            scram: Default::default(),
+                            vhosts: HashMap::new(),
+                        });
+                        u.scram.insert(*mechanism, c.clone());
+                    }
+                    None => {
+                        let removed = users
+                            .users
+                            .get_mut(user)
+                            .and_then(|u| u.scram.remove(mechanism));
+                        if removed.is_none() {
+                            return Err(Refusal::NotFound);
+                        }
+                    }
+                }
+            }
+            Ok(())
         })
     }
 
@@ -242,6 +305,7 @@ fn encode(users: &Users) -> Vec<u8> {
                 "password_hash": u.password.as_ref().map_or_else(String::new, PasswordHash::encode),
                 "hashing_algorithm": HASHING,
                 "tags": u.tags,
+                "scram": u.scram.values().map(|c| (c.mechanism.name().to_string(), Value::from(c.encode()))).collect::<serde_json::Map<String, Value>>(),
             }))
         })
         .collect();
@@ -290,11 +354,27 @@ fn decode(bytes: &[u8]) -> Result<Users, String> {
                     .collect()
             })
             .unwrap_or_default();
+        let mut scram = std::collections::BTreeMap::new();
+        for (mech, encoded) in u
+            .get("scram")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let m = Mechanism::from_name(mech)
+                .ok_or_else(|| format!("user {name}: unknown SCRAM mechanism {mech}"))?;
+            let c = encoded
+                .as_str()
+                .and_then(|e| Credential::decode(m, e))
+                .ok_or_else(|| format!("user {name}: bad {mech} credential"))?;
+            scram.insert(m, c);
+        }
         out.insert(
             name.to_string(),
             User {
                 password,
                 tags,
+                scram,
                 vhosts: HashMap::new(),
             },
         );
@@ -415,6 +495,40 @@ mod tests {
         assert!(again.delete_user(&vhosts(), "alice").unwrap());
         assert!(!again.delete_user(&vhosts(), "alice").unwrap());
         assert!(!again.login("alice", "s3cret", false));
+    }
+
+    #[test]
+    fn scram_credentials_come_with_passwords_and_from_kafka_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let store = UserStore::open(&path, Users::parse("guest:guest", "").unwrap()).unwrap();
+        assert!(store.snapshot().scram("guest", Mechanism::Sha512).is_some());
+        let made = Credential::from_password(Mechanism::Sha256, "k", 8192);
+        store
+            .set_scram(
+                &vhosts(),
+                &[("kuser".into(), Mechanism::Sha256, Some(made.clone()))],
+            )
+            .unwrap();
+        assert_eq!(
+            store.set_scram(&vhosts(), &[("kuser".into(), Mechanism::Sha512, None)]),
+            Err(Refusal::NotFound)
+        );
+        let again = UserStore::open(&path, Users::default()).unwrap();
+        let users = again.snapshot();
+        assert_eq!(users.scram("kuser", Mechanism::Sha256), Some(made));
+        assert!(
+            !users.login("kuser", "k", true),
+            "SCRAM only: no password login"
+        );
+        assert!(
+            users.vhost_access("kuser", "/").is_err(),
+            "and no permissions"
+        );
+        assert_eq!(
+            users.scram_users()[1],
+            ("kuser".to_string(), vec![(Mechanism::Sha256, 8192)])
+        );
     }
 
     #[test]

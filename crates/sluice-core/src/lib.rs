@@ -7,7 +7,9 @@
 pub mod admission;
 pub mod clock;
 pub mod limits;
+pub mod login_guard;
 pub mod message;
+pub mod scram;
 pub mod value;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -9,6 +9,7 @@ use sluice_core::clock::{Clock, SystemClock};
 
 use crate::config::KafkaConfig;
 use crate::groups::Coordinator;
+use crate::security::{Open, Security};
 use sluice_engine::stream::offsets::OffsetStore;
 use sluice_engine::stream::topics::Topics;
 
@@ -29,6 +30,8 @@ pub struct KafkaBroker {
     pub topics: Arc<Topics>,
     pub groups: Coordinator,
     pub clock: Arc<dyn Clock>,
+    /// Users, credentials and permissions (`security::Open` when there are none).
+    pub security: Arc<dyn Security>,
     dir: PathBuf,
     producer_ids: Mutex<ProducerIds>,
 }
@@ -84,12 +87,19 @@ impl KafkaBroker {
             topics: Arc::new(topics),
             groups,
             clock,
+            security: Arc::new(Open),
             dir: dir.to_path_buf(),
             producer_ids: Mutex::new(ProducerIds {
                 next: reserved,
                 reserved_until: reserved,
             }),
         })
+    }
+
+    /// Checks logins and permissions against `security`.
+    pub fn with_security(mut self, security: Arc<dyn Security>) -> KafkaBroker {
+        self.security = security;
+        self
     }
 
     /// A producer id never handed out before (blocking: may fsync a new reservation).

@@ -33,6 +33,12 @@ pub struct KafkaConfig {
     /// A connection that sends nothing for this long is closed
     /// (`connections.max.idle.ms`).
     pub connections_max_idle: Duration,
+    /// The listener's security protocol: whether clients authenticate with SASL (and
+    /// whether Metadata calls it TLS; the TLS itself is the listener's).
+    pub security_protocol: crate::security::Protocol,
+    /// How long a SASL login lasts before the client must re-authenticate (KIP-368,
+    /// `connections.max.reauth.ms`); `None`: for the connection's life.
+    pub reauth: Option<Duration>,
 }
 
 impl Default for KafkaConfig {
@@ -53,6 +59,8 @@ impl Default for KafkaConfig {
             partitions_max: 100_000,
             topics_max: 10_000,
             connections_max_idle: Duration::from_millis(600_000),
+            security_protocol: crate::security::Protocol::Plaintext,
+            reauth: None,
         }
     }
 }

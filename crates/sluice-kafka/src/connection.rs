@@ -3,6 +3,11 @@
 //! long-polling Fetch holds the ones behind it). Frames above `max_request_bytes`,
 //! unknown API keys, unsupported versions (other than ApiVersions) and undecodable
 //! requests close the connection, as Kafka does.
+//!
+//! On a SASL listener only ApiVersions, SaslHandshake and SaslAuthenticate are answered
+//! until the client authenticates; anything else closes the connection, as does a failed
+//! login (after a pause that slows guessing). A login with a lifetime (KIP-368) must be
+//! renewed before it ends: the first other request after that closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,24 +15,82 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
 use sluice_engine::stream::{FileSlice, send_file_slice};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Interest};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Duration, timeout};
 use tracing::debug;
 
 use crate::api;
 use crate::api::fetch::Chunk;
 use crate::broker::KafkaBroker;
+use crate::security::Sasl;
 use sluice_core::admission::Ticket;
 use std::os::fd::AsRawFd;
 
 /// Per-connection facts the handlers need.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Client {
     pub peer: SocketAddr,
     pub client_id: String,
+    pub sasl: Sasl,
+    /// Set by a failed login: answer, wait this long, then close.
+    pub failed: Option<Duration>,
+    /// During a re-authentication: who was logged in, for the new login must be the same.
+    pub reauth_of: Option<String>,
+    /// SaslHandshake v0 was used: SASL tokens come and go as bare size-prefixed frames.
+    pub raw_tokens: bool,
 }
+
+impl Client {
+    pub fn new(peer: SocketAddr, sasl: Sasl) -> Client {
+        Client {
+            peer,
+            client_id: String::new(),
+            sasl,
+            failed: None,
+            reauth_of: None,
+            raw_tokens: false,
+        }
+    }
+}
+
+/// Where fetched record data goes: straight from the page cache with `sendfile(2)` on a
+/// plain socket, copied through the TLS session otherwise.
+pub trait SliceSink: AsyncWrite + Unpin + Send {
+    fn send_slice(
+        &mut self,
+        slice: &FileSlice,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl SliceSink for OwnedWriteHalf {
+    async fn send_slice(&mut self, slice: &FileSlice) -> std::io::Result<()> {
+        sendfile_slice(self.as_ref(), slice).await
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> SliceSink for tokio::io::WriteHalf<T> {
+    async fn send_slice(&mut self, slice: &FileSlice) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; slice.len.min(COPY_CHUNK_BYTES) as usize];
+        let mut done = 0u64;
+        while done < slice.len {
+            let n = (slice.len - done).min(buf.len() as u64) as usize;
+            let Some(part) = buf.get_mut(..n) else {
+                break;
+            };
+            // From the page cache, as sendfile would read it.
+            slice.file.read_exact_at(part, slice.position + done)?;
+            self.write_all(part).await?;
+            done += n as u64;
+        }
+        self.flush().await
+    }
+}
+
+/// Record data is copied through TLS this much at a time.
+const COPY_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// Why a connection ends early.
 #[derive(Debug)]
@@ -51,9 +114,32 @@ pub async fn serve_connection(
     ticket: Ticket,
 ) {
     let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    serve_halves(read, write, peer, broker, ticket).await;
+}
+
+/// Serves one client over any stream (a TLS session).
+pub async fn serve_stream<S>(stream: S, peer: SocketAddr, broker: Arc<KafkaBroker>, ticket: Ticket)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (read, write) = tokio::io::split(stream);
+    serve_halves(read, write, peer, broker, ticket).await;
+}
+
+async fn serve_halves<R, W>(
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    broker: Arc<KafkaBroker>,
+    ticket: Ticket,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: SliceSink,
+{
     let served = tokio::select! {
-        served = run(stream, peer, &broker, &ticket) => served,
-        _ = ticket.evicted() => Err(Close::Protocol("evicted before its first request".into())),
+        served = run(read, write, peer, &broker, &ticket) => served,
+        _ = ticket.evicted() => Err(Close::Protocol("evicted before it logged in".into())),
     };
     match served {
         Ok(()) => debug!(%peer, "kafka connection closed by client"),
@@ -62,21 +148,25 @@ pub async fn serve_connection(
     }
 }
 
-async fn run(
-    stream: TcpStream,
+async fn run<R, W>(
+    read: R,
+    mut write: W,
     peer: SocketAddr,
     broker: &Arc<KafkaBroker>,
     ticket: &Ticket,
-) -> Result<(), Close> {
+) -> Result<(), Close>
+where
+    R: AsyncRead + Unpin + Send,
+    W: SliceSink,
+{
     let idle = broker.config.connections_max_idle;
-    let (read, mut write) = stream.into_split();
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut client = Client {
-        peer,
-        client_id: String::new(),
-    };
-    let mut first = true;
+    let sasl = broker.config.security_protocol.sasl();
+    let mut client = Client::new(peer, if sasl { Sasl::Start } else { Sasl::Anonymous });
+    // Until then the connection may be evicted to make room: its first whole request
+    // without SASL, its login with it.
+    let mut admitted = false;
     loop {
         let size = match timeout(idle, read.read_i32()).await {
             Err(_) => return Err(Close::Protocol("idle past connections.max.idle.ms".into())),
@@ -84,21 +174,55 @@ async fn run(
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e.into()),
         };
-        if size < 8 || size as usize > broker.config.max_request_bytes {
+        let least = if client.raw_tokens { 0 } else { 8 };
+        if size < least || size as usize > broker.config.max_request_bytes {
             return Err(Close::Protocol(format!(
                 "request size {size} out of bounds"
             )));
         }
         let mut frame = read_request(&mut read, size as usize, idle).await?.freeze();
-        if first {
+        if !admitted && !sasl {
             ticket.authenticated();
-            first = false;
+            admitted = true;
+        }
+        if client.raw_tokens {
+            // A bare SASL token; a failure has no answer in this form, only the close.
+            let token = api::security::raw_token(broker, &mut client, frame);
+            if let Some(pause) = client.failed.take() {
+                tokio::time::sleep(pause).await;
+                return Err(Close::Protocol("authentication failed".into()));
+            }
+            out.extend_from_slice(&(token.len() as i32).to_be_bytes());
+            out.extend_from_slice(&token);
+            write.write_all(&out).await?;
+            write.flush().await?;
+            out.clear();
+            client.raw_tokens = !matches!(client.sasl, Sasl::Done { .. });
+            if !admitted && !client.raw_tokens {
+                ticket.authenticated();
+                admitted = true;
+            }
+            continue;
         }
         let api_key = peek_i16(&frame, 0);
         let version = peek_i16(&frame, 2);
         let key = ApiKey::try_from(api_key)
             .map_err(|_| Close::Protocol(format!("unknown api key {api_key}")))?;
+        gate(&client.sasl, key)?;
         let chunks = api::handle(broker, &mut client, key, version, &mut frame, &mut out).await?;
+        if let Some(pause) = client.failed.take() {
+            // The answer goes out at once and the close comes later, as Kafka's
+            // connection.failed.authentication.delay.ms does: clients read the error
+            // before the connection ends, and a retry loop is slowed down.
+            write.write_all(&out).await?;
+            write.flush().await?;
+            tokio::time::sleep(pause).await;
+            return Err(Close::Protocol("authentication failed".into()));
+        }
+        if !admitted && matches!(client.sasl, Sasl::Done { .. }) {
+            ticket.authenticated();
+            admitted = true;
+        }
         if let Some(chunks) = chunks {
             // Responses stay in order: what is pending goes first.
             write_chunks(&mut write, &mut out, chunks).await?;
@@ -107,15 +231,38 @@ async fn run(
         // requests share a write.
         if (read.buffer().is_empty() && !out.is_empty()) || out.len() >= WRITE_BATCH_BYTES {
             write.write_all(&out).await?;
+            // TLS may hold records back until flushed; a socket's flush does nothing.
+            write.flush().await?;
             out.clear();
         }
     }
 }
 
+/// What a connection may ask in its authentication state.
+fn gate(sasl: &Sasl, key: ApiKey) -> Result<(), Close> {
+    let handshake = matches!(
+        key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    );
+    match sasl {
+        Sasl::Anonymous => Ok(()),
+        Sasl::Done {
+            expires: Some(at), ..
+        } if std::time::Instant::now() >= *at && !handshake => Err(Close::Protocol(
+            "SASL session expired without re-authentication".into(),
+        )),
+        Sasl::Done { .. } => Ok(()),
+        _ if handshake => Ok(()),
+        _ => Err(Close::Protocol(format!(
+            "unexpected {key:?} request during SASL handshake"
+        ))),
+    }
+}
+
 /// Writes `out`, then the chunks: encoded bytes are gathered into `out` and written with
 /// it; file ranges go straight from the page cache to the socket with `sendfile(2)`.
-async fn write_chunks(
-    write: &mut OwnedWriteHalf,
+async fn write_chunks<W: SliceSink>(
+    write: &mut W,
     out: &mut BytesMut,
     chunks: Vec<Chunk>,
 ) -> std::io::Result<()> {
@@ -127,14 +274,14 @@ async fn write_chunks(
                     write.write_all(out).await?;
                     out.clear();
                 }
-                send_slice(write.as_ref(), &slice).await?;
+                write.send_slice(&slice).await?;
             }
         }
     }
     Ok(())
 }
 
-async fn send_slice(stream: &TcpStream, slice: &FileSlice) -> std::io::Result<()> {
+async fn sendfile_slice(stream: &TcpStream, slice: &FileSlice) -> std::io::Result<()> {
     let fd = stream.as_raw_fd();
     let mut sent = 0;
     while sent < slice.len {
@@ -157,8 +304,8 @@ const REQUEST_CHUNK_BYTES: usize = 64 * 1024;
 /// Reads a request of `size` bytes, growing the buffer with what has arrived rather than
 /// allocating what the size prefix claims: a client that announces 100 MiB and stalls
 /// holds only what it sent. Each read must come within `idle`.
-async fn read_request(
-    read: &mut BufReader<OwnedReadHalf>,
+async fn read_request<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
     size: usize,
     idle: Duration,
 ) -> Result<BytesMut, Close> {

@@ -15,9 +15,11 @@ pub mod config;
 pub mod connection;
 pub mod group_record;
 pub mod groups;
+pub mod security;
 pub mod topic_configs;
 
 pub use api::SUPPORTED as SUPPORTED_APIS;
 pub use broker::KafkaBroker;
 pub use config::{KafkaConfig, TopicConfig};
-pub use connection::serve_connection;
+pub use connection::{serve_connection, serve_stream};
+pub use security::{Protocol, Security};

@@ -48,7 +48,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let flexible = key.request_header_version(version) >= 2;
         let mut f = frame(key as i16, version, flexible, &body);
-        let mut client = Client { peer: SocketAddr::from(([127, 0, 0, 1], 1)), client_id: String::new() };
+        let mut client = Client::new(SocketAddr::from(([127, 0, 0, 1], 1)), Default::default());
         let mut out = BytesMut::new();
         rt.block_on(async {
             // Answered, refused or still waiting after the timeout: all fine, no panic.

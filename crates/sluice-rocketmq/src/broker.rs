@@ -95,6 +95,8 @@ pub struct RocketBroker {
     groups: Mutex<crate::groups::Groups>,
     /// Deliveries to push consumers kept invisible while they are being processed.
     renewals: Mutex<Vec<Renewal>>,
+    /// Signatures and permissions; `None`: calls are not signed.
+    pub auth: Option<Arc<dyn crate::auth::Auth>>,
 }
 
 /// A push consumer's delivery that the broker renews until it is settled.
@@ -223,6 +225,7 @@ impl RocketBroker {
             half_wake: tokio::sync::Notify::new(),
             groups: Mutex::new(groups),
             renewals: Mutex::new(Vec::new()),
+            auth: None,
         })
     }
 

@@ -3,6 +3,7 @@
 //! are a stream's partitions) and subscriptions (receive with an invisible time, ack by
 //! receipt handle, redelivery with an attempt count).
 
+pub mod auth;
 pub mod broker;
 pub mod convert;
 pub mod groups;

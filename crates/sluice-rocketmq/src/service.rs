@@ -47,18 +47,59 @@ impl Refused {
     }
 }
 
-/// Every call names its client; the Apache proxy refuses calls that do not.
-fn check_client<T>(request: &Request<T>) -> Result<(), Refused> {
-    match request
-        .metadata()
-        .get("x-mq-client-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if !id.is_empty() => Ok(()),
-        _ => Err(Refused(
-            Code::ClientIdRequired,
-            "x-mq-client-id header is required".into(),
-        )),
+/// What a call reads (receives from, acknowledges in) or writes (sends to), by name.
+enum Touch<'a> {
+    Read(&'a str),
+    Write(&'a str),
+}
+
+impl Service {
+    /// Every call names its client, as the Apache proxy requires; with credentials
+    /// configured it is signed by a known access key whose user may touch what it names.
+    fn check_client<T>(&self, request: &Request<T>, touches: &[Touch<'_>]) -> Result<(), Refused> {
+        let header = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
+        match header("x-mq-client-id") {
+            Some(id) if !id.is_empty() => {}
+            _ => {
+                return Err(Refused(
+                    Code::ClientIdRequired,
+                    "x-mq-client-id header is required".into(),
+                ));
+            }
+        }
+        let Some(auth) = &self.broker.auth else {
+            return Ok(());
+        };
+        let peer = request.remote_addr().map(|a| a.ip());
+        let claimed = header("authorization")
+            .and_then(crate::auth::access_key)
+            .unwrap_or("");
+        if auth.throttled(peer, claimed) {
+            auth.failed(peer, claimed);
+            return Err(Refused(Code::Unauthorized, "check signature failed".into()));
+        }
+        let user = crate::auth::verify(header("authorization"), header("x-mq-date-time"), |k| {
+            auth.secret(k)
+        })
+        .map_err(|e| {
+            auth.failed(peer, claimed);
+            tracing::info!(?peer, access_key = claimed, why = %e, "RocketMQ call refused");
+            Refused(Code::Unauthorized, e.to_string())
+        })?;
+        for touch in touches {
+            let (write, name) = match touch {
+                Touch::Read(n) => (false, *n),
+                Touch::Write(n) => (true, *n),
+            };
+            if !name.is_empty() && !auth.allowed(&user, write, name) {
+                let action = if write { "Pub" } else { "Sub" };
+                return Err(Refused(
+                    Code::Forbidden,
+                    format!("User:{user} has no {action} permission on {name}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -759,7 +800,7 @@ impl MessagingService for Service {
         if let Some(queues) = self.broker.config.auto_create_queues
             && sluice_engine::stream::valid_name(&asked)
             && self.broker.topics.get(&asked).is_none()
-            && check_client(&request).is_ok()
+            && self.check_client(&request, &[]).is_ok()
         {
             // File work (the topic's directories and metadata fsync), off the workers.
             let broker = Arc::clone(&self.broker);
@@ -771,7 +812,8 @@ impl MessagingService for Service {
             }
         }
         let r = request.get_ref();
-        let answer = check_client(&request)
+        let answer = self
+            .check_client(&request, &[])
             .and_then(|()| self.route(r.topic.as_ref(), r.endpoints.as_ref()));
         Ok(Response::new(match answer {
             Ok(message_queues) => pb::QueryRouteResponse {
@@ -789,7 +831,7 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let status = match check_client(&request) {
+        let status = match self.check_client(&request, &[]) {
             Ok(()) => ok(),
             Err(e) => e.status(),
         };
@@ -800,7 +842,15 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let mut answer = check_client(&request).and_then(|()| self.send(request.get_ref()));
+        let touches: Vec<Touch<'_>> = request
+            .get_ref()
+            .messages
+            .iter()
+            .map(|m| Touch::Write(name(m.topic.as_ref())))
+            .collect();
+        let mut answer = self
+            .check_client(&request, &touches)
+            .and_then(|()| self.send(request.get_ref()));
         // A `flush=sync` topic answers once what the send stored is on disk.
         if let Ok((_, pending)) = &mut answer {
             let mut synced = Ok(());
@@ -841,7 +891,8 @@ impl MessagingService for Service {
         request: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
         let r = request.get_ref();
-        let answer = check_client(&request)
+        let answer = self
+            .check_client(&request, &[Touch::Read(name(r.group.as_ref()))])
             .and_then(|()| self.route(r.topic.as_ref(), r.endpoints.as_ref()));
         Ok(Response::new(match answer {
             Ok(queues) => pb::QueryAssignmentResponse {
@@ -866,7 +917,15 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        let checked = check_client(&request);
+        let r = request.get_ref();
+        let topic = r.message_queue.as_ref().and_then(|q| q.topic.as_ref());
+        let checked = self.check_client(
+            &request,
+            &[
+                Touch::Read(name(r.group.as_ref())),
+                Touch::Read(name(topic)),
+            ],
+        );
         let wait = request
             .get_ref()
             .long_polling_timeout
@@ -922,7 +981,12 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::AckMessageRequest>,
     ) -> Result<Response<pb::AckMessageResponse>, Status> {
-        let answer = match check_client(&request) {
+        let r = request.get_ref();
+        let touches = [
+            Touch::Read(name(r.group.as_ref())),
+            Touch::Read(name(r.topic.as_ref())),
+        ];
+        let answer = match self.check_client(&request, &touches) {
             Ok(()) => self.settle_entries(request.get_ref()).await,
             Err(e) => Err(e),
         };
@@ -952,8 +1016,14 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        let checked = check_client(&request);
         let r = request.get_ref();
+        let checked = self.check_client(
+            &request,
+            &[
+                Touch::Read(name(r.group.as_ref())),
+                Touch::Read(name(r.topic.as_ref())),
+            ],
+        );
         let answer: Result<Vec<u64>, Refused> = match checked {
             Err(e) => Err(e),
             Ok(()) => (|| {
@@ -1036,8 +1106,8 @@ impl MessagingService for Service {
         request: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
         let answer = (|| -> Result<(), Refused> {
-            check_client(&request)?;
             let r = request.get_ref();
+            self.check_client(&request, &[Touch::Write(name(r.topic.as_ref()))])?;
             self.topic(r.topic.as_ref())?;
             let commit = match pb::TransactionResolution::try_from(r.resolution).unwrap_or_default()
             {
@@ -1079,7 +1149,7 @@ impl MessagingService for Service {
         &self,
         request: Request<Streaming<pb::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, Status> {
-        let refused = check_client(&request).err();
+        let refused = self.check_client(&request, &[]).err();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let broker = Arc::clone(&self.broker);
@@ -1122,7 +1192,7 @@ impl MessagingService for Service {
         &self,
         request: Request<pb::NotifyClientTerminationRequest>,
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
-        let status = match check_client(&request) {
+        let status = match self.check_client(&request, &[]) {
             Ok(()) => ok(),
             Err(e) => e.status(),
         };
@@ -1136,8 +1206,12 @@ impl MessagingService for Service {
         request: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
         let answer = (|| -> Result<_, Refused> {
-            check_client(&request)?;
             let r = request.get_ref();
+            let touches = [
+                Touch::Read(name(r.group.as_ref())),
+                Touch::Read(name(r.topic.as_ref())),
+            ];
+            self.check_client(&request, &touches)?;
             let group = group_name(r.group.as_ref())?;
             let invisible_ms = r
                 .invisible_duration

@@ -298,7 +298,9 @@ mod tests {
         let defaults = Config::default();
         let default_of = |key: &str| match key {
             "data_dir" => defaults.data_dir.display().to_string(),
-            "amqp.listen" => defaults.amqp_listen.to_string(),
+            "amqp.listen" => defaults
+                .amqp_listen
+                .map_or_else(|| "none".into(), |a| a.to_string()),
             "kafka.listen" => defaults.kafka_listen.to_string(),
             "rocketmq.listen" => defaults.rocketmq_listen.to_string(),
             "http.listen" => defaults.http_listen.to_string(),

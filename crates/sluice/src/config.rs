@@ -24,8 +24,8 @@ use tracing_subscriber::EnvFilter;
 pub struct Config {
     /// Root of all stored data and of the lock file.
     pub data_dir: PathBuf,
-    /// Where AMQP 0-9-1 clients connect.
-    pub amqp_listen: SocketAddr,
+    /// Where AMQP 0-9-1 clients connect; `None`: no plaintext listener (TLS only).
+    pub amqp_listen: Option<SocketAddr>,
     /// Virtual hosts AMQP clients may open.
     pub amqp_vhosts: Vec<String>,
     /// AMQP users, `name:password` separated by commas.
@@ -44,6 +44,22 @@ pub struct Config {
     /// PEM certificate chain and private key for the TLS listeners, reloaded when changed.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against; `None`: no
+    /// client certificates are asked for.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA: refuse clients without a certificate (else it is optional).
+    pub tls_fail_if_no_peer_cert: bool,
+    /// The Kafka listener's protocol (Kafka's listener security protocols).
+    pub kafka_security_protocol: sluice_kafka::Protocol,
+    /// How long a Kafka SASL login lasts before re-authentication (KIP-368); 0: forever.
+    pub kafka_reauth_ms: u64,
+    /// The RocketMQ gRPC listener speaks TLS only.
+    pub rocketmq_tls: bool,
+    /// RocketMQ access keys and their secrets, `key:secret` separated by commas; each key
+    /// is a user's name, whose permissions apply. Empty: no signature is checked.
+    pub rocketmq_credentials: String,
+    /// The admin HTTP listener speaks TLS only (https).
+    pub http_tls: bool,
     /// Deliveries of a message to a RocketMQ consumer group before it goes to the
     /// group's dead-letter topic `%DLQ%<group>` (RocketMQ: 16 retries, so 17).
     pub rocketmq_max_delivery_attempts: u32,
@@ -91,7 +107,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./sluice-data"),
-            amqp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5672)),
+            amqp_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5672))),
             amqp_vhosts: vec!["/".to_owned()],
             amqp_users: "guest:guest".to_owned(),
             amqp_permissions: String::new(),
@@ -101,6 +117,13 @@ impl Default for Config {
             amqp_tls_listen: None,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_fail_if_no_peer_cert: false,
+            kafka_security_protocol: sluice_kafka::Protocol::Plaintext,
+            kafka_reauth_ms: 0,
+            rocketmq_tls: false,
+            rocketmq_credentials: String::new(),
+            http_tls: false,
             rocketmq_max_delivery_attempts: 17,
             rocketmq_auto_create_topics: false,
             rocketmq_default_queues: 8,
@@ -190,7 +213,11 @@ pub const SETTINGS: &[Setting] = &[
         env: "SLUICE_AMQP_LISTEN",
         flag: Some("--amqp-listen"),
         set: |d, v| {
-            d.config.amqp_listen = parse_socket_addr(v)?;
+            d.config.amqp_listen = if v == "none" {
+                None
+            } else {
+                Some(parse_socket_addr(v)?)
+            };
             Ok(())
         },
     },
@@ -226,11 +253,50 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "tls.client_ca_file",
+        env: "SLUICE_TLS_CLIENT_CA_FILE",
+        flag: None,
+        set: |d, v| {
+            d.config.tls_client_ca_file = (!v.is_empty()).then(|| PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls.fail_if_no_peer_cert",
+        env: "SLUICE_TLS_FAIL_IF_NO_PEER_CERT",
+        flag: None,
+        set: |d, v| {
+            d.config.tls_fail_if_no_peer_cert = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "kafka.listen",
         env: "SLUICE_KAFKA_LISTEN",
         flag: Some("--kafka-listen"),
         set: |d, v| {
             d.config.kafka_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.security_protocol",
+        env: "SLUICE_KAFKA_SECURITY_PROTOCOL",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_security_protocol =
+                sluice_kafka::Protocol::parse(v).ok_or_else(|| {
+                    format!("expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, got {v:?}")
+                })?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.reauth_ms",
+        env: "SLUICE_KAFKA_REAUTH_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_reauth_ms = parse_u64(v)?;
             Ok(())
         },
     },
@@ -244,11 +310,38 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "rocketmq.tls",
+        env: "SLUICE_ROCKETMQ_TLS",
+        flag: None,
+        set: |d, v| {
+            d.config.rocketmq_tls = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rocketmq.credentials",
+        env: "SLUICE_ROCKETMQ_CREDENTIALS",
+        flag: None,
+        set: |d, v| {
+            d.config.rocketmq_credentials = v.to_string();
+            Ok(())
+        },
+    },
+    Setting {
         key: "http.listen",
         env: "SLUICE_HTTP_LISTEN",
         flag: Some("--http-listen"),
         set: |d, v| {
             d.config.http_listen = parse_socket_addr(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http.tls",
+        env: "SLUICE_HTTP_TLS",
+        flag: None,
+        set: |d, v| {
+            d.config.http_tls = parse_bool(v)?;
             Ok(())
         },
     },
@@ -930,7 +1023,7 @@ mod tests {
         let config = load(None, &no_env, &no_flag).unwrap();
         assert_eq!(config, Config::default());
         assert_eq!(config.data_dir, PathBuf::from("./sluice-data"));
-        assert_eq!(config.amqp_listen.to_string(), "127.0.0.1:5672");
+        assert_eq!(config.amqp_listen.unwrap().to_string(), "127.0.0.1:5672");
         assert_eq!(config.kafka_listen.to_string(), "127.0.0.1:9092");
         assert_eq!(config.log_level, "info");
     }
@@ -1009,7 +1102,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/from-file"));
-        assert_eq!(config.amqp_listen.to_string(), "127.0.0.3:1");
+        assert_eq!(config.amqp_listen.unwrap().to_string(), "127.0.0.3:1");
         assert_eq!(config.kafka_listen.to_string(), "127.0.0.4:2");
     }
 

@@ -9,9 +9,11 @@ mod admin;
 mod cli;
 mod config;
 mod http;
+mod kafka_auth;
 mod listen;
 mod lock;
 mod resources;
+mod rocketmq_auth;
 mod serve;
 mod tls;
 

@@ -116,6 +116,8 @@ fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
         topics_max: config.kafka_topics_max,
         partitions_max: i32::try_from(config.kafka_partitions_max).unwrap_or(i32::MAX),
         connections_max_idle: Duration::from_millis(config.kafka_connections_max_idle_ms),
+        security_protocol: config.kafka_security_protocol,
+        reauth: (config.kafka_reauth_ms > 0).then(|| Duration::from_millis(config.kafka_reauth_ms)),
         ..KafkaConfig::default()
     }
 }
@@ -128,25 +130,48 @@ async fn listen_until_signal(
     // Handlers go in before any listener binds: once a `listening` line is out, SIGTERM
     // must mean a clean stop, not the default kill.
     let mut signals = Signals::install()?;
-    let amqp = bind("amqp.listen", config.amqp_listen).await?;
+    let tls = tls_settings(config)?;
+    let acceptor = |key: &str, alpn: &[&[u8]]| -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        let Some(tls) = &tls else {
+            anyhow::bail!("{key} needs tls.cert_file and tls.key_file");
+        };
+        tls.acceptor(alpn).map_err(|e| anyhow::anyhow!("tls: {e}"))
+    };
+    let amqp = match config.amqp_listen {
+        Some(addr) => Some(bind("amqp.listen", addr).await?),
+        None => None,
+    };
     let kafka = bind("kafka.listen", config.kafka_listen).await?;
     let rocketmq = bind("rocketmq.listen", config.rocketmq_listen).await?;
     let http = bind("http.listen", config.http_listen).await?;
     let amqps = match config.amqp_tls_listen {
         None => None,
         Some(addr) => {
-            let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
-                anyhow::bail!("amqp.tls_listen needs tls.cert_file and tls.key_file");
-            };
-            let acceptor =
-                crate::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+            let acceptor = acceptor("amqp.tls_listen", &[b"amqp"])?;
             Some((bind("amqp.tls_listen", addr).await?, acceptor))
         }
     };
+    let kafka_tls = match config.kafka_security_protocol.tls() {
+        true => Some(acceptor("kafka.security_protocol SSL", &[])?),
+        false => None,
+    };
+    // gRPC clients insist on HTTP/2 being agreed in the handshake.
+    let rocketmq_tls = match config.rocketmq_tls {
+        true => Some(acceptor("rocketmq.tls", &[b"h2"])?),
+        false => None,
+    };
+    let http_tls = match config.http_tls {
+        true => Some(acceptor("http.tls", &[b"http/1.1"])?),
+        false => None,
+    };
     let kafka_dir = config.data_dir.join("kafka");
     let kafka_config = kafka_config(config, kafka.local_addr);
+    let users = Arc::new(crate::kafka_auth::UserModel {
+        broker: Arc::clone(&broker),
+    });
     let kafka_broker = tokio::task::block_in_place(|| KafkaBroker::open(&kafka_dir, kafka_config))
-        .with_context(|| format!("cannot open Kafka data in {}", kafka_dir.display()))?;
+        .with_context(|| format!("cannot open Kafka data in {}", kafka_dir.display()))?
+        .with_security(users);
     let kafka_broker = Arc::new(kafka_broker);
     // One-partition topics are the stream queues of AMQP's vhost `/`.
     broker.attach_streams(Arc::clone(&kafka_broker.topics));
@@ -171,24 +196,41 @@ async fn listen_until_signal(
         )
     })
     .with_context(|| format!("cannot open RocketMQ data in {}", rocketmq_dir.display()))?;
+    let mut rocketmq_broker = rocketmq_broker;
+    if let Some(auth) =
+        crate::rocketmq_auth::RocketAuth::parse(Arc::clone(&broker), &config.rocketmq_credentials)
+            .map_err(|e| anyhow::anyhow!(e))?
+    {
+        for key in auth.unknown_users() {
+            warn!(access_key = %key, "rocketmq.credentials names no user of the broker: its calls will be refused");
+        }
+        rocketmq_broker.auth = Some(Arc::new(auth));
+    }
     let rocketmq_broker = Arc::new(rocketmq_broker);
     let admission = Admission::new(config.admission);
-    for warning in exposure_warnings(
-        &[
-            ("amqp.listen", amqp.local_addr),
-            ("kafka.listen", kafka.local_addr),
-            ("rocketmq.listen", rocketmq.local_addr),
-            ("http.listen", http.local_addr),
-        ],
-        broker.users.login("guest", "guest", true),
-    ) {
+    let mut plaintext = Vec::new();
+    if let Some(amqp) = &amqp {
+        plaintext.push(("amqp.listen", amqp.local_addr));
+    }
+    if !config.kafka_security_protocol.tls() {
+        plaintext.push(("kafka.listen", kafka.local_addr));
+    }
+    if !config.rocketmq_tls {
+        plaintext.push(("rocketmq.listen", rocketmq.local_addr));
+    }
+    if !config.http_tls {
+        plaintext.push(("http.listen", http.local_addr));
+    }
+    for warning in exposure_warnings(&plaintext, broker.users.login("guest", "guest", true)) {
         warn!("{warning}");
     }
-    info!(amqp = %amqp.local_addr, "listening");
+    if let Some(amqp) = &amqp {
+        info!(amqp = %amqp.local_addr, "listening");
+    }
     if let Some((bound, _)) = &amqps {
         info!(amqps = %bound.local_addr, "listening");
     }
-    info!(kafka = %kafka.local_addr, "listening");
+    info!(kafka = %kafka.local_addr, protocol = config.kafka_security_protocol.name(), "listening");
     info!(rocketmq = %rocketmq.local_addr, "listening");
     info!(http = %http.local_addr, "listening");
     let admin = Arc::new(crate::http::Admin {
@@ -196,12 +238,15 @@ async fn listen_until_signal(
         kafka: Arc::clone(&kafka_broker),
         rocketmq: Arc::clone(&rocketmq_broker),
         admission: Arc::clone(&admission),
-        listeners: vec![
-            ("amqp", amqp.local_addr),
-            ("kafka", kafka.local_addr),
-            ("rocketmq", rocketmq.local_addr),
-            ("http", http.local_addr),
-        ],
+        listeners: amqp
+            .iter()
+            .map(|a| ("amqp", a.local_addr))
+            .chain([
+                ("kafka", kafka.local_addr),
+                ("rocketmq", rocketmq.local_addr),
+                ("http", http.local_addr),
+            ])
+            .collect(),
         node: format!("sluice@{}", node_host()),
         started: std::time::Instant::now(),
         data_dir: config.data_dir.clone(),
@@ -221,13 +266,13 @@ async fn listen_until_signal(
         ) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
         never = amqps_accept_loop(amqps, Arc::clone(&broker), amqp_config(config), Arc::clone(&admission)) => match never {},
-        never = amqp_accept_loop(amqp.listener, broker, amqp_config(config), Arc::clone(&admission)) => match never {},
-        never = kafka_accept_loop(kafka.listener, kafka_broker, Arc::clone(&admission)) => match never {},
+        never = amqp_accept_loop(amqp.map(|a| a.listener), broker, amqp_config(config), Arc::clone(&admission)) => match never {},
+        never = kafka_accept_loop(kafka.listener, kafka_tls, kafka_broker, Arc::clone(&admission)) => match never {},
         never = rocketmq_loop(
-            AdmittingListener::new(rocketmq.listener, Arc::clone(&admission), "rocketmq"),
+            AdmittingListener::new(rocketmq.listener, Arc::clone(&admission), "rocketmq").with_tls(rocketmq_tls),
             Arc::clone(&rocketmq_broker),
         ) => match never {},
-        never = http_loop(AdmittingListener::new(http.listener, admission, "http"), admin) => match never {},
+        never = http_loop(AdmittingListener::new(http.listener, admission, "http").with_tls(http_tls), admin) => match never {},
     };
     tokio::task::block_in_place(|| rocketmq_broker.close());
     info!(signal, "shutting down");
@@ -408,13 +453,35 @@ pub(crate) fn admit(admission: &Arc<Admission>, face: &str, peer: SocketAddr) ->
     ticket
 }
 
-/// Accepts AMQP connections, one task each.
+/// The TLS certificate (and client CAs) if configured.
+fn tls_settings(config: &Config) -> anyhow::Result<Option<crate::tls::Tls>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+        if config.tls_cert_file.is_some() || config.tls_key_file.is_some() {
+            anyhow::bail!("tls.cert_file and tls.key_file go together");
+        }
+        return Ok(None);
+    };
+    crate::tls::Tls::open(
+        cert,
+        key,
+        config.tls_client_ca_file.as_deref(),
+        config.tls_fail_if_no_peer_cert,
+    )
+    .map(Some)
+    .map_err(|e| anyhow::anyhow!("tls: {e}"))
+}
+
+/// Accepts AMQP connections, one task each. Never returns, also when there is no
+/// plaintext listener.
 async fn amqp_accept_loop(
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     broker: Arc<Broker>,
     config: ConnectionConfig,
     admission: Arc<Admission>,
 ) -> Infallible {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -472,8 +539,12 @@ async fn amqps_accept_loop(
                     };
                     match done {
                         Ok(Ok(tls)) => {
-                            sluice_amqp::serve_stream(tls, local, peer, broker, config, ticket)
-                                .await;
+                            // A verified client certificate names the user EXTERNAL logs in as.
+                            let cert_user = crate::tls::peer_common_name(tls.get_ref().1);
+                            sluice_amqp::serve_stream(
+                                tls, local, peer, broker, config, ticket, cert_user,
+                            )
+                            .await;
                         }
                         Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -488,9 +559,14 @@ async fn amqps_accept_loop(
     }
 }
 
-/// Accepts Kafka connections, one task each.
+/// Time a Kafka client has for its TLS handshake.
+const KAFKA_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts Kafka connections, one task each; with `tls`, the handshake runs in the
+/// connection's task.
 async fn kafka_accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     kafka: Arc<KafkaBroker>,
     admission: Arc<Admission>,
 ) -> Infallible {
@@ -502,12 +578,25 @@ async fn kafka_accept_loop(
                     drop(stream);
                     continue;
                 };
-                tokio::spawn(sluice_kafka::serve_connection(
-                    stream,
-                    peer,
-                    Arc::clone(&kafka),
-                    ticket,
-                ));
+                let kafka = Arc::clone(&kafka);
+                let Some(acceptor) = tls.clone() else {
+                    tokio::spawn(sluice_kafka::serve_connection(stream, peer, kafka, ticket));
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let handshake =
+                        tokio::time::timeout(KAFKA_TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let done = tokio::select! {
+                        done = handshake => done,
+                        () = ticket.evicted() => return,
+                    };
+                    match done {
+                        Ok(Ok(tls)) => sluice_kafka::serve_stream(tls, peer, kafka, ticket).await,
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
             Err(error) => {
                 warn!(face = "kafka", %error, "accept failed");

@@ -105,19 +105,85 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// An acceptor presenting the certificate of `cert_file` and `key_file` (TLS 1.2 and 1.3).
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
-    let resolver = Arc::new(ReloadingCert::open(cert_file, key_file)?);
+/// The TLS settings shared by every listener: the server certificate and, if client
+/// certificates are asked for, the CAs they are checked against.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    cert: Arc<ReloadingCert>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     // ring builds with a plain C compiler in seconds; aws-lc-rs (rustls' default, with
     // post-quantum key exchange) needs cmake and builds slowly on 2 cores.
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    /// Reads the certificate and key, and the client CAs if given. `required`: a client
+    /// without a certificate is refused (else it may go on without one).
+    pub fn open(
+        cert_file: &Path,
+        key_file: &Path,
+        client_ca_file: Option<&Path>,
+        required: bool,
+    ) -> Result<Tls, String> {
+        let cert = Arc::new(ReloadingCert::open(cert_file, key_file)?);
+        let clients = match client_ca_file {
+            None => None,
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?
+                {
+                    let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+                    roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("{}: no CA certificate", ca.display()));
+                }
+                let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                );
+                let builder = if required {
+                    builder
+                } else {
+                    builder.allow_unauthenticated()
+                };
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| format!("{}: {e}", ca.display()))?,
+                )
+            }
+        };
+        Ok(Tls { cert, clients })
+    }
+
+    /// An acceptor offering `alpn` protocols (TLS 1.2 and 1.3).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.clients {
+            Some(v) => builder.with_client_cert_verifier(Arc::clone(v)),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&self.cert) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// The common name of the client's verified certificate, if it presented one.
+pub fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
+    let der = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 #[cfg(test)]

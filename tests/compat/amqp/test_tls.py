@@ -127,3 +127,148 @@ def test_garbage_and_silent_crowds_on_the_tls_port_leave_it_serving(tls_broker):
     finally:
         for s in crowd:
             s.close()
+
+
+# --- Client certificates, EXTERNAL, TLS-only listeners, https ----------------------------
+
+LISTENING_ANY = re.compile(r"listening (\w+)=(\S+):(\d+)")
+
+
+def start_secure(d, ca, required):
+    """A broker with AMQP over TLS only, client certificates checked against `ca`, the
+    management API over https, and users alice (a password) and certuser (none)."""
+    cert, key, ca_file = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "ca.pem"))
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    ca.cert_pem.write_to_path(ca_file)
+    env = dict(os.environ, NO_COLOR="1", SLUICE_AMQP_LISTEN="none", SLUICE_AMQP_TLS_LISTEN="127.0.0.1:0",
+               SLUICE_TLS_CERT_FILE=cert, SLUICE_TLS_KEY_FILE=key, SLUICE_TLS_CLIENT_CA_FILE=ca_file,
+               SLUICE_TLS_FAIL_IF_NO_PEER_CERT="true" if required else "false", SLUICE_HTTP_TLS="true",
+               SLUICE_AMQP_USERS="admin:admin-pw,alice:alice-pw")
+    proc = subprocess.Popen(
+        [SLUICE_BIN, "serve", "--data-dir", os.path.join(d, "data"), "--kafka-listen", "127.0.0.1:0",
+         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    ports, lines = {}, []
+
+    def read():
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            m = LISTENING_ANY.search(line)
+            if m:
+                ports[m.group(1)] = int(m.group(3))
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 20
+    while "http" not in ports:
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    return proc, ports, lines, ca_file
+
+
+@pytest.fixture(scope="module")
+def mtls_broker():
+    import trustme
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory(prefix="sluice-mtls-") as d:
+        proc, ports, lines, ca_file = start_secure(d, ca, required=False)
+        try:
+            yield {"ports": ports, "ca": ca, "ca_file": ca_file, "lines": lines}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def client_context(ca, common_name=None):
+    ctx = context(ca)
+    if common_name:
+        ca.issue_cert(f"{common_name}.clients.test", common_name=common_name).configure_cert(ctx)
+    return ctx
+
+
+def amqps(broker, ctx, credentials):
+    params = pika.ConnectionParameters(host="127.0.0.1", port=broker["ports"]["amqps"],
+                                       ssl_options=pika.SSLOptions(ctx, "127.0.0.1"),
+                                       credentials=credentials, connection_attempts=1, socket_timeout=5)
+    return pika.BlockingConnection(params)
+
+
+def test_only_the_tls_listener_serves_amqp(mtls_broker):
+    assert "amqp" not in mtls_broker["ports"] and "amqps" in mtls_broker["ports"]
+
+
+def test_external_logs_in_as_the_certificate_s_common_name(mtls_broker):
+    # The user named by the certificate exists: it logs in with no password at all.
+    import requests
+    conn = amqps(mtls_broker, client_context(mtls_broker["ca"], "alice"), pika.credentials.ExternalCredentials())
+    try:
+        ch = conn.channel()
+        ch.queue_declare("external-q")
+        ch.basic_publish("", "external-q", b"by certificate")
+        assert ch.basic_get("external-q", auto_ack=True)[2] == b"by certificate"
+        # The management API shows who logged in, how, and over TLS.
+        listed = requests.get(f"https://127.0.0.1:{mtls_broker['ports']['http']}/api/connections",
+                              auth=("admin", "admin-pw"), verify=mtls_broker["ca_file"], timeout=5).json()
+        assert [(c["user"], c["auth_mechanism"], c["ssl"]) for c in listed] == [("alice", "EXTERNAL", True)]
+    finally:
+        conn.close()
+
+
+def test_external_is_refused_for_a_certificate_naming_no_user(mtls_broker):
+    with pytest.raises((pika.exceptions.ProbableAccessDeniedError, pika.exceptions.AuthenticationError,
+                        pika.exceptions.AMQPConnectionError)) as e:
+        amqps(mtls_broker, client_context(mtls_broker["ca"], "mallory"), pika.credentials.ExternalCredentials())
+    assert "ACCESS_REFUSED" in repr(e.value) or "EXTERNAL" in repr(e.value)
+
+
+def test_external_is_not_offered_without_a_certificate_but_plain_still_works(mtls_broker):
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        amqps(mtls_broker, client_context(mtls_broker["ca"]), pika.credentials.ExternalCredentials())
+    conn = amqps(mtls_broker, client_context(mtls_broker["ca"]), pika.PlainCredentials("alice", "alice-pw"))
+    conn.close()
+
+
+def test_a_certificate_from_another_ca_is_refused(mtls_broker):
+    import trustme
+    stranger = trustme.CA()
+    ctx = context(mtls_broker["ca"])
+    stranger.issue_cert("alice.clients.test", common_name="alice").configure_cert(ctx)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        amqps(mtls_broker, ctx, pika.credentials.ExternalCredentials())
+
+
+def test_the_management_api_is_served_over_https_only(mtls_broker):
+    import requests
+    port = mtls_broker["ports"]["http"]
+    r = requests.get(f"https://127.0.0.1:{port}/api/overview", auth=("admin", "admin-pw"),
+                     verify=mtls_broker["ca_file"], timeout=5)
+    assert r.status_code == 200 and r.json()["management_version"]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/api/overview", auth=("admin", "admin-pw"), timeout=5)
+
+
+def test_failed_logins_are_counted_in_metrics(mtls_broker):
+    import requests
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        amqps(mtls_broker, client_context(mtls_broker["ca"]), pika.PlainCredentials("alice", "wrong"))
+    text = requests.get(f"https://127.0.0.1:{mtls_broker['ports']['http']}/metrics",
+                        verify=mtls_broker["ca_file"], timeout=5).text
+    counts = dict(re.findall(r'^sluice_auth_failures_total\{protocol="(\w+)"\} (\d+)', text, re.M))
+    assert int(counts["amqp091"]) >= 1, text
+
+
+def test_a_client_without_a_certificate_is_refused_when_one_is_required():
+    import trustme
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory(prefix="sluice-mtls-req-") as d:
+        proc, ports, lines, _ = start_secure(d, ca, required=True)
+        broker = {"ports": ports}
+        try:
+            with pytest.raises(pika.exceptions.AMQPConnectionError):
+                amqps(broker, client_context(ca), pika.PlainCredentials("alice", "alice-pw"))
+            conn = amqps(broker, client_context(ca, "alice"), pika.PlainCredentials("alice", "alice-pw"))
+            conn.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -68,6 +68,7 @@ class SluiceProcess:
         self.port = None
         self.lines = deque(maxlen=500)  # recent stderr, for failure messages
         self.amqp_port = None
+        self.env = {}  # extra server settings (SLUICE_* variables)
 
     @property
     def bootstrap(self):
@@ -81,6 +82,7 @@ class SluiceProcess:
                 pytrace=False,
             )
         env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"), **SERVER_ENV)
+        env.update(self.env)
         kafka_listen = f"127.0.0.1:{self.port or 0}"
         deadline = time.monotonic() + START_TIMEOUT
         while True:

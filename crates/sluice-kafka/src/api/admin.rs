@@ -21,6 +21,7 @@ use super::str;
 use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::config::TopicConfig;
+use crate::security::{Authz, Operation, Resource};
 use crate::topic_configs::{self, SOURCE_STATIC_BROKER, TYPE_BOOLEAN, TYPE_INT};
 
 /// A request refused: the Kafka error code and a message.
@@ -44,7 +45,15 @@ fn replication_ok(factor: i16) -> Result<(), Refusal> {
     }
 }
 
-pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+/// Kafka's text for a refused resource.
+pub const AUTHORIZATION_FAILED: &str = "Authorization failed.";
+
+/// `denied[i]`: the principal may not create `req.topics[i]`.
+pub fn create_topics(
+    b: &Arc<KafkaBroker>,
+    req: CreateTopicsRequest,
+    denied: Vec<bool>,
+) -> CreateTopicsResponse {
     let mut r = CreateTopicsResponse::default();
     let mut seen = HashSet::new();
     let duplicated: HashSet<String> = req
@@ -53,10 +62,18 @@ pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTo
         .filter(|t| !seen.insert(t.name.0.to_string()))
         .map(|t| t.name.0.to_string())
         .collect();
-    for t in req.topics {
+    for (i, t) in req.topics.into_iter().enumerate() {
         let name = t.name.0.to_string();
         let mut out = CreatableTopicResult::default();
         out.name = t.name.clone();
+        if denied.get(i).copied().unwrap_or(false) {
+            out.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+            out.error_message = Some(str(AUTHORIZATION_FAILED));
+            out.num_partitions = -1;
+            out.replication_factor = -1;
+            r.topics.push(out);
+            continue;
+        }
         let partitions = if !t.assignments.is_empty() {
             t.assignments.len() as i32
         } else if t.num_partitions == -1 {
@@ -144,6 +161,7 @@ pub fn create_topics(b: &Arc<KafkaBroker>, req: CreateTopicsRequest) -> CreateTo
 
 pub async fn delete_topics(
     b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
     req: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -171,6 +189,12 @@ pub async fn delete_topics(
             continue;
         };
         out.name = Some(TopicName(str(name.clone())));
+        if !authz.allows(Operation::Delete, Resource::Topic(&name)) {
+            out.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+            out.error_message = Some(str(AUTHORIZATION_FAILED));
+            r.responses.push(out);
+            continue;
+        }
         // Renaming and removing the topic's files happens off the worker threads.
         let deleted = {
             let (b, name) = (Arc::clone(b), name.clone());
@@ -197,11 +221,16 @@ pub async fn delete_topics(
 pub fn create_partitions(
     b: &Arc<KafkaBroker>,
     req: CreatePartitionsRequest,
+    denied: Vec<bool>,
 ) -> CreatePartitionsResponse {
     let mut r = CreatePartitionsResponse::default();
-    for t in req.topics {
+    for (i, t) in req.topics.into_iter().enumerate() {
         let mut out = CreatePartitionsTopicResult::default();
         let result = match b.topics.get(t.name.0.as_str()) {
+            _ if denied.get(i).copied().unwrap_or(false) => Err((
+                codes::TOPIC_AUTHORIZATION_FAILED,
+                AUTHORIZATION_FAILED.to_string(),
+            )),
             None => Err((
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("The topic '{}' does not exist.", t.name.0.as_str()),
@@ -263,6 +292,7 @@ fn broker_configs(b: &KafkaBroker) -> Vec<(&'static str, String, i8)> {
 
 pub fn describe_configs(
     b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
     req: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     let mut r = DescribeConfigsResponse::default();
@@ -270,6 +300,15 @@ pub fn describe_configs(
         let mut out = DescribeConfigsResult::default();
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name.clone();
+        if !authz.allows(
+            Operation::DescribeConfigs,
+            config_resource(res.resource_type, res.resource_name.as_str()),
+        ) {
+            out.error_code = config_denied(res.resource_type);
+            out.error_message = Some(str(AUTHORIZATION_FAILED));
+            r.results.push(out);
+            continue;
+        }
         let wanted = |n: &str| {
             res.configuration_keys
                 .as_ref()
@@ -366,25 +405,53 @@ fn alter_topic(
     b.topics.set_overrides(&topic, overrides).map_err(refusal)
 }
 
-pub fn alter_configs(b: &Arc<KafkaBroker>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+/// What a config resource is, for authorization (topics, or the broker as the cluster).
+pub fn config_resource(resource_type: i8, name: &str) -> Resource<'_> {
+    if resource_type == RESOURCE_TOPIC {
+        Resource::Topic(name)
+    } else {
+        Resource::Cluster
+    }
+}
+
+fn config_denied(resource_type: i8) -> i16 {
+    if resource_type == RESOURCE_TOPIC {
+        codes::TOPIC_AUTHORIZATION_FAILED
+    } else {
+        codes::CLUSTER_AUTHORIZATION_FAILED
+    }
+}
+
+pub fn alter_configs(
+    b: &Arc<KafkaBroker>,
+    req: AlterConfigsRequest,
+    denied: Vec<bool>,
+) -> AlterConfigsResponse {
     let mut r = AlterConfigsResponse::default();
-    for res in req.resources {
+    for (i, res) in req.resources.into_iter().enumerate() {
         // AlterConfigs replaces the whole set of overrides.
-        let result = alter_topic(
-            b,
-            res.resource_type,
-            res.resource_name.as_str(),
-            |o| {
-                o.clear();
-                for c in &res.configs {
-                    if let Some(v) = &c.value {
-                        o.insert(c.name.to_string(), v.to_string());
+        let result = if denied.get(i).copied().unwrap_or(false) {
+            Err((
+                config_denied(res.resource_type),
+                AUTHORIZATION_FAILED.to_string(),
+            ))
+        } else {
+            alter_topic(
+                b,
+                res.resource_type,
+                res.resource_name.as_str(),
+                |o| {
+                    o.clear();
+                    for c in &res.configs {
+                        if let Some(v) = &c.value {
+                            o.insert(c.name.to_string(), v.to_string());
+                        }
                     }
-                }
-                Ok(())
-            },
-            req.validate_only,
-        );
+                    Ok(())
+                },
+                req.validate_only,
+            )
+        };
         let mut out = AlterConfigsResourceResponse::default();
         if let Err((code, message)) = result {
             out.error_code = code;
@@ -403,38 +470,46 @@ const OP_DELETE: i8 = 1;
 pub fn incremental_alter_configs(
     b: &Arc<KafkaBroker>,
     req: IncrementalAlterConfigsRequest,
+    denied: Vec<bool>,
 ) -> IncrementalAlterConfigsResponse {
     let mut r = IncrementalAlterConfigsResponse::default();
-    for res in req.resources {
-        let result = alter_topic(
-            b,
-            res.resource_type,
-            res.resource_name.as_str(),
-            |o| {
-                for c in &res.configs {
-                    match (c.config_operation, &c.value) {
-                        (OP_SET, Some(v)) => {
-                            o.insert(c.name.to_string(), v.to_string());
-                        }
-                        (OP_DELETE, _) => {
-                            o.remove(c.name.as_str());
-                        }
-                        _ => {
-                            return Err((
-                                codes::INVALID_CONFIG,
-                                format!(
-                                    "operation {} is not valid for {}",
-                                    c.config_operation,
-                                    c.name.as_str()
-                                ),
-                            ));
+    for (i, res) in req.resources.into_iter().enumerate() {
+        let result = if denied.get(i).copied().unwrap_or(false) {
+            Err((
+                config_denied(res.resource_type),
+                AUTHORIZATION_FAILED.to_string(),
+            ))
+        } else {
+            alter_topic(
+                b,
+                res.resource_type,
+                res.resource_name.as_str(),
+                |o| {
+                    for c in &res.configs {
+                        match (c.config_operation, &c.value) {
+                            (OP_SET, Some(v)) => {
+                                o.insert(c.name.to_string(), v.to_string());
+                            }
+                            (OP_DELETE, _) => {
+                                o.remove(c.name.as_str());
+                            }
+                            _ => {
+                                return Err((
+                                    codes::INVALID_CONFIG,
+                                    format!(
+                                        "operation {} is not valid for {}",
+                                        c.config_operation,
+                                        c.name.as_str()
+                                    ),
+                                ));
+                            }
                         }
                     }
-                }
-                Ok(())
-            },
-            req.validate_only,
-        );
+                    Ok(())
+                },
+                req.validate_only,
+            )
+        };
         let mut out = IncrementalResult::default();
         if let Err((code, message)) = result {
             out.error_code = code;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::broker::KafkaBroker;
 use crate::codes;
+use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::partition::Partition;
 
 /// Upper bound on a fetch's wait, whatever the client asks.
@@ -31,6 +32,7 @@ pub enum Chunk {
 
 struct Wanted {
     topic: usize,
+    denied: bool,
     partition: Option<Arc<Partition>>,
     index: i32,
     offset: i64,
@@ -49,15 +51,17 @@ pub struct FetchOut {
     topics: Vec<(String, Vec<PartitionOut>)>,
 }
 
-pub async fn fetch(b: &Arc<KafkaBroker>, req: FetchRequest) -> FetchOut {
+pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) -> FetchOut {
     let mut names = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
     for (ti, ft) in req.topics.iter().enumerate() {
-        let topic = b.topics.get(ft.topic.0.as_str());
+        let denied = !authz.allows(Operation::Read, Resource::Topic(&ft.topic));
+        let topic = b.topics.get(ft.topic.0.as_str()).filter(|_| !denied);
         names.push(ft.topic.0.to_string());
         for fp in &ft.partitions {
             wanted.push(Wanted {
                 topic: ti,
+                denied,
                 partition: topic.as_ref().and_then(|t| t.partition(fp.partition)),
                 index: fp.partition,
                 offset: fp.fetch_offset,
@@ -124,7 +128,11 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionOut>, usize, b
             errors = true;
             parts.push(PartitionOut {
                 index: w.index,
-                error: codes::UNKNOWN_TOPIC_OR_PARTITION,
+                error: if w.denied {
+                    codes::TOPIC_AUTHORIZATION_FAILED
+                } else {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                },
                 high_watermark: -1,
                 log_start: -1,
                 slices: Vec::new(),

@@ -24,6 +24,7 @@ use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::connection::Client;
 use crate::groups::{FetchedOffsets, JoinArgs, METADATA_MAX};
+use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::offsets::Committed;
 
 const KEY_TYPE_GROUP: i8 = 0;
@@ -190,20 +191,30 @@ pub fn leave(b: &Arc<KafkaBroker>, req: LeaveGroupRequest, version: i16) -> Leav
 /// A topic's partitions with the code each already has, or `None` to take the commit's.
 type PlannedTopic = (TopicName, Vec<(i32, Option<i16>)>);
 
-pub async fn offset_commit(b: &Arc<KafkaBroker>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn offset_commit(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let group_denied = !authz.allows(Operation::Read, Resource::Group(&req.group_id));
     let mut r = OffsetCommitResponse::default();
     let mut entries = Vec::new();
     // Per-partition codes known before the commit; `None` waits for the commit's result.
     let mut planned: Vec<PlannedTopic> = Vec::new();
     for t in req.topics {
         let topic = b.topics.get(t.name.0.as_str());
+        let topic_denied = !authz.allows(Operation::Read, Resource::Topic(&t.name));
         let mut parts = Vec::new();
         for p in t.partitions {
             let known = topic
                 .as_ref()
                 .is_some_and(|tp| tp.partition(p.partition_index).is_some());
             let meta_len = p.committed_metadata.as_ref().map_or(0, |m| m.len());
-            if !known {
+            if group_denied {
+                parts.push((p.partition_index, Some(codes::GROUP_AUTHORIZATION_FAILED)));
+            } else if topic_denied {
+                parts.push((p.partition_index, Some(codes::TOPIC_AUTHORIZATION_FAILED)));
+            } else if !known {
                 parts.push((p.partition_index, Some(codes::UNKNOWN_TOPIC_OR_PARTITION)));
             } else if meta_len > METADATA_MAX {
                 parts.push((p.partition_index, Some(codes::OFFSET_METADATA_TOO_LARGE)));
@@ -262,12 +273,22 @@ fn fetch_group(
 
 pub fn offset_fetch(
     b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
     let mut r = OffsetFetchResponse::default();
+    // Topics the principal may not describe are left out of the answer.
+    let visible = |name: &str| authz.describes(Resource::Topic(name));
     if version >= 8 {
         for g in req.groups {
+            if !authz.describes(Resource::Group(&g.group_id)) {
+                let mut out = OffsetFetchResponseGroup::default();
+                out.group_id = g.group_id.clone();
+                out.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+                r.groups.push(out);
+                continue;
+            }
             let wanted = g.topics.map(|ts| {
                 ts.into_iter()
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
@@ -277,6 +298,7 @@ pub fn offset_fetch(
             out.group_id = g.group_id.clone();
             out.topics = fetch_group(b, g.group_id.0.as_str(), wanted)
                 .into_iter()
+                .filter(|(name, _)| visible(name))
                 .map(|(name, parts)| {
                     let mut t = OffsetFetchResponseTopics::default();
                     t.name = TopicName(str(name));
@@ -298,6 +320,10 @@ pub fn offset_fetch(
         }
         return r;
     }
+    if !authz.describes(Resource::Group(&req.group_id)) {
+        r.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+        return r;
+    }
     let wanted = req.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
@@ -305,6 +331,7 @@ pub fn offset_fetch(
     });
     r.topics = fetch_group(b, req.group_id.0.as_str(), wanted)
         .into_iter()
+        .filter(|(name, _)| visible(name))
         .map(|(name, parts)| {
             let mut t = OffsetFetchResponseTopic::default();
             t.name = TopicName(str(name));
@@ -325,10 +352,20 @@ pub fn offset_fetch(
     r
 }
 
-pub fn describe_groups(b: &Arc<KafkaBroker>, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub fn describe_groups(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     for id in req.groups {
         let mut g = DescribedGroup::default();
+        if !authz.describes(Resource::Group(&id)) {
+            g.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+            g.group_id = id;
+            r.groups.push(g);
+            continue;
+        }
         match b.groups.describe(id.0.as_str()) {
             Some(d) => {
                 g.group_state = str(d.state);
@@ -358,12 +395,17 @@ pub fn describe_groups(b: &Arc<KafkaBroker>, req: DescribeGroupsRequest) -> Desc
     r
 }
 
-pub fn list_groups(b: &Arc<KafkaBroker>, req: ListGroupsRequest) -> ListGroupsResponse {
+pub fn list_groups(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: ListGroupsRequest,
+) -> ListGroupsResponse {
     let mut r = ListGroupsResponse::default();
     r.groups = b
         .groups
         .list()
         .into_iter()
+        .filter(|(id, _, _)| authz.describes(Resource::Group(id)))
         .filter(|(_, _, state)| {
             req.states_filter.is_empty()
                 || req
@@ -383,11 +425,19 @@ pub fn list_groups(b: &Arc<KafkaBroker>, req: ListGroupsRequest) -> ListGroupsRe
     r
 }
 
-pub async fn delete_groups(b: &Arc<KafkaBroker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete_groups(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut r = DeleteGroupsResponse::default();
     for id in req.groups_names {
         let mut g = DeletableGroupResult::default();
-        g.error_code = b.groups.delete(id.0.as_str()).await;
+        g.error_code = if authz.allows(Operation::Delete, Resource::Group(&id)) {
+            b.groups.delete(id.0.as_str()).await
+        } else {
+            codes::GROUP_AUTHORIZATION_FAILED
+        };
         g.group_id = id;
         r.results.push(g);
     }

@@ -9,14 +9,20 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::broker::KafkaBroker;
 use crate::codes;
+use crate::security::{Authz, Resource};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub fn list_offsets(b: &Arc<KafkaBroker>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub fn list_offsets(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for lt in req.topics {
-        let topic = b.topics.get(lt.name.0.as_str());
+        let denied = !authz.describes(Resource::Topic(&lt.name));
+        let topic = b.topics.get(lt.name.0.as_str()).filter(|_| !denied);
         let mut t = ListOffsetsTopicResponse::default();
         t.name = lt.name;
         for lp in lt.partitions {
@@ -26,7 +32,11 @@ pub fn list_offsets(b: &Arc<KafkaBroker>, req: ListOffsetsRequest) -> ListOffset
             p.offset = -1;
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(lp.partition_index))
             else {
-                p.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                p.error_code = if denied {
+                    codes::TOPIC_AUTHORIZATION_FAILED
+                } else {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                };
                 t.partitions.push(p);
                 continue;
             };

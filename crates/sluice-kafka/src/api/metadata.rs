@@ -11,6 +11,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use super::str;
 use crate::broker::KafkaBroker;
 use crate::codes;
+use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::{RefusalKind, Topic};
 
 pub fn topic_entry(broker: &KafkaBroker, topic: &Topic) -> MetadataResponseTopic {
@@ -39,7 +40,14 @@ fn missing(name: Option<TopicName>, code: i16) -> MetadataResponseTopic {
     t
 }
 
-pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+/// Topics the principal may not describe are left out of a listing of all topics and
+/// refused by name (TOPIC_AUTHORIZATION_FAILED); auto-creation needs Create.
+pub fn metadata(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let mut r = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(b.config.node_id);
@@ -54,15 +62,27 @@ pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> Met
         Some(list) => version == 0 && list.is_empty(),
     };
     if all {
-        r.topics = b.topics.all().iter().map(|t| topic_entry(b, t)).collect();
+        r.topics = b
+            .topics
+            .all()
+            .iter()
+            .filter(|t| authz.describes(Resource::Topic(&t.name)))
+            .map(|t| topic_entry(b, t))
+            .collect();
         return r;
     }
     // Auto-creation is implicit before v4.
     let may_create = auto_create_allowed(b, &req, version);
     for wanted in req.topics.unwrap_or_default() {
         let entry = match wanted.name {
+            Some(name) if !authz.describes(Resource::Topic(&name)) => {
+                missing(Some(name), codes::TOPIC_AUTHORIZATION_FAILED)
+            }
             Some(name) => match b.topics.get(name.0.as_str()) {
                 Some(t) => topic_entry(b, &t),
+                None if may_create && !authz.allows(Operation::Create, Resource::Topic(&name)) => {
+                    missing(Some(name), codes::TOPIC_AUTHORIZATION_FAILED)
+                }
                 None if may_create => {
                     let partitions = b.config.default_partitions;
                     match b
@@ -93,6 +113,11 @@ pub fn metadata(b: &Arc<KafkaBroker>, req: MetadataRequest, version: i16) -> Met
                 }
             },
             None => match b.topics.by_id(&wanted.topic_id) {
+                Some(t) if !authz.describes(Resource::Topic(&t.name)) => {
+                    let mut m = missing(None, codes::TOPIC_AUTHORIZATION_FAILED);
+                    m.topic_id = wanted.topic_id;
+                    m
+                }
                 Some(t) => topic_entry(b, &t),
                 None => {
                     let mut t = missing(None, codes::UNKNOWN_TOPIC_ID);

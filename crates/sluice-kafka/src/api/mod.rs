@@ -7,6 +7,7 @@ mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
+pub mod security;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::connection::{Client, Close};
+use crate::security::{Authz, Operation, OwnedAuthz, Resource};
 
 /// The versions this broker speaks, as one Kafka 3.x broker would advertise them.
 /// Produce and Fetch start at 0 because librdkafka enables compression and message format
@@ -47,6 +49,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -119,6 +128,16 @@ async fn off_worker<T: Send + 'static>(
         .map_err(|e| Close::Protocol(format!("admin request failed: {e}")))
 }
 
+/// Appends a refusal built whole by the caller.
+fn encode_denied<T: Encodable + HeaderVersion>(
+    out: &mut BytesMut,
+    cid: i32,
+    version: i16,
+    r: T,
+) -> Result<Option<Vec<fetch::Chunk>>, Close> {
+    encode(out, cid, version, T::header_version(version), &r).map(|_| None)
+}
+
 pub async fn handle(
     broker: &Arc<KafkaBroker>,
     client: &mut Client,
@@ -170,7 +189,48 @@ pub async fn handle(
         }};
     }
     let b = broker;
+    let authz = Authz::new(&*b.security, &client.sasl);
+    // The group APIs with one error for the whole request are refused here.
+    let group_denied = |group: &str| !authz.allows(Operation::Read, Resource::Group(group));
     let encoded = match key {
+        ApiKey::SaslHandshake => {
+            let req = decode(frame, version)?;
+            let resp = security::handshake(b, client, req);
+            // After v0, the tokens come as bare size-prefixed frames (no Kafka header).
+            client.raw_tokens = version == 0 && resp.error_code == codes::NONE;
+            respond!(SaslHandshakeResponse, resp)
+        }
+        ApiKey::SaslAuthenticate => {
+            let req = decode(frame, version)?;
+            respond!(
+                SaslAuthenticateResponse,
+                security::authenticate(b, client, req, version)
+            )
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            let req = decode(frame, version)?;
+            respond!(
+                DescribeUserScramCredentialsResponse,
+                security::describe_scram(b, authz, req)
+            )
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let req = decode(frame, version)?;
+            let resp = security::alter_scram(b, authz, req);
+            respond!(AlterUserScramCredentialsResponse, resp)
+        }
+        ApiKey::DescribeAcls => {
+            let req = decode(frame, version)?;
+            respond!(DescribeAclsResponse, security::describe_acls(b, authz, req))
+        }
+        ApiKey::CreateAcls => {
+            let req = decode(frame, version)?;
+            respond!(CreateAclsResponse, security::create_acls(b, authz, req))
+        }
+        ApiKey::DeleteAcls => {
+            let req = decode(frame, version)?;
+            respond!(DeleteAclsResponse, security::delete_acls(b, authz, req))
+        }
         ApiKey::ApiVersions => {
             let _req: ApiVersionsRequest = decode(frame, version)?;
             // The ApiVersions response header is always v0.
@@ -180,15 +240,17 @@ pub async fn handle(
             let req: MetadataRequest = decode(frame, version)?;
             if metadata::may_create(b, &req, version) {
                 // Creating a topic makes directories and fsyncs its metadata.
-                let resp = off_worker(b, move |b| metadata::metadata(b, req, version)).await?;
+                let owned = OwnedAuthz::new(&b.security, authz);
+                let resp = off_worker(b, move |b| metadata::metadata(b, owned.get(), req, version))
+                    .await?;
                 respond!(MetadataResponse, resp)
             } else {
-                respond!(MetadataResponse, metadata::metadata(b, req, version))
+                respond!(MetadataResponse, metadata::metadata(b, authz, req, version))
             }
         }
         ApiKey::Produce => {
             let req: ProduceRequest = decode(frame, version)?;
-            match produce::produce(b, req, version).await {
+            match produce::produce(b, authz, req, version).await {
                 Some(resp) => respond!(ProduceResponse, resp),
                 // acks=0: no response at all.
                 None => Ok(()),
@@ -196,12 +258,15 @@ pub async fn handle(
         }
         ApiKey::Fetch => {
             let req = decode(frame, version)?;
-            let answer = fetch::fetch(b, req).await;
+            let answer = fetch::fetch(b, authz, req).await;
             return Ok(Some(fetch::encode(answer, cid, version)));
         }
         ApiKey::ListOffsets => {
             let req = decode(frame, version)?;
-            respond!(ListOffsetsResponse, list_offsets::list_offsets(b, req))
+            respond!(
+                ListOffsetsResponse,
+                list_offsets::list_offsets(b, authz, req)
+            )
         }
         ApiKey::InitProducerId => {
             let req = decode(frame, version)?;
@@ -218,73 +283,140 @@ pub async fn handle(
             )
         }
         ApiKey::JoinGroup => {
-            let req = decode(frame, version)?;
+            let req: JoinGroupRequest = decode(frame, version)?;
+            if group_denied(&req.group_id) {
+                let mut r = JoinGroupResponse::default();
+                r.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+                r.generation_id = -1;
+                return encode_denied(out, cid, version, r);
+            }
             respond!(
                 JoinGroupResponse,
                 group::join(b, client, req, version).await
             )
         }
         ApiKey::SyncGroup => {
-            let req = decode(frame, version)?;
+            let req: SyncGroupRequest = decode(frame, version)?;
+            if group_denied(&req.group_id) {
+                let mut r = SyncGroupResponse::default();
+                r.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+                return encode_denied(out, cid, version, r);
+            }
             respond!(SyncGroupResponse, group::sync(b, req).await)
         }
         ApiKey::Heartbeat => {
-            let req = decode(frame, version)?;
+            let req: HeartbeatRequest = decode(frame, version)?;
+            if group_denied(&req.group_id) {
+                let mut r = HeartbeatResponse::default();
+                r.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+                return encode_denied(out, cid, version, r);
+            }
             respond!(HeartbeatResponse, group::heartbeat(b, req))
         }
         ApiKey::LeaveGroup => {
-            let req = decode(frame, version)?;
+            let req: LeaveGroupRequest = decode(frame, version)?;
+            if group_denied(&req.group_id) {
+                let mut r = LeaveGroupResponse::default();
+                r.error_code = codes::GROUP_AUTHORIZATION_FAILED;
+                return encode_denied(out, cid, version, r);
+            }
             respond!(LeaveGroupResponse, group::leave(b, req, version))
         }
         ApiKey::OffsetCommit => {
             let req = decode(frame, version)?;
-            respond!(OffsetCommitResponse, group::offset_commit(b, req).await)
+            respond!(
+                OffsetCommitResponse,
+                group::offset_commit(b, authz, req).await
+            )
         }
         ApiKey::OffsetFetch => {
             let req = decode(frame, version)?;
-            respond!(OffsetFetchResponse, group::offset_fetch(b, req, version))
+            respond!(
+                OffsetFetchResponse,
+                group::offset_fetch(b, authz, req, version)
+            )
         }
         ApiKey::DescribeGroups => {
             let req = decode(frame, version)?;
-            respond!(DescribeGroupsResponse, group::describe_groups(b, req))
+            respond!(
+                DescribeGroupsResponse,
+                group::describe_groups(b, authz, req)
+            )
         }
         ApiKey::ListGroups => {
             let req = decode(frame, version)?;
-            respond!(ListGroupsResponse, group::list_groups(b, req))
+            respond!(ListGroupsResponse, group::list_groups(b, authz, req))
         }
         ApiKey::DeleteGroups => {
             let req = decode(frame, version)?;
-            respond!(DeleteGroupsResponse, group::delete_groups(b, req).await)
+            respond!(
+                DeleteGroupsResponse,
+                group::delete_groups(b, authz, req).await
+            )
         }
         ApiKey::CreateTopics => {
-            let req = decode(frame, version)?;
-            let resp = off_worker(b, move |b| admin::create_topics(b, req)).await?;
+            let req: CreateTopicsRequest = decode(frame, version)?;
+            let denied = req
+                .topics
+                .iter()
+                .map(|t| !authz.allows(Operation::Create, Resource::Topic(&t.name)))
+                .collect();
+            let resp = off_worker(b, move |b| admin::create_topics(b, req, denied)).await?;
             respond!(CreateTopicsResponse, resp)
         }
         ApiKey::DeleteTopics => {
             let req = decode(frame, version)?;
             respond!(
                 DeleteTopicsResponse,
-                admin::delete_topics(b, req, version).await
+                admin::delete_topics(b, authz, req, version).await
             )
         }
         ApiKey::CreatePartitions => {
-            let req = decode(frame, version)?;
-            let resp = off_worker(b, move |b| admin::create_partitions(b, req)).await?;
+            let req: CreatePartitionsRequest = decode(frame, version)?;
+            let denied = req
+                .topics
+                .iter()
+                .map(|t| !authz.allows(Operation::Alter, Resource::Topic(&t.name)))
+                .collect();
+            let resp = off_worker(b, move |b| admin::create_partitions(b, req, denied)).await?;
             respond!(CreatePartitionsResponse, resp)
         }
         ApiKey::DescribeConfigs => {
             let req = decode(frame, version)?;
-            respond!(DescribeConfigsResponse, admin::describe_configs(b, req))
+            respond!(
+                DescribeConfigsResponse,
+                admin::describe_configs(b, authz, req)
+            )
         }
         ApiKey::AlterConfigs => {
-            let req = decode(frame, version)?;
-            let resp = off_worker(b, move |b| admin::alter_configs(b, req)).await?;
+            let req: AlterConfigsRequest = decode(frame, version)?;
+            let denied = req
+                .resources
+                .iter()
+                .map(|r| {
+                    !authz.allows(
+                        Operation::AlterConfigs,
+                        admin::config_resource(r.resource_type, &r.resource_name),
+                    )
+                })
+                .collect();
+            let resp = off_worker(b, move |b| admin::alter_configs(b, req, denied)).await?;
             respond!(AlterConfigsResponse, resp)
         }
         ApiKey::IncrementalAlterConfigs => {
-            let req = decode(frame, version)?;
-            let resp = off_worker(b, move |b| admin::incremental_alter_configs(b, req)).await?;
+            let req: IncrementalAlterConfigsRequest = decode(frame, version)?;
+            let denied = req
+                .resources
+                .iter()
+                .map(|r| {
+                    !authz.allows(
+                        Operation::AlterConfigs,
+                        admin::config_resource(r.resource_type, &r.resource_name),
+                    )
+                })
+                .collect();
+            let resp =
+                off_worker(b, move |b| admin::incremental_alter_configs(b, req, denied)).await?;
             respond!(IncrementalAlterConfigsResponse, resp)
         }
         ApiKey::DescribeCluster => {

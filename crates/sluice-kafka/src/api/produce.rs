@@ -10,6 +10,7 @@ use kafka_protocol::messages::{
 use crate::broker::KafkaBroker;
 use crate::codes;
 use crate::config::TimestampType;
+use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::batch::{self, BatchInfo};
 
 fn partition_error(index: i32, code: i16) -> PartitionProduceResponse {
@@ -23,6 +24,7 @@ fn partition_error(index: i32, code: i16) -> PartitionProduceResponse {
 /// Appends every partition's records; `None` for acks=0, which gets no response.
 pub async fn produce(
     b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
     req: ProduceRequest,
     _version: i16,
 ) -> Option<ProduceResponse> {
@@ -32,11 +34,17 @@ pub async fn produce(
     for topic_data in req.topic_data {
         let mut t = TopicProduceResponse::default();
         t.name = topic_data.name.clone();
-        let topic = b.topics.get(topic_data.name.0.as_str());
+        let denied = !authz.allows(Operation::Write, Resource::Topic(&topic_data.name));
+        let topic = b.topics.get(topic_data.name.0.as_str()).filter(|_| !denied);
         let config = topic.as_ref().map(|t| t.config());
         for pd in topic_data.partition_data {
             let index = pd.index;
             let fail = |code| partition_error(index, code);
+            if denied {
+                t.partition_responses
+                    .push(fail(codes::TOPIC_AUTHORIZATION_FAILED));
+                continue;
+            }
             if !matches!(acks, -1..=1) {
                 t.partition_responses
                     .push(fail(codes::INVALID_REQUIRED_ACKS));

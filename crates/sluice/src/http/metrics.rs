@@ -117,7 +117,26 @@ fn scrape(admin: &Admin, per_object: bool) -> Response {
     kafka(&s, admin);
     rocketmq(&s, admin);
     storage(&s, admin);
+    logins(&s, admin);
     s.encode()
+}
+
+/// Failed logins of every protocol, and those refused unchecked for failing too often.
+fn logins(s: &Scrape, admin: &Admin) {
+    let failed = s.counter(
+        "sluice_auth_failures_total",
+        "Failed logins (wrong or unknown credentials, refused signatures) since the broker started",
+        &["protocol"],
+    );
+    let throttled = s.counter(
+        "sluice_auth_throttled_total",
+        "Logins refused without a check because their user failed too often from that address",
+        &["protocol"],
+    );
+    for (face, failures, held) in admin.broker.users.guard.counts() {
+        failed.with_label_values(&[face.name()]).inc_by(failures);
+        throttled.with_label_values(&[face.name()]).inc_by(held);
+    }
 }
 
 fn rabbitmq(s: &Scrape, admin: &Admin, per_object: bool) {

@@ -156,10 +156,12 @@ impl axum::extract::FromRequestParts<Arc<Admin>> for User {
             .and_then(|d| String::from_utf8(d).ok());
         if let (Some(text), Some(peer)) = (credentials, peer)
             && let Some((user, password)) = text.split_once(':')
-            && admin
-                .broker
-                .users
-                .login(user, password, peer.ip().is_loopback())
+            && admin.broker.users.login_from(
+                sluice_core::login_guard::Face::Http,
+                user,
+                password,
+                peer.ip(),
+            )
         {
             // As RabbitMQ: the API is for users tagged for it.
             let allowed = admin.broker.users.describe(user).is_some_and(|(tags, _)| {
@@ -221,10 +223,12 @@ fn authorized(admin: &Admin, headers: &HeaderMap, peer: SocketAddr) -> bool {
         return false;
     };
     text.split_once(':').is_some_and(|(user, password)| {
-        admin
-            .broker
-            .users
-            .login(user, password, peer.ip().is_loopback())
+        admin.broker.users.login_from(
+            sluice_core::login_guard::Face::Http,
+            user,
+            password,
+            peer.ip(),
+        )
     })
 }
 

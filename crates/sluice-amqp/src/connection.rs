@@ -89,9 +89,9 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// The authenticated user.
     user: String,
-    /// The common name of the client's verified TLS certificate: the user EXTERNAL
-    /// logs in as.
-    cert_user: Option<String>,
+    /// `Some` when EXTERNAL is offered (TLS with client certificates configured): the
+    /// user the client's verified certificate names, if it presented one.
+    external: Option<Option<String>>,
     /// The login mechanism and the client's properties, for the management API.
     mechanism: String,
     client_properties: sluice_core::Table,
@@ -146,13 +146,13 @@ pub async fn serve_stream<S>(
     broker: Arc<Broker>,
     config: ConnectionConfig,
     ticket: Ticket,
-    cert_user: Option<String>,
+    external: Option<Option<String>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
     let _open = crate::broker::OpenCount::new(&broker.connections_open);
     let (rd, wr) = tokio::io::split(stream);
-    if let Err(e) = run(rd, wr, local, peer, true, broker, config, ticket, cert_user).await {
+    if let Err(e) = run(rd, wr, local, peer, true, broker, config, ticket, external).await {
         tracing::debug!(%peer, error = %e, "amqps connection ended");
     }
 }
@@ -167,7 +167,7 @@ async fn run<R, W>(
     broker: Arc<Broker>,
     config: ConnectionConfig,
     ticket: Ticket,
-    cert_user: Option<String>,
+    external: Option<Option<String>>,
 ) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -198,7 +198,7 @@ where
         config,
         channels: HashMap::new(),
         user: String::new(),
-        cert_user,
+        external,
         mechanism: String::new(),
         client_properties: sluice_core::Table::default(),
         wants_blocked: false,
@@ -369,7 +369,7 @@ impl Conn {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: props,
-                mechanisms: LongString::from(if self.cert_user.is_some() {
+                mechanisms: LongString::from(if self.external.is_some() {
                     b"PLAIN AMQPLAIN EXTERNAL".to_vec()
                 } else {
                     b"PLAIN AMQPLAIN".to_vec()
@@ -567,15 +567,16 @@ impl Conn {
                         ),
                     )
                 };
-                if s.mechanism.as_str() == "EXTERNAL" {
+                if s.mechanism.as_str() == "EXTERNAL" && self.external.is_some() {
                     // The certificate is the credential: its user must exist, and guest
-                    // stays on loopback, as with RabbitMQ's rabbitmq_auth_mechanism_ssl.
-                    let user = self.cert_user.clone().filter(|u| {
+                    // stays on loopback, as with RabbitMQ's rabbitmq_auth_mechanism_ssl;
+                    // without a certificate the login is refused.
+                    let user = self.external.clone().flatten().filter(|u| {
                         self.broker.users.describe(u).is_some()
                             && (u != "guest" || self.peer.ip().is_loopback())
                     });
                     let Some(user) = user else {
-                        tracing::info!(peer = %self.peer, cert_user = ?self.cert_user, "EXTERNAL login refused");
+                        tracing::info!(peer = %self.peer, cert_user = ?self.external, "EXTERNAL login refused");
                         return Err(refused("EXTERNAL"));
                     };
                     return self.logged_in(user, &s);

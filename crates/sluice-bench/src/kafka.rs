@@ -104,6 +104,11 @@ pub struct Options {
     /// PID of the broker process, to report its CPU per MB moved
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
+
+    /// librdkafka settings for every client, NAME=VALUE (repeatable): for TLS and SASL,
+    /// e.g. security.protocol=SASL_SSL, ssl.ca.location=ca.pem, sasl.mechanisms=SCRAM-SHA-512
+    #[arg(long = "client-config", value_name = "NAME=VALUE")]
+    pub client_configs: Vec<String>,
 }
 
 /// One phase's numbers.
@@ -271,6 +276,11 @@ impl CpuWindow {
 fn base_config(o: &Options) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &o.bootstrap);
+    for kv in &o.client_configs {
+        if let Some((k, v)) = kv.split_once('=') {
+            c.set(k, v);
+        }
+    }
     c
 }
 

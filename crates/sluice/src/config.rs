@@ -49,6 +49,8 @@ pub struct Config {
     pub tls_client_ca_file: Option<PathBuf>,
     /// With a client CA: refuse clients without a certificate (else it is optional).
     pub tls_fail_if_no_peer_cert: bool,
+    /// Which name of a client certificate EXTERNAL logs in as.
+    pub amqp_ssl_cert_login_from: crate::tls::CertLogin,
     /// The Kafka listener's protocol (Kafka's listener security protocols).
     pub kafka_security_protocol: sluice_kafka::Protocol,
     /// How long a Kafka SASL login lasts before re-authentication (KIP-368); 0: forever.
@@ -119,6 +121,7 @@ impl Default for Config {
             tls_key_file: None,
             tls_client_ca_file: None,
             tls_fail_if_no_peer_cert: false,
+            amqp_ssl_cert_login_from: crate::tls::CertLogin::DistinguishedName,
             kafka_security_protocol: sluice_kafka::Protocol::Plaintext,
             kafka_reauth_ms: 0,
             rocketmq_tls: false,
@@ -230,6 +233,23 @@ pub const SETTINGS: &[Setting] = &[
                 None
             } else {
                 Some(parse_socket_addr(v)?)
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "amqp.ssl_cert_login_from",
+        env: "SLUICE_AMQP_SSL_CERT_LOGIN_FROM",
+        flag: None,
+        set: |d, v| {
+            d.config.amqp_ssl_cert_login_from = match v {
+                "distinguished_name" => crate::tls::CertLogin::DistinguishedName,
+                "common_name" => crate::tls::CertLogin::CommonName,
+                other => {
+                    return Err(format!(
+                        "expected distinguished_name or common_name, got {other:?}"
+                    ));
+                }
             };
             Ok(())
         },

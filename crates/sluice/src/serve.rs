@@ -265,7 +265,13 @@ async fn listen_until_signal(
             Duration::from_millis(config.retention_check_interval_ms),
         ) => match never {},
         never = alarm_loop(Arc::clone(&broker), config.data_dir.clone()) => match never {},
-        never = amqps_accept_loop(amqps, Arc::clone(&broker), amqp_config(config), Arc::clone(&admission)) => match never {},
+        never = amqps_accept_loop(
+            amqps,
+            config.tls_client_ca_file.is_some().then_some(config.amqp_ssl_cert_login_from),
+            Arc::clone(&broker),
+            amqp_config(config),
+            Arc::clone(&admission),
+        ) => match never {},
         never = amqp_accept_loop(amqp.map(|a| a.listener), broker, amqp_config(config), Arc::clone(&admission)) => match never {},
         never = kafka_accept_loop(kafka.listener, kafka_tls, kafka_broker, Arc::clone(&admission)) => match never {},
         never = rocketmq_loop(
@@ -511,6 +517,7 @@ async fn amqp_accept_loop(
 /// there is no TLS listener.
 async fn amqps_accept_loop(
     listener: Option<(Bound, tokio_rustls::TlsAcceptor)>,
+    external: Option<crate::tls::CertLogin>,
     broker: Arc<Broker>,
     config: ConnectionConfig,
     admission: Arc<Admission>,
@@ -539,10 +546,12 @@ async fn amqps_accept_loop(
                     };
                     match done {
                         Ok(Ok(tls)) => {
-                            // A verified client certificate names the user EXTERNAL logs in as.
-                            let cert_user = crate::tls::peer_common_name(tls.get_ref().1);
+                            // With client certificates configured EXTERNAL is offered; a
+                            // verified certificate names the user it logs in as.
+                            let external =
+                                external.map(|from| crate::tls::peer_user(tls.get_ref().1, from));
                             sluice_amqp::serve_stream(
-                                tls, local, peer, broker, config, ticket, cert_user,
+                                tls, local, peer, broker, config, ticket, external,
                             )
                             .await;
                         }

@@ -178,12 +178,77 @@ impl Tls {
     }
 }
 
-/// The common name of the client's verified certificate, if it presented one.
-pub fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
+/// Which name of a client certificate is the user EXTERNAL logs in as (RabbitMQ's
+/// `ssl_cert_login_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertLogin {
+    /// The whole subject in RFC 4514 form, most specific first
+    /// (`CN=alice,OU=dev,O=example`), RabbitMQ's default.
+    DistinguishedName,
+    /// The subject's common name.
+    CommonName,
+}
+
+/// Short names of the usual attribute types, as RFC 4514 strings use them.
+fn attribute_name(oid: &str) -> String {
+    match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "STREET",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        other => return other.to_string(),
+    }
+    .to_string()
+}
+
+/// A value escaped as RFC 4514 asks.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The user name a verified client certificate logs in as, if the client presented one.
+pub fn peer_user(conn: &rustls::ServerConnection, from: CertLogin) -> Option<String> {
     let der = conn.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
+    let subject = cert.subject();
+    match from {
+        CertLogin::CommonName => {
+            let cn = subject.iter_common_name().next()?;
+            cn.as_str().ok().map(str::to_string)
+        }
+        CertLogin::DistinguishedName => {
+            let rdns: Vec<String> = subject
+                .iter_rdn()
+                .map(|rdn| {
+                    rdn.iter()
+                        .map(|a| {
+                            let name = attribute_name(&a.attr_type().to_id_string());
+                            let value = a.as_str().map(escape).unwrap_or_default();
+                            format!("{name}={value}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("+")
+                })
+                .collect();
+            (!rdns.is_empty()).then(|| rdns.into_iter().rev().collect::<Vec<_>>().join(","))
+        }
+    }
 }
 
 #[cfg(test)]

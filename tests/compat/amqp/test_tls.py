@@ -134,7 +134,7 @@ def test_garbage_and_silent_crowds_on_the_tls_port_leave_it_serving(tls_broker):
 LISTENING_ANY = re.compile(r"listening (\w+)=(\S+):(\d+)")
 
 
-def start_secure(d, ca, required):
+def start_secure(d, ca, required, login_from="common_name"):
     """A broker with AMQP over TLS only, client certificates checked against `ca`, the
     management API over https, and users alice (a password) and certuser (none)."""
     cert, key, ca_file = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "ca.pem"))
@@ -145,7 +145,7 @@ def start_secure(d, ca, required):
     env = dict(os.environ, NO_COLOR="1", SLUICE_AMQP_LISTEN="none", SLUICE_AMQP_TLS_LISTEN="127.0.0.1:0",
                SLUICE_TLS_CERT_FILE=cert, SLUICE_TLS_KEY_FILE=key, SLUICE_TLS_CLIENT_CA_FILE=ca_file,
                SLUICE_TLS_FAIL_IF_NO_PEER_CERT="true" if required else "false", SLUICE_HTTP_TLS="true",
-               SLUICE_AMQP_USERS="admin:admin-pw,alice:alice-pw")
+               SLUICE_AMQP_USERS="admin:admin-pw,alice:alice-pw", SLUICE_AMQP_SSL_CERT_LOGIN_FROM=login_from)
     proc = subprocess.Popen(
         [SLUICE_BIN, "serve", "--data-dir", os.path.join(d, "data"), "--kafka-listen", "127.0.0.1:0",
          "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
@@ -216,15 +216,19 @@ def test_external_logs_in_as_the_certificate_s_common_name(mtls_broker):
 
 
 def test_external_is_refused_for_a_certificate_naming_no_user(mtls_broker):
-    with pytest.raises((pika.exceptions.ProbableAccessDeniedError, pika.exceptions.AuthenticationError,
-                        pika.exceptions.AMQPConnectionError)) as e:
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as e:
         amqps(mtls_broker, client_context(mtls_broker["ca"], "mallory"), pika.credentials.ExternalCredentials())
-    assert "ACCESS_REFUSED" in repr(e.value) or "EXTERNAL" in repr(e.value)
+    # RabbitMQ 3.10.8 with rabbitmq_auth_mechanism_ssl answers exactly this.
+    assert ("(403) 'ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. "
+            "For details see the broker logfile.'") in repr(e.value)
 
 
-def test_external_is_not_offered_without_a_certificate_but_plain_still_works(mtls_broker):
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
+def test_external_without_a_certificate_is_refused_but_plain_still_works(mtls_broker):
+    # As RabbitMQ: EXTERNAL is offered on every TLS connection, and refused with 403 when
+    # the client presented no certificate.
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as e:
         amqps(mtls_broker, client_context(mtls_broker["ca"]), pika.credentials.ExternalCredentials())
+    assert "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL" in repr(e.value)
     conn = amqps(mtls_broker, client_context(mtls_broker["ca"]), pika.PlainCredentials("alice", "alice-pw"))
     conn.close()
 
@@ -269,6 +273,40 @@ def test_a_client_without_a_certificate_is_refused_when_one_is_required():
                 amqps(broker, client_context(ca), pika.PlainCredentials("alice", "alice-pw"))
             conn = amqps(broker, client_context(ca, "alice"), pika.PlainCredentials("alice", "alice-pw"))
             conn.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def test_by_default_external_logs_in_as_the_distinguished_name():
+    # RabbitMQ's default ssl_cert_login_from: the subject, most specific first.
+    import requests
+    import trustme
+    from cryptography import x509
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory(prefix="sluice-mtls-dn-") as d:
+        proc, ports, lines, ca_file = start_secure(d, ca, required=False, login_from="distinguished_name")
+        broker = {"ports": ports}
+        try:
+            leaf = ca.issue_cert("alice.clients.test", common_name="alice")
+            dn = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).subject.rfc4514_string()
+            assert dn.startswith("CN=alice,OU=") and "O=trustme" in dn
+            ctx = context(ca)
+            leaf.configure_cert(ctx)
+            # The user "alice" exists, but the certificate names its whole subject.
+            with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+                amqps(broker, ctx, pika.credentials.ExternalCredentials())
+            url = f"https://127.0.0.1:{ports['http']}/api"
+            r = requests.put(f"{url}/users/{requests.utils.quote(dn, safe='')}", json={"password": "x", "tags": ""},
+                             auth=("admin", "admin-pw"), verify=ca_file, timeout=5)
+            assert r.status_code in (201, 204), r.text
+            r = requests.put(f"{url}/permissions/%2F/{requests.utils.quote(dn, safe='')}",
+                             json={"configure": ".*", "write": ".*", "read": ".*"},
+                             auth=("admin", "admin-pw"), verify=ca_file, timeout=5)
+            assert r.status_code in (201, 204), r.text
+            ctx = context(ca)
+            leaf.configure_cert(ctx)
+            amqps(broker, ctx, pika.credentials.ExternalCredentials()).close()
         finally:
             proc.terminate()
             proc.wait(timeout=20)

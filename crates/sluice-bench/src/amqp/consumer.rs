@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::StreamExt as _;
+use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -126,7 +126,7 @@ impl Consumer {
 
     async fn connect(&self) -> lapin::Result<(Connection, lapin::Consumer)> {
         let options = &self.plan.options;
-        let connection = Connection::connect(&options.url, ConnectionProperties::default()).await?;
+        let connection = super::connect(options).await?;
         let channel = connection.create_channel().await?;
         if options.prefetch > 0 {
             channel

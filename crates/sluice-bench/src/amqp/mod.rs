@@ -102,6 +102,20 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
 
 /// Like [`run`], but stops publishing early when `interrupt` completes (Ctrl-C in the
 /// command line); the drain, the checks and the clean-up still happen.
+/// Opens a connection to `options.url`, over TLS trusting `--tls-ca` if given.
+pub(crate) async fn connect(options: &Options) -> lapin::Result<Connection> {
+    let Some(ca) = &options.tls_ca else {
+        return Connection::connect(&options.url, ConnectionProperties::default()).await;
+    };
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(std::fs::read_to_string(ca)?),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(&options.url, ConnectionProperties::default(), tls, runtime)
+        .await
+}
+
 pub async fn run_until(
     options: &Options,
     interrupt: impl Future<Output = ()>,
@@ -111,9 +125,7 @@ pub async fn run_until(
         url: redacted_url(&options.url),
         source,
     };
-    let setup = Connection::connect(&options.url, ConnectionProperties::default())
-        .await
-        .map_err(connect_error)?;
+    let setup = connect(options).await.map_err(connect_error)?;
     let prefix = format!("sluice-bench-{}-{}", std::process::id(), wall_ns() / 1000);
     let topology = Arc::new(Topology::new(&plan, &prefix));
     let declared = match setup.create_channel().await {

@@ -47,6 +47,10 @@ pub struct Options {
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
 
+    /// PEM file of the CA that signed the broker's certificate, for amqps:// URLs
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Publishing connections, each with one channel
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub producers: u32,
@@ -133,6 +137,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             url: DEFAULT_URL.to_string(),
+            tls_ca: None,
             producers: 1,
             consumers: 1,
             size: 1024,

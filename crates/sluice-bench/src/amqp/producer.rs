@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -120,8 +118,7 @@ impl Producer {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        let connection =
-            Connection::connect(&self.plan.options.url, ConnectionProperties::default()).await?;
+        let connection = super::connect(&self.plan.options).await?;
         let channel = connection.create_channel().await?;
         if self.plan.options.confirm > 0 {
             channel

@@ -108,7 +108,23 @@ pub struct Options {
     /// librdkafka settings for every client, NAME=VALUE (repeatable): for TLS and SASL,
     /// e.g. security.protocol=SASL_SSL, ssl.ca.location=ca.pem, sasl.mechanisms=SCRAM-SHA-512
     #[arg(long = "client-config", value_name = "NAME=VALUE")]
+    #[serde(serialize_with = "serialize_redacted_configs")]
     pub client_configs: Vec<String>,
+}
+
+/// Client settings for reports, with the values of secrets (`*password*`) hidden.
+fn serialize_redacted_configs<S: serde::Serializer>(
+    configs: &[String],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let shown: Vec<String> = configs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.contains("password") => format!("{k}=***"),
+            _ => kv.clone(),
+        })
+        .collect();
+    serializer.collect_seq(shown)
 }
 
 /// One phase's numbers.

@@ -22,17 +22,32 @@ struct Client {
 type Answer = Result<(u16, String), String>;
 
 impl Client {
-    fn new(args: &AdminArgs) -> Client {
+    fn new(args: &AdminArgs) -> Result<Client, String> {
         let auth = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", args.user, args.password));
-        Client {
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+        if let Some(ca) = &args.ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                return Err(format!("{}: no certificate", ca.display()));
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(Client {
             server: args.server.trim_end_matches('/').to_string(),
             auth: format!("Basic {auth}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
-        }
+            agent: config.build().into(),
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
@@ -97,7 +112,13 @@ fn report(what: &str, done: &str, answer: Answer) -> ExitCode {
 }
 
 pub fn main(args: &AdminArgs) -> ExitCode {
-    let c = Client::new(args);
+    let c = match Client::new(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match &args.object {
         AdminObject::Topic(TopicCommand::Create {
             name,

@@ -46,6 +46,9 @@ pub struct AdminArgs {
     pub user: String,
     #[arg(long, default_value = "guest")]
     pub password: String,
+    /// PEM file of the CA that signed an https server's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

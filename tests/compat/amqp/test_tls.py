@@ -310,3 +310,16 @@ def test_by_default_external_logs_in_as_the_distinguished_name():
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+def test_sluice_admin_talks_to_an_https_api(mtls_broker):
+    port = mtls_broker["ports"]["http"]
+    r = subprocess.run([SLUICE_BIN, "admin", "--server", f"https://127.0.0.1:{port}", "--user", "admin",
+                        "--password", "admin-pw", "--ca", mtls_broker["ca_file"], "list", "users"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "alice" in r.stdout and "admin" in r.stdout
+    # Without the CA the server's certificate is not trusted.
+    r = subprocess.run([SLUICE_BIN, "admin", "--server", f"https://127.0.0.1:{port}", "--user", "admin",
+                        "--password", "admin-pw", "list", "users"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0

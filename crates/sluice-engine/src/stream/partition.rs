@@ -361,6 +361,21 @@ impl Partition {
         }
     }
 
+    /// Moves the log start offset up to `offset` (Kafka's DeleteRecords; -1: the high
+    /// watermark): whole segments below it are deleted, and the new start is persisted
+    /// before this returns, so it holds across a crash. `Err(None)`: the offset is past the
+    /// high watermark (or negative). Blocking: it deletes files and fsyncs.
+    pub fn delete_records(&self, offset: i64) -> Result<i64, Option<LogError>> {
+        let mut st = self.lock();
+        let end = st.log.next_offset() as i64;
+        let to = if offset == -1 { end } else { offset };
+        if !(0..=end).contains(&to) {
+            return Err(None);
+        }
+        st.log.truncate_prefix(to as u64).map_err(Some)?;
+        Ok(st.log.start_offset() as i64)
+    }
+
     /// The first record at or after `timestamp`: `(offset, its timestamp)`.
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
         let mut st = self.lock();

@@ -9,6 +9,9 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
@@ -518,6 +521,46 @@ pub fn incremental_alter_configs(
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name;
         r.responses.push(out);
+    }
+    r
+}
+
+/// Moves partitions' log start offsets (DeleteRecords); `denied[i]`: the principal may
+/// not delete records of `req.topics[i]`. Blocking (file deletes and fsyncs).
+pub fn delete_records(
+    b: &Arc<KafkaBroker>,
+    req: DeleteRecordsRequest,
+    denied: Vec<bool>,
+) -> DeleteRecordsResponse {
+    let mut r = DeleteRecordsResponse::default();
+    for (i, t) in req.topics.into_iter().enumerate() {
+        let topic = b.topics.get(t.name.0.as_str());
+        let refused = denied.get(i).copied().unwrap_or(false);
+        let mut out = DeleteRecordsTopicResult::default();
+        out.name = t.name;
+        for p in t.partitions {
+            let mut res = DeleteRecordsPartitionResult::default();
+            res.partition_index = p.partition_index;
+            res.low_watermark = -1;
+            let partition = topic.as_ref().and_then(|t| t.partition(p.partition_index));
+            match partition {
+                _ if refused => res.error_code = codes::TOPIC_AUTHORIZATION_FAILED,
+                None => res.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(part) => match part.delete_records(p.offset) {
+                    Ok(low) => {
+                        res.low_watermark = low;
+                        tracing::info!(topic = %out.name.0, partition = p.partition_index, low, "records deleted");
+                    }
+                    Err(None) => res.error_code = codes::OFFSET_OUT_OF_RANGE,
+                    Err(Some(e)) => {
+                        tracing::error!(error = %e, "DeleteRecords failed");
+                        res.error_code = codes::KAFKA_STORAGE_ERROR;
+                    }
+                },
+            }
+            out.partitions.push(res);
+        }
+        r.topics.push(out);
     }
     r
 }

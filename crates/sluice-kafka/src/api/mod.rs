@@ -49,6 +49,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeAcls, 1, 3),
@@ -418,6 +419,16 @@ pub async fn handle(
             let resp =
                 off_worker(b, move |b| admin::incremental_alter_configs(b, req, denied)).await?;
             respond!(IncrementalAlterConfigsResponse, resp)
+        }
+        ApiKey::DeleteRecords => {
+            let req: DeleteRecordsRequest = decode(frame, version)?;
+            let denied = req
+                .topics
+                .iter()
+                .map(|t| !authz.allows(Operation::Delete, Resource::Topic(&t.name)))
+                .collect();
+            let resp = off_worker(b, move |b| admin::delete_records(b, req, denied)).await?;
+            respond!(DeleteRecordsResponse, resp)
         }
         ApiKey::DescribeCluster => {
             let req = decode(frame, version)?;

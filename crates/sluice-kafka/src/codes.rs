@@ -44,6 +44,7 @@ pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 pub const RESOURCE_NOT_FOUND: i16 = 91;
 pub const DUPLICATE_RESOURCE: i16 = 92;
 pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
+pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 
 use sluice_engine::stream::batch::BatchError;
 use sluice_engine::stream::{AppendError, ReadStatus, RefusalKind};

@@ -122,6 +122,10 @@ impl ProducerState {
     }
 }
 
+/// The leader epoch of every partition: one node leads everything, from its first epoch.
+/// Replication will bump it at each change of leader.
+pub const LEADER_EPOCH: i32 = 0;
+
 /// How far back (in offsets) a reopened partition looks to rebuild idempotent producers'
 /// recent batches, so a retry that crosses a restart is still recognised.
 const REBUILD_OFFSETS: u64 = 20_000;
@@ -223,16 +227,28 @@ impl Partition {
                     let raw = records.get(b.start..b.start + b.len).unwrap_or_default();
                     let next = st.log.next_offset();
                     let offset_bytes = next.to_be_bytes();
+                    // The partition leader epoch (outside the CRC) is the broker's to set,
+                    // as the base offset is.
+                    let epoch_bytes = LEADER_EPOCH.to_be_bytes();
                     let appended = match append_time {
                         Some(now) => {
                             let rewritten = crate::stream::batch::with_append_time(raw, now);
-                            let rest = rewritten.get(8..).unwrap_or_default();
-                            st.log.append_parts(&[&offset_bytes, rest], b.offsets, now)
+                            let length = rewritten.get(8..12).unwrap_or_default();
+                            let rest = rewritten.get(16..).unwrap_or_default();
+                            st.log.append_parts(
+                                &[&offset_bytes, length, &epoch_bytes, rest],
+                                b.offsets,
+                                now,
+                            )
                         }
                         None => {
-                            let rest = raw.get(8..).unwrap_or_default();
-                            st.log
-                                .append_parts(&[&offset_bytes, rest], b.offsets, b.max_timestamp)
+                            let length = raw.get(8..12).unwrap_or_default();
+                            let rest = raw.get(16..).unwrap_or_default();
+                            st.log.append_parts(
+                                &[&offset_bytes, length, &epoch_bytes, rest],
+                                b.offsets,
+                                b.max_timestamp,
+                            )
                         }
                     };
                     let appended = appended.map_err(|e| {

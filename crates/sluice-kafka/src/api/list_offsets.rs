@@ -5,7 +5,13 @@ use std::sync::Arc;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+};
 
 use crate::broker::KafkaBroker;
 use crate::codes;
@@ -60,6 +66,47 @@ pub fn list_offsets(
             t.partitions.push(p);
         }
         r.topics.push(t);
+    }
+    r
+}
+
+/// OffsetForLeaderEpoch (KIP-101, KIP-320): where a leader epoch ends. One node has led
+/// every partition since its first epoch, so the current epoch ends at the log end offset;
+/// an epoch above it is unknown (-1, -1), as Kafka answers. A `current_leader_epoch` above
+/// the partition's is refused with UNKNOWN_LEADER_EPOCH (with one epoch, none is older;
+/// replication brings FENCED_LEADER_EPOCH).
+pub fn offset_for_leader_epoch(
+    b: &Arc<KafkaBroker>,
+    authz: Authz<'_>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    use sluice_engine::stream::partition::LEADER_EPOCH;
+    let mut r = OffsetForLeaderEpochResponse::default();
+    for t in req.topics {
+        let denied = !authz.describes(Resource::Topic(&t.topic));
+        let topic = b.topics.get(t.topic.0.as_str()).filter(|_| !denied);
+        let mut out = OffsetForLeaderTopicResult::default();
+        out.topic = t.topic;
+        for p in t.partitions {
+            let mut e = EpochEndOffset::default();
+            e.partition = p.partition;
+            e.leader_epoch = -1;
+            e.end_offset = -1;
+            match topic.as_ref().and_then(|t| t.partition(p.partition)) {
+                None if denied => e.error_code = codes::TOPIC_AUTHORIZATION_FAILED,
+                None => e.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                    e.error_code = codes::UNKNOWN_LEADER_EPOCH;
+                }
+                Some(partition) if (0..=LEADER_EPOCH).contains(&p.leader_epoch) => {
+                    e.leader_epoch = LEADER_EPOCH;
+                    e.end_offset = partition.offsets().1;
+                }
+                Some(_) => {}
+            }
+            out.partitions.push(e);
+        }
+        r.topics.push(out);
     }
     r
 }

@@ -24,7 +24,7 @@ pub fn topic_entry(broker: &KafkaBroker, topic: &Topic) -> MetadataResponseTopic
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i;
             p.leader_id = node;
-            p.leader_epoch = 0;
+            p.leader_epoch = sluice_engine::stream::partition::LEADER_EPOCH;
             p.replica_nodes = vec![node];
             p.isr_nodes = vec![node];
             p

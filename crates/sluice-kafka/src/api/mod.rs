@@ -50,6 +50,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeAcls, 1, 3),
@@ -419,6 +420,13 @@ pub async fn handle(
             let resp =
                 off_worker(b, move |b| admin::incremental_alter_configs(b, req, denied)).await?;
             respond!(IncrementalAlterConfigsResponse, resp)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let req = decode(frame, version)?;
+            respond!(
+                OffsetForLeaderEpochResponse,
+                list_offsets::offset_for_leader_epoch(b, authz, req)
+            )
         }
         ApiKey::DeleteRecords => {
             let req: DeleteRecordsRequest = decode(frame, version)?;

@@ -70,24 +70,62 @@ impl SliceSink for OwnedWriteHalf {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> SliceSink for tokio::io::WriteHalf<T> {
+/// The write half of a TLS session, with the buffer record data is copied through
+/// (kept for the connection's life, so a fetch does not allocate one).
+pub struct CopySink<T> {
+    half: tokio::io::WriteHalf<T>,
+    buf: Vec<u8>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> SliceSink for CopySink<T> {
     async fn send_slice(&mut self, slice: &FileSlice) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; slice.len.min(COPY_CHUNK_BYTES) as usize];
+        let chunk = slice.len.min(COPY_CHUNK_BYTES) as usize;
+        if self.buf.len() < chunk {
+            self.buf.resize(chunk, 0);
+        }
         let mut done = 0u64;
         while done < slice.len {
-            let n = (slice.len - done).min(buf.len() as u64) as usize;
-            let Some(part) = buf.get_mut(..n) else {
+            let n = (slice.len - done).min(chunk as u64) as usize;
+            let Some(part) = self.buf.get_mut(..n) else {
                 break;
             };
             // From the page cache, as sendfile would read it.
             slice.file.read_exact_at(part, slice.position + done)?;
-            self.write_all(part).await?;
+            self.half.write_all(part).await?;
             done += n as u64;
         }
-        self.flush().await
+        self.half.flush().await
     }
 }
+
+impl<T: AsyncWrite> AsyncWrite for CopySink<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.half).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.half).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.half).poll_shutdown(cx)
+    }
+}
+
+/// Largest frame a client that has not logged in may send (Kafka's
+/// `sasl.server.max.receive.size` default).
+const SASL_RECEIVE_MAX: usize = 512 * 1024;
 
 /// Record data is copied through TLS this much at a time.
 const COPY_CHUNK_BYTES: u64 = 256 * 1024;
@@ -123,7 +161,11 @@ pub async fn serve_stream<S>(stream: S, peer: SocketAddr, broker: Arc<KafkaBroke
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (read, write) = tokio::io::split(stream);
+    let (read, half) = tokio::io::split(stream);
+    let write = CopySink {
+        half,
+        buf: Vec::new(),
+    };
     serve_halves(read, write, peer, broker, ticket).await;
 }
 
@@ -175,7 +217,12 @@ where
             Ok(Err(e)) => return Err(e.into()),
         };
         let least = if client.raw_tokens { 0 } else { 8 };
-        if size < least || size as usize > broker.config.max_request_bytes {
+        // Before a login completes, frames are held to Kafka's sasl.server.max.receive.size.
+        let most = match client.sasl {
+            Sasl::Anonymous | Sasl::Done { .. } => broker.config.max_request_bytes,
+            _ => SASL_RECEIVE_MAX,
+        };
+        if size < least || size as usize > most {
             return Err(Close::Protocol(format!(
                 "request size {size} out of bounds"
             )));

@@ -475,3 +475,45 @@ def test_repeated_failures_from_one_address_are_held_back(certs):
     finally:
         p.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_hostile_sasl_input_closes_the_connection_and_leaves_the_broker_serving(sasl_ssl, certs):
+    import random
+    rnd = random.Random(7)
+    cases = []
+    for mech in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        cases += [(mech, 1, bytes(rnd.randrange(256) for _ in range(n))) for n in (0, 1, 17, 300, 5000)]
+        cases.append((mech, 1, b"n,,n=" + b"=" * 1000 + b",r=x"))
+        cases.append((mech, 0, os.urandom(64)))  # v0: a bare token after the handshake
+    for mech, version, token in cases:
+        c = TlsRaw(sasl_ssl.bootstrap, certs["ca"])
+        try:
+            c.call(wire.request(17, version, 1, wire.string(mech)), 1)
+            if version == 1:
+                c.send(authenticate(token))
+            else:
+                c.send(wire.i32(len(token)) + token)
+            try:
+                c.read_response(timeout=3)
+                c.read_response(timeout=3)  # the close follows a refusal
+            except (wire.Closed, TimeoutError, OSError, AssertionError):
+                pass
+        finally:
+            c.close()
+    # A SCRAM final message full of junk after a real first round.
+    c = TlsRaw(sasl_ssl.bootstrap, certs["ca"])
+    c.call(handshake("SCRAM-SHA-256"), 1)
+    code, _, _, _ = parse_authenticate(c.call(authenticate(b"n,,n=admin,r=abcdef"), 2))
+    assert code == 0
+    code, _, _, _ = parse_authenticate(c.call(authenticate(os.urandom(200), 3), 3))
+    assert code == 58
+    c.close()
+    # A size claim past sasl.server.max.receive.size (512 KiB) before login closes at once.
+    c = TlsRaw(sasl_ssl.bootstrap, certs["ca"])
+    c.call(handshake("PLAIN"), 1)
+    c.send(wire.i32(600_000) + wire.i16(36) + wire.i16(1))
+    with pytest.raises((wire.Closed, ConnectionError)):  # closed, not waiting for the rest
+        c.read_response(timeout=5)
+    c.close()
+    # Still serving real clients.
+    test_confluent_kafka_logs_in_over_sasl_ssl_and_round_trips(sasl_ssl, certs, "SCRAM-SHA-256")

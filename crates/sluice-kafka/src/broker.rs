@@ -10,6 +10,7 @@ use sluice_core::clock::{Clock, SystemClock};
 use crate::config::KafkaConfig;
 use crate::groups::Coordinator;
 use crate::security::{Open, Security};
+use crate::txn::Transactions;
 use sluice_engine::stream::offsets::OffsetStore;
 use sluice_engine::stream::topics::Topics;
 
@@ -29,6 +30,8 @@ pub struct KafkaBroker {
     pub config: KafkaConfig,
     pub topics: Arc<Topics>,
     pub groups: Coordinator,
+    /// The transaction coordinator.
+    pub txns: Transactions,
     pub clock: Arc<dyn Clock>,
     /// Users, credentials and permissions (`security::Open` when there are none).
     pub security: Arc<dyn Security>,
@@ -72,8 +75,10 @@ impl KafkaBroker {
             config.partitions_max,
             config.topics_max,
         )?;
-        let (store, stored) = OffsetStore::open(dir, &config.log, Arc::clone(&clock))
+        let (store, mut stored) = OffsetStore::open(dir, &config.log, Arc::clone(&clock))
             .map_err(std::io::Error::other)?;
+        let store = Arc::new(store);
+        let txns = Transactions::new(Arc::clone(&store), std::mem::take(&mut stored.transactions));
         let groups = Coordinator::new(
             store,
             stored,
@@ -86,6 +91,7 @@ impl KafkaBroker {
             config,
             topics: Arc::new(topics),
             groups,
+            txns,
             clock,
             security: Arc::new(Open),
             dir: dir.to_path_buf(),

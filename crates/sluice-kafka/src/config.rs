@@ -39,6 +39,9 @@ pub struct KafkaConfig {
     /// How long a SASL login lasts before the client must re-authenticate (KIP-368,
     /// `connections.max.reauth.ms`); `None`: for the connection's life.
     pub reauth: Option<Duration>,
+    /// The longest `transaction.timeout.ms` a producer may ask for
+    /// (`transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: i32,
 }
 
 impl Default for KafkaConfig {
@@ -61,6 +64,7 @@ impl Default for KafkaConfig {
             connections_max_idle: Duration::from_millis(600_000),
             security_protocol: crate::security::Protocol::Plaintext,
             reauth: None,
+            transaction_max_timeout_ms: 900_000,
         }
     }
 }

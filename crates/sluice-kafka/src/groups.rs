@@ -9,7 +9,7 @@
 //! rebalances whose timeouts ran out.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -412,7 +412,7 @@ pub struct GroupDescription {
 #[derive(Debug)]
 pub struct Coordinator {
     inner: Mutex<Inner>,
-    store: OffsetStore,
+    store: Arc<OffsetStore>,
     /// Orders membership writes: each writes the state current when it takes this.
     persisting: tokio::sync::Mutex<()>,
     initial_delay: Duration,
@@ -425,7 +425,7 @@ impl Coordinator {
     /// stored, each member's session starting now (as Kafka's coordinator does when it
     /// loads its groups), so members carry on without a rebalance.
     pub fn new(
-        store: OffsetStore,
+        store: Arc<OffsetStore>,
         stored: Stored,
         initial_delay: Duration,
         min_session_ms: i32,
@@ -1118,6 +1118,29 @@ impl Coordinator {
         }
     }
 
+    /// Makes committed offsets that are already stored (by a transaction's commit) visible.
+    pub fn apply_stored(&self, changes: Vec<Change>) {
+        let mut inner = self.lock();
+        for c in changes {
+            apply(&mut inner.offsets, c);
+        }
+    }
+
+    /// Checks that a transactional producer may commit offsets for `group_id` as the
+    /// member it names (KIP-447); groups without a member id are not checked.
+    pub fn check_txn_commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> i16 {
+        if member_id.is_empty() && generation < 0 {
+            return codes::NONE;
+        }
+        self.check_commit(group_id, generation, member_id, instance_id)
+    }
+
     /// Compacts the offsets log when it is due. Blocking.
     pub fn compact_store(&self) {
         if let Err(e) = self.store.compact_if_due() {
@@ -1137,12 +1160,17 @@ mod tests {
     use super::*;
     use sluice_core::clock::SystemClock;
     use sluice_engine::stream::LogConfig;
-    use std::sync::Arc;
 
     fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
         let (store, stored) =
             OffsetStore::open(dir, &LogConfig::default(), Arc::new(SystemClock)).unwrap();
-        Arc::new(Coordinator::new(store, stored, Duration::ZERO, 0, 600_000))
+        Arc::new(Coordinator::new(
+            Arc::new(store),
+            stored,
+            Duration::ZERO,
+            0,
+            600_000,
+        ))
     }
 
     fn args(member: &str, session_ms: i32) -> JoinArgs {

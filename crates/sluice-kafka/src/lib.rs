@@ -5,7 +5,7 @@
 //!
 //! Modules: `connection` (framing, one request at a time per connection), `api` (one
 //! module per API family), `groups` (the classic group coordinator over the engine's
-//! committed offsets), `broker` (shared state and background work), `config`, `codes`
+//! committed offsets), `txn` (the transaction coordinator), `broker` (shared state and background work), `config`, `codes`
 //! (error codes, and the engine's errors mapped to them).
 
 pub mod api;
@@ -17,6 +17,7 @@ pub mod group_record;
 pub mod groups;
 pub mod security;
 pub mod topic_configs;
+pub mod txn;
 
 pub use api::SUPPORTED as SUPPORTED_APIS;
 pub use broker::KafkaBroker;

@@ -33,6 +33,8 @@ pub enum Operation {
 pub enum Resource<'a> {
     Topic(&'a str),
     Group(&'a str),
+    /// A producer's `transactional.id`.
+    TransactionalId(&'a str),
     Cluster,
 }
 

@@ -55,6 +55,7 @@ pub struct Config {
     pub kafka_security_protocol: sluice_kafka::Protocol,
     /// How long a Kafka SASL login lasts before re-authentication (KIP-368); 0: forever.
     pub kafka_reauth_ms: u64,
+    pub kafka_transaction_max_timeout_ms: u64,
     /// The RocketMQ gRPC listener speaks TLS only.
     pub rocketmq_tls: bool,
     /// RocketMQ access keys and their secrets, `key:secret` separated by commas; each key
@@ -124,6 +125,7 @@ impl Default for Config {
             amqp_ssl_cert_login_from: crate::tls::CertLogin::DistinguishedName,
             kafka_security_protocol: sluice_kafka::Protocol::Plaintext,
             kafka_reauth_ms: 0,
+            kafka_transaction_max_timeout_ms: 900_000,
             rocketmq_tls: false,
             rocketmq_credentials: String::new(),
             http_tls: false,
@@ -317,6 +319,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.kafka_reauth_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.transaction_max_timeout_ms",
+        env: "SLUICE_KAFKA_TRANSACTION_MAX_TIMEOUT_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_transaction_max_timeout_ms = parse_positive(v)?;
             Ok(())
         },
     },

@@ -236,7 +236,7 @@ impl Security for UserModel {
                 return matches!(operation, Operation::Describe | Operation::DescribeConfigs)
                     || users.is_administrator(user);
             }
-            Resource::Topic(n) | Resource::Group(n) => n,
+            Resource::Topic(n) | Resource::Group(n) | Resource::TransactionalId(n) => n,
         };
         match users.vhost_access(user, VHOST) {
             Err(_) => false,

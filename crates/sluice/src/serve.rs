@@ -118,6 +118,8 @@ fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
         connections_max_idle: Duration::from_millis(config.kafka_connections_max_idle_ms),
         security_protocol: config.kafka_security_protocol,
         reauth: (config.kafka_reauth_ms > 0).then(|| Duration::from_millis(config.kafka_reauth_ms)),
+        transaction_max_timeout_ms: i32::try_from(config.kafka_transaction_max_timeout_ms)
+            .unwrap_or(i32::MAX),
         ..KafkaConfig::default()
     }
 }
@@ -259,6 +261,7 @@ async fn listen_until_signal(
         never = flush_loop(Arc::clone(&broker), Arc::clone(&kafka_broker)) => match never {},
         never = expiry_loop(Arc::clone(&broker)) => match never {},
         never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
+        never = kafka_txn_loop(Arc::clone(&kafka_broker)) => match never {},
         never = retention_loop(
             Arc::clone(&broker),
             Arc::clone(&kafka_broker),
@@ -387,6 +390,17 @@ async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
         tick.tick().await;
         kafka.groups.tick();
         kafka.groups.persist_groups().await;
+    }
+}
+
+/// How often transactions are checked for timeouts and unfinished markers.
+const TXN_TICK: Duration = Duration::from_millis(1000);
+
+async fn kafka_txn_loop(kafka: Arc<KafkaBroker>) -> Infallible {
+    let mut tick = tokio::time::interval(TXN_TICK);
+    loop {
+        tick.tick().await;
+        kafka.txns.tick(&kafka).await;
     }
 }
 

@@ -107,7 +107,7 @@ def api_versions_request(correlation_id, version=0):
 
 
 def record_batch(records, base_offset=0, producer_id=-1, producer_epoch=-1, base_sequence=-1,
-                 base_timestamp=None):
+                 base_timestamp=None, transactional=False):
     """A v2 record batch (magic 2, no compression). `records` is a list of
     (key, value, headers) with bytes or None and headers a list of (str, bytes)."""
     if base_timestamp is None:
@@ -130,7 +130,7 @@ def record_batch(records, base_offset=0, producer_id=-1, producer_epoch=-1, base
             rec += varint(-1) if hv is None else varint(len(hv)) + hv
         body += varint(len(rec)) + rec
     after_crc = (
-        i16(0)  # attributes: no compression, CreateTime, not transactional
+        i16(0x10 if transactional else 0)  # attributes: no compression, CreateTime
         + i32(len(records) - 1)  # last offset delta
         + i64(base_timestamp)
         + i64(base_timestamp)  # max timestamp
@@ -145,10 +145,11 @@ def record_batch(records, base_offset=0, producer_id=-1, producer_epoch=-1, base
     return i64(base_offset) + i32(len(after_length)) + after_length
 
 
-def produce_request(correlation_id, topic, partition, batch, acks=-1, timeout_ms=10000):
+def produce_request(correlation_id, topic, partition, batch, acks=-1, timeout_ms=10000,
+                    transactional_id=None):
     """Produce v3: transactional id, acks, timeout, [topic, [partition, records]]."""
     body = (
-        string(None)
+        string(transactional_id)
         + i16(acks)
         + i32(timeout_ms)
         + array([string(topic) + array([i32(partition) + nbytes(batch)])])

@@ -207,6 +207,97 @@ pub fn with_append_time(batch: &[u8], now: i64) -> Vec<u8> {
     out
 }
 
+/// What the transaction fields of a stored batch say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub transactional: bool,
+    /// `Some(commit)` for a control batch holding a transaction marker.
+    pub marker: Option<bool>,
+}
+
+/// Reads the transaction fields of a stored batch.
+pub fn txn_fields(batch: &[u8]) -> TxnFields {
+    let attributes = i16_at(batch, ATTRIBUTES_AT) as u16;
+    let marker = (attributes & CONTROL_BIT != 0).then(|| {
+        // The control record's key: version i16, type i16 (0 abort, 1 commit). It follows
+        // the record's length, attributes, timestamp delta, offset delta and key length.
+        let mut at = HEADER_BYTES;
+        let _ = varint(batch, &mut at);
+        at += 1;
+        let _ = varint(batch, &mut at);
+        let _ = varint(batch, &mut at);
+        let _ = varint(batch, &mut at);
+        i16_at(batch, at + 2) == 1
+    });
+    TxnFields {
+        producer_id: i64_at(batch, PRODUCER_ID_AT),
+        producer_epoch: i16_at(batch, PRODUCER_EPOCH_AT),
+        transactional: attributes & TRANSACTIONAL_BIT != 0,
+        marker,
+    }
+}
+
+/// Writes a zigzag varint (Kafka's varint and varlong).
+pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// A transaction marker as Kafka writes it: a control batch of one record whose key is
+/// `version 0 | type` (0 abort, 1 commit) and whose value is `version 0 | coordinator
+/// epoch`. The base offset and partition leader epoch are set at append.
+pub fn marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut record = vec![0u8]; // attributes
+    put_varint(&mut record, 0); // timestamp delta
+    put_varint(&mut record, 0); // offset delta
+    put_varint(&mut record, 4);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&i16::from(commit).to_be_bytes());
+    put_varint(&mut record, 6);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    put_varint(&mut record, 0); // headers
+    let mut b = vec![0u8; HEADER_BYTES];
+    put_varint(&mut b, record.len() as i64);
+    b.extend_from_slice(&record);
+    let length = (b.len() - LOG_OVERHEAD) as i32;
+    let attributes = TRANSACTIONAL_BIT | CONTROL_BIT;
+    let fields: [(usize, &[u8]); 10] = [
+        (8, &length.to_be_bytes()),
+        (ATTRIBUTES_AT, &attributes.to_be_bytes()),
+        (LAST_OFFSET_DELTA_AT, &0i32.to_be_bytes()),
+        (27, &timestamp.to_be_bytes()),
+        (MAX_TIMESTAMP_AT, &timestamp.to_be_bytes()),
+        (PRODUCER_ID_AT, &producer_id.to_be_bytes()),
+        (PRODUCER_EPOCH_AT, &producer_epoch.to_be_bytes()),
+        (BASE_SEQUENCE_AT, &(-1i32).to_be_bytes()),
+        (COUNT_AT, &1i32.to_be_bytes()),
+        (MAGIC_AT, &[2u8]),
+    ];
+    for (at, bytes) in fields {
+        if let Some(s) = b.get_mut(at..at + bytes.len()) {
+            s.copy_from_slice(bytes);
+        }
+    }
+    let crc = crc32c::crc32c(b.get(ATTRIBUTES_AT..).unwrap_or_default());
+    if let Some(s) = b.get_mut(CRC_AT..CRC_AT + 4) {
+        s.copy_from_slice(&crc.to_be_bytes());
+    }
+    b
+}
+
 /// Reads a zigzag varint (Kafka's varint and varlong) at `*at`.
 pub(crate) fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     let mut value: u64 = 0;
@@ -249,16 +340,6 @@ pub fn find_time(batch: &[u8], target: i64) -> Option<(i64, i64)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// Kafka's zigzag varint.
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
 
     /// Sets a batch's record count (and last offset delta to match) and fixes its CRC.
     fn with_count(mut b: Vec<u8>, count: i32) -> Vec<u8> {
@@ -349,6 +430,25 @@ pub(crate) mod tests {
         let mut old = batch(1, -1, -1);
         old[MAGIC_AT] = 1;
         assert_eq!(split(&old, &mut out), Err(BatchError::OldMagic));
+    }
+
+    #[test]
+    fn markers_read_back() {
+        for commit in [true, false] {
+            let m = marker_batch(7, 3, commit, 0, 99);
+            let f = txn_fields(&m);
+            assert_eq!(
+                (f.producer_id, f.producer_epoch, f.transactional, f.marker),
+                (7, 3, true, Some(commit))
+            );
+            assert_eq!(
+                crc32c::crc32c(&m[ATTRIBUTES_AT..]),
+                i32_at(&m, CRC_AT) as u32
+            );
+            // Producers may not send control batches.
+            assert_eq!(split(&m, &mut Vec::new()), Err(BatchError::Invalid));
+        }
+        assert_eq!(txn_fields(&batch(1, 5, 0)).marker, None);
     }
 
     #[test]

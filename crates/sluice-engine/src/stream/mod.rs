@@ -12,9 +12,10 @@ pub mod offsets;
 pub mod partition;
 pub mod record;
 pub mod topics;
+pub mod txn;
 
 pub use config::{MessageType, TimestampType, TopicConfig};
-pub use partition::{Partition, PartitionState, Produced};
+pub use partition::{Partition, PartitionState, Produced, Slices};
 pub use sluice_log::{Batch, FileSlice, FlushPolicy, LogConfig, LogError, send_file_slice};
 pub use topics::{Refusal, RefusalKind, Topic, Topics, valid_internal_name, valid_name};
 

@@ -6,7 +6,9 @@
 //! leader_epoch i32 | metadata_len i32 (-1: null) | metadata`, big-endian. Kinds: 1 commit,
 //! 2 forget one partition (topic deleted), 3 forget a whole group, 4 a group's membership
 //! (as Kafka's group metadata records: the metadata bytes are the coordinator's encoding
-//! of generation, leader and members; null is a tombstone).
+//! of generation, leader and members; null is a tombstone), 5 a transactional id's state
+//! (Kafka's `__transaction_state` record, laid out as kind 4 with the id in the group
+//! field; the coordinator encodes the value; null forgets it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +23,7 @@ const COMMIT: u8 = 1;
 const FORGET_PARTITION: u8 = 2;
 const FORGET_GROUP: u8 = 3;
 const GROUP_METADATA: u8 = 4;
+const TXN_STATE: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -51,11 +54,18 @@ pub enum Change {
         group: String,
         value: Option<Bytes>,
     },
+    /// A transactional id's state as the transaction coordinator encodes it; `None`
+    /// forgets it.
+    TxnState {
+        id: String,
+        value: Option<Bytes>,
+    },
 }
 
 pub type GroupOffsets = HashMap<(String, i32), Committed>;
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// Writes `u16 len | utf-8` (cut at 65,535 bytes).
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
     let b = s
         .as_bytes()
         .get(..s.len().min(u16::MAX as usize))
@@ -65,8 +75,13 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn encode(change: &Change, out: &mut Vec<u8>) {
-    if let Change::GroupMetadata { group, value } = change {
-        out.push(GROUP_METADATA);
+    let opaque = match change {
+        Change::GroupMetadata { group, value } => Some((GROUP_METADATA, group, value)),
+        Change::TxnState { id, value } => Some((TXN_STATE, id, value)),
+        _ => None,
+    };
+    if let Some((kind, group, value)) = opaque {
+        out.push(kind);
         put_str(out, group);
         put_str(out, "");
         out.extend_from_slice(&(-1i32).to_be_bytes());
@@ -94,7 +109,7 @@ fn encode(change: &Change, out: &mut Vec<u8>) {
             partition,
         } => (FORGET_PARTITION, group, topic.as_str(), *partition, None),
         Change::ForgetGroup { group } => (FORGET_GROUP, group, "", -1, None),
-        Change::GroupMetadata { .. } => return,
+        Change::GroupMetadata { .. } | Change::TxnState { .. } => return,
     };
     out.push(kind);
     put_str(out, group);
@@ -159,6 +174,12 @@ fn decode_one(r: &mut Reader<'_>) -> Option<Change> {
             value: raw.map(Bytes::copy_from_slice),
         });
     }
+    if kind == TXN_STATE {
+        return Some(Change::TxnState {
+            id: group,
+            value: raw.map(Bytes::copy_from_slice),
+        });
+    }
     let metadata = match raw {
         None => None,
         Some(b) => Some(String::from_utf8(b.to_vec()).ok()?),
@@ -213,7 +234,7 @@ pub fn apply(offsets: &mut HashMap<String, GroupOffsets>, change: Change) {
         Change::ForgetGroup { group } => {
             offsets.remove(&group);
         }
-        Change::GroupMetadata { .. } => {}
+        Change::GroupMetadata { .. } | Change::TxnState { .. } => {}
     }
 }
 
@@ -222,6 +243,7 @@ pub fn apply(offsets: &mut HashMap<String, GroupOffsets>, change: Change) {
 pub struct Stored {
     pub offsets: HashMap<String, GroupOffsets>,
     pub groups: HashMap<String, Bytes>,
+    pub transactions: HashMap<String, Bytes>,
 }
 
 impl Stored {
@@ -239,6 +261,14 @@ impl Stored {
                 self.groups.remove(&group);
                 self.offsets.remove(&group);
             }
+            Change::TxnState { id, value } => match value {
+                Some(v) => {
+                    self.transactions.insert(id, v);
+                }
+                None => {
+                    self.transactions.remove(&id);
+                }
+            },
             other => apply(&mut self.offsets, other),
         }
     }
@@ -364,6 +394,12 @@ impl OffsetStore {
             for (group, value) in stored.groups {
                 changes.push(Change::GroupMetadata {
                     group,
+                    value: Some(value),
+                });
+            }
+            for (id, value) in stored.transactions {
+                changes.push(Change::TxnState {
+                    id,
                     value: Some(value),
                 });
             }

@@ -14,8 +14,9 @@ use sluice_core::clock::Clock;
 use sluice_log::{Batch, FileSlice, GroupCommit, Log, LogConfig, LogError};
 use tokio::sync::{Notify, oneshot};
 
+use super::txn::{self, TxnIndex};
 use super::{AppendError, ReadStatus};
-use crate::stream::batch::BatchInfo;
+use crate::stream::batch::{BatchInfo, TxnFields};
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps 5).
 const PRODUCER_BATCHES: usize = 5;
@@ -46,6 +47,8 @@ enum SeqCheck {
 pub struct PartitionState {
     pub log: Log,
     producers: HashMap<i64, ProducerState>,
+    /// Open and aborted transactions (Kafka's producer state and transaction index).
+    txn: TxnIndex,
     uses: u64,
     waiters: Vec<Arc<Notify>>,
     /// Produce requests waiting for an fsync (acks=-1 on `flush=sync` topics), and the
@@ -62,6 +65,17 @@ const DURABLE_WAITERS_MAX: usize = 100_000;
 pub struct Partition {
     pub index: i32,
     state: Mutex<PartitionState>,
+}
+
+/// What a Kafka fetch of one partition gets: the stored batches as file ranges and the
+/// offsets around them.
+#[derive(Debug)]
+pub struct Slices {
+    pub status: ReadStatus,
+    pub log_start: i64,
+    pub high_watermark: i64,
+    pub last_stable: i64,
+    pub slices: Vec<FileSlice>,
 }
 
 /// Result of appending one partition's records.
@@ -164,6 +178,40 @@ fn recent_producers(log: &mut Log) -> Result<HashMap<i64, ProducerState>, LogErr
     Ok(producers)
 }
 
+/// The transaction state of a reopened log: the snapshot, brought up to the log's end by
+/// reading the batches after it. Logs that never held a transaction are not read.
+fn recover_transactions(log: &mut Log) -> Result<TxnIndex, LogError> {
+    let (mut index, from) = match txn::load(log.dir()) {
+        txn::Snapshot::None => return Ok(TxnIndex::default()),
+        txn::Snapshot::Read(index) if index.scanned_to <= log.next_offset() => {
+            let from = index.scanned_to.max(log.start_offset());
+            (index, from)
+        }
+        // Torn, or ahead of a log that lost its tail: rebuilt from the whole log.
+        _ => (TxnIndex::rebuilt(), log.start_offset()),
+    };
+    let mut at = from;
+    loop {
+        let batches = log.read(at, 1 << 20)?;
+        let Some(last) = batches.last() else { break };
+        at = last.next_offset();
+        for b in &batches {
+            let fields = crate::stream::batch::txn_fields(&b.payload);
+            index.apply(fields, b.base_offset, b.next_offset());
+        }
+    }
+    index.scanned_to = log.next_offset();
+    index.forget_below(log.start_offset());
+    if index.saved_to != index.scanned_to {
+        txn::save(log.dir(), &index.encode()).map_err(|source| LogError::Io {
+            path: log.dir().join(txn::SNAPSHOT_FILE),
+            source,
+        })?;
+        index.saved_to = index.scanned_to;
+    }
+    Ok(index)
+}
+
 impl Partition {
     pub fn open(
         index: i32,
@@ -173,11 +221,13 @@ impl Partition {
     ) -> Result<Partition, LogError> {
         let mut log = Log::open(dir, config, clock)?;
         let producers = recent_producers(&mut log)?;
+        let txn = recover_transactions(&mut log)?;
         Ok(Partition {
             index,
             state: Mutex::new(PartitionState {
                 log,
                 producers,
+                txn,
                 uses: 0,
                 waiters: Vec::new(),
                 group: GroupCommit::new(DURABLE_WAITERS_MAX),
@@ -220,6 +270,18 @@ impl Partition {
             };
             checks.push(check);
         }
+        if !st.txn.persisted && batches.iter().any(|b| b.transactional) {
+            // The first transaction here: from now on a reopen must scan the log. The
+            // snapshot says so, with the state so far (none) up to this append.
+            st.txn.scanned_to = st.log.next_offset();
+            st.txn.persisted = true;
+            if let Err(e) = txn::save(st.log.dir(), &st.txn.encode()) {
+                st.txn.persisted = false;
+                tracing::error!(error = %e, "transaction snapshot not written");
+                return Err(AppendError::Storage);
+            }
+            st.txn.saved_to = st.txn.scanned_to;
+        }
         for (b, check) in batches.iter().zip(checks) {
             let base = match check {
                 SeqCheck::Duplicate(base) => base,
@@ -255,6 +317,16 @@ impl Partition {
                         tracing::error!(error = %e, "partition append failed");
                         AppendError::Storage
                     })?;
+                    if b.transactional {
+                        let fields = TxnFields {
+                            producer_id: b.producer_id,
+                            producer_epoch: b.producer_epoch,
+                            transactional: true,
+                            marker: None,
+                        };
+                        st.txn
+                            .apply(fields, appended.base_offset, appended.next_offset);
+                    }
                     if b.producer_id >= 0 {
                         st.uses += 1;
                         let uses = st.uses;
@@ -298,34 +370,144 @@ impl Partition {
 
     /// File ranges of the stored batches from the one holding `offset`, up to about
     /// `max_bytes` (at least one batch when `at_least_one`), for a zero-copy send.
-    /// Returns how it went, the log start offset and the high watermark too.
+    /// `committed` (Kafka's `read_committed`) stops at the last stable offset and fills
+    /// `aborted` with the aborted transactions the reader must skip.
     pub fn read_slices(
         &self,
         offset: i64,
         max_bytes: usize,
         at_least_one: bool,
-    ) -> (ReadStatus, i64, i64, Vec<FileSlice>) {
+        committed: bool,
+        aborted: &mut Vec<(i64, i64)>,
+    ) -> Slices {
+        aborted.clear();
         let mut st = self.lock();
         let start = st.log.start_offset() as i64;
         let end = st.log.next_offset() as i64;
+        let stable = st.txn.last_stable(end as u64) as i64;
+        let mut out = Slices {
+            status: ReadStatus::Ok,
+            log_start: start,
+            high_watermark: end,
+            last_stable: stable,
+            slices: Vec::new(),
+        };
         if offset < start || offset > end {
-            return (ReadStatus::OutOfRange, start, end, Vec::new());
+            out.status = ReadStatus::OutOfRange;
+            return out;
         }
-        if offset == end || (max_bytes == 0 && !at_least_one) {
-            return (ReadStatus::Ok, start, end, Vec::new());
+        let upper = if committed { stable } else { end };
+        if offset >= upper || (max_bytes == 0 && !at_least_one) {
+            return out;
         }
         match st.log.read_slices(offset as u64, max_bytes.max(1)) {
             Ok(mut slices) => {
                 if !at_least_one && slices.first().is_some_and(|s| s.len as usize > max_bytes) {
                     slices.clear();
                 }
-                (ReadStatus::Ok, start, end, slices)
+                if committed {
+                    slices.retain(|s| (s.base_offset as i64) < upper);
+                    let read_to = slices
+                        .last()
+                        .map_or(offset as u64, |s| s.base_offset + u64::from(s.record_count));
+                    st.txn.aborted_between(offset as u64, read_to, aborted);
+                }
+                out.slices = slices;
             }
             Err(e) => {
                 tracing::error!(error = %e, partition = self.index, "partition read failed");
-                (ReadStatus::Storage, start, end, Vec::new())
+                out.status = ReadStatus::Storage;
             }
         }
+        out
+    }
+
+    /// The last stable offset: below it every transaction is decided.
+    pub fn last_stable(&self) -> i64 {
+        let st = self.lock();
+        st.txn.last_stable(st.log.next_offset()) as i64
+    }
+
+    /// Appends a transaction marker for `producer_id` (Kafka's WriteTxnMarkers, which the
+    /// coordinator sends itself here): the producer's open transaction in this partition
+    /// ends, committed or aborted, and readers waiting for it are woken.
+    pub fn write_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        now: i64,
+    ) -> Result<Produced, AppendError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let marker =
+            crate::stream::batch::marker_batch(producer_id, producer_epoch, commit, 0, now);
+        let next = st.log.next_offset();
+        let length = marker.get(8..12).unwrap_or_default();
+        let rest = marker.get(16..).unwrap_or_default();
+        let appended = st
+            .log
+            .append_parts(
+                &[
+                    &next.to_be_bytes(),
+                    length,
+                    &LEADER_EPOCH.to_be_bytes(),
+                    rest,
+                ],
+                1,
+                now,
+            )
+            .and_then(|a| st.log.write_buffered().map(|_| a))
+            .map_err(|e| {
+                tracing::error!(error = %e, "transaction marker not written");
+                AppendError::Storage
+            })?;
+        let fields = crate::stream::batch::txn_fields(&marker);
+        st.txn
+            .apply(fields, appended.base_offset, appended.next_offset);
+        // A marker with a newer epoch fences the producer's older epochs here too.
+        if let Some(p) = st.producers.get_mut(&producer_id)
+            && producer_epoch > p.epoch
+        {
+            p.epoch = producer_epoch;
+            p.batches.clear();
+        }
+        let waiters = std::mem::take(&mut st.waiters);
+        let produced = Produced {
+            base_offset: appended.base_offset as i64,
+            log_start_offset: st.log.start_offset() as i64,
+            next_offset: appended.next_offset,
+        };
+        drop(guard);
+        for w in waiters {
+            w.notify_one();
+        }
+        Ok(produced)
+    }
+
+    /// Whether `producer_id` has an open transaction here.
+    pub fn in_transaction(&self, producer_id: i64) -> bool {
+        self.lock().txn.is_ongoing(producer_id)
+    }
+
+    /// Writes the transaction snapshot if the log moved since the last one, so a reopen
+    /// reads little (blocking: it fsyncs, outside the partition lock).
+    pub fn save_transactions(&self) -> std::io::Result<()> {
+        let (dir, encoded, end) = {
+            let mut st = self.lock();
+            let end = st.log.next_offset();
+            if !st.txn.persisted || st.txn.saved_to >= end {
+                return Ok(());
+            }
+            st.txn.scanned_to = end;
+            let start = st.log.start_offset();
+            st.txn.forget_below(start);
+            (st.log.dir().to_path_buf(), st.txn.encode(), end)
+        };
+        txn::save(&dir, &encoded)?;
+        let mut st = self.lock();
+        st.txn.saved_to = st.txn.saved_to.max(end);
+        Ok(())
     }
 
     /// The stored batches from the one holding `offset`, up to about `max_bytes` (at
@@ -611,16 +793,25 @@ mod tests {
         let p = open(dir.path());
         assert_eq!(produce(&p, batch(3, -1, -1)).unwrap().base_offset, 0);
         assert_eq!(produce(&p, batch(2, -1, -1)).unwrap().base_offset, 3);
-        let (code, start, end, slices) = p.read_slices(4, 1 << 20, true);
-        assert_eq!((code, start, end, slices.len()), (ReadStatus::Ok, 0, 5, 1));
+        let read = p.read_slices(4, 1 << 20, true, false, &mut Vec::new());
+        let slices = read.slices;
+        assert_eq!(
+            (
+                read.status,
+                read.log_start,
+                read.high_watermark,
+                slices.len()
+            ),
+            (ReadStatus::Ok, 0, 5, 1)
+        );
         let mut out = vec![0u8; slices[0].len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&*slices[0].file, &mut out, slices[0].position)
             .unwrap();
         // The batch holding offset 4 starts at 3, with its base offset rewritten.
         assert_eq!(&out[..8], &3i64.to_be_bytes());
         assert_eq!(&out[8..], &batch(2, -1, -1)[8..]);
-        let (code, ..) = p.read_slices(6, 1 << 20, true);
-        assert_eq!(code, ReadStatus::OutOfRange);
+        let read = p.read_slices(6, 1 << 20, true, false, &mut Vec::new());
+        assert_eq!(read.status, ReadStatus::OutOfRange);
     }
 
     #[test]
@@ -640,6 +831,51 @@ mod tests {
             Err(AppendError::OutOfOrderSequence)
         );
         assert_eq!(produce(&p, batch(1, 9, 5)).unwrap().base_offset, 5);
+    }
+
+    /// A transactional batch with its attribute bit set (and the CRC fixed).
+    fn txn_batch(count: i32, producer_id: i64, base_sequence: i32) -> Vec<u8> {
+        let mut b = batch(count, producer_id, base_sequence);
+        b[22] |= 0x10;
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Open transactions hold the last stable offset; markers end them; aborted ones are
+    /// named to `read_committed` readers; all of it comes back after a reopen, from the
+    /// snapshot and from the log after it.
+    #[test]
+    fn transactions_bound_committed_reads_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut aborted = Vec::new();
+        {
+            let p = open(dir.path());
+            produce(&p, batch(2, -1, -1)).unwrap(); // 0..2
+            produce(&p, txn_batch(3, 7, 0)).unwrap(); // 2..5, producer 7
+            produce(&p, txn_batch(1, 8, 0)).unwrap(); // 5, producer 8
+            assert_eq!(p.last_stable(), 2);
+            let read = p.read_slices(0, 1 << 20, true, true, &mut aborted);
+            assert_eq!((read.last_stable, read.high_watermark), (2, 6));
+            assert_eq!(read.slices.len(), 1, "only the batch below the LSO");
+            p.write_marker(7, 0, false, 1_000).unwrap(); // 6: abort of 7
+            assert_eq!(p.last_stable(), 5);
+            assert!(p.save_transactions().is_ok());
+            p.write_marker(8, 0, true, 1_000).unwrap(); // 7: commit of 8
+            produce(&p, txn_batch(2, 9, 0)).unwrap(); // 8..10, producer 9, open
+            p.lock().log.sync().unwrap();
+        }
+        let p = open(dir.path());
+        assert_eq!(p.last_stable(), 8, "producer 9's transaction is still open");
+        assert!(p.in_transaction(9) && !p.in_transaction(7) && !p.in_transaction(8));
+        let read = p.read_slices(0, 1 << 20, true, true, &mut aborted);
+        assert_eq!(aborted, vec![(7, 2)]);
+        assert!(read.slices.iter().all(|s| s.base_offset < 8));
+        p.read_slices(7, 1 << 20, true, true, &mut aborted);
+        assert!(aborted.is_empty(), "the abort marker is below the read");
+        // The coordinator aborts producer 9 with a bumped epoch: nothing stays open.
+        p.write_marker(9, 1, false, 1_000).unwrap();
+        assert_eq!(p.last_stable(), p.offsets().1);
     }
 
     #[test]

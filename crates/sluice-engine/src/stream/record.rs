@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::batch::{BatchError, HEADER_BYTES, varint};
+use super::batch::{BatchError, HEADER_BYTES, put_varint, varint};
 
 const ATTRIBUTES_AT: usize = 21;
 const BASE_TIMESTAMP_AT: usize = 27;
@@ -24,15 +24,6 @@ pub struct Record {
     pub value: Option<Bytes>,
     /// In the order written; keys may repeat, as in Kafka.
     pub headers: Vec<(Bytes, Option<Bytes>)>,
-}
-
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {

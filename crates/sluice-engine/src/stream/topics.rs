@@ -327,6 +327,10 @@ impl Topics {
                     }
                     Err(e) => tracing::error!(topic = %t.name, error = %e, "retention failed"),
                 }
+                drop(st);
+                if let Err(e) = p.save_transactions() {
+                    tracing::error!(topic = %t.name, error = %e, "transaction snapshot failed");
+                }
             }
         }
     }
@@ -336,6 +340,9 @@ impl Topics {
         for p in self.all_partitions() {
             if let Err(e) = p.lock().log.sync() {
                 tracing::error!(error = %e, "partition not synced at shutdown");
+            }
+            if let Err(e) = p.save_transactions() {
+                tracing::error!(error = %e, "transaction snapshot not written at shutdown");
             }
         }
     }

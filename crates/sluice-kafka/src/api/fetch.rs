@@ -1,6 +1,7 @@
 //! Fetch with long polling: answer once `min_bytes` are there or `max_wait_ms` passed,
 //! woken by appends to any requested partition. No fetch sessions: the response's session
-//! id 0 tells clients to keep sending full requests.
+//! id 0 tells clients to keep sending full requests. `read_committed` fetches stop at the
+//! last stable offset and name the aborted transactions in what they return.
 //!
 //! Record data is not copied: the partition hands out file ranges of the stored batches
 //! and the response goes out as encoded bytes interleaved with those ranges, which the
@@ -43,8 +44,11 @@ struct PartitionOut {
     index: i32,
     error: i16,
     high_watermark: i64,
+    last_stable: i64,
     log_start: i64,
     slices: Vec<FileSlice>,
+    /// `(producer id, first offset)` of aborted transactions, for `read_committed`.
+    aborted: Vec<(i64, i64)>,
 }
 
 pub struct FetchOut {
@@ -77,10 +81,11 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
     } else {
         usize::MAX
     };
+    let committed = req.isolation_level == 1;
     let notify = Arc::new(Notify::new());
     let mut registered = false;
     loop {
-        let (parts, total, errors) = read_all(&wanted, max_bytes);
+        let (parts, total, errors) = read_all(&wanted, max_bytes, committed);
         let now = tokio::time::Instant::now();
         if total >= min_bytes.max(1) || errors || now >= deadline {
             let mut topics: Vec<(String, Vec<PartitionOut>)> =
@@ -119,7 +124,11 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
 
 /// Reads every wanted partition within the response budget. KIP-74: the first batch of
 /// the first partition with data is returned even when larger than the limits.
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionOut>, usize, bool) {
+fn read_all(
+    wanted: &[Wanted],
+    max_bytes: usize,
+    committed: bool,
+) -> (Vec<PartitionOut>, usize, bool) {
     let mut parts = Vec::with_capacity(wanted.len());
     let mut total = 0usize;
     let mut errors = false;
@@ -134,23 +143,27 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<PartitionOut>, usize, b
                     codes::UNKNOWN_TOPIC_OR_PARTITION
                 },
                 high_watermark: -1,
+                last_stable: -1,
                 log_start: -1,
                 slices: Vec::new(),
+                aborted: Vec::new(),
             });
             continue;
         };
         let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-        let (status, log_start, high_watermark, slices) =
-            partition.read_slices(w.offset, budget, total == 0);
-        let error = codes::of_read(status);
+        let mut aborted = Vec::new();
+        let read = partition.read_slices(w.offset, budget, total == 0, committed, &mut aborted);
+        let error = codes::of_read(read.status);
         errors |= error != codes::NONE;
-        total += slices.iter().map(|s| s.len as usize).sum::<usize>();
+        total += read.slices.iter().map(|s| s.len as usize).sum::<usize>();
         parts.push(PartitionOut {
             index: w.index,
             error,
-            high_watermark,
-            log_start,
-            slices,
+            high_watermark: read.high_watermark,
+            last_stable: read.last_stable,
+            log_start: read.log_start,
+            slices: read.slices,
+            aborted,
         });
     }
     (parts, total, errors)
@@ -199,11 +212,18 @@ pub fn encode(out: FetchOut, correlation_id: i32, version: i16) -> Vec<Chunk> {
             head.put_i32(p.index);
             head.put_i16(p.error);
             head.put_i64(p.high_watermark);
-            head.put_i64(p.high_watermark); // last_stable_offset: no transactions
+            head.put_i64(p.last_stable);
             if version >= 5 {
                 head.put_i64(p.log_start);
             }
-            array_len(&mut head, 0); // aborted_transactions
+            array_len(&mut head, p.aborted.len());
+            for (producer_id, first_offset) in &p.aborted {
+                head.put_i64(*producer_id);
+                head.put_i64(*first_offset);
+                if flexible {
+                    put_uvarint(&mut head, 0);
+                }
+            }
             if version >= 11 {
                 head.put_i32(-1); // preferred_read_replica
             }
@@ -286,6 +306,7 @@ mod tests {
                             index: 0,
                             error: 0,
                             high_watermark: 10,
+                            last_stable: 8,
                             log_start: 2,
                             slices: vec![FileSlice {
                                 file: file.clone(),
@@ -294,13 +315,16 @@ mod tests {
                                 base_offset: 0,
                                 record_count: 1,
                             }],
+                            aborted: vec![(7, 3), (9, 4)],
                         },
                         PartitionOut {
                             index: 1,
                             error: codes::OFFSET_OUT_OF_RANGE,
                             high_watermark: 5,
+                            last_stable: 5,
                             log_start: 0,
                             slices: Vec::new(),
+                            aborted: Vec::new(),
                         },
                     ],
                 )],
@@ -318,6 +342,14 @@ mod tests {
             assert_eq!(r.responses[0].topic.0.as_str(), "t");
             assert_eq!(parts[0].records.as_deref(), Some(&b"3456"[..]));
             assert_eq!(parts[0].high_watermark, 10);
+            assert_eq!(parts[0].last_stable_offset, 8);
+            let aborted: Vec<_> = parts[0]
+                .aborted_transactions
+                .iter()
+                .flatten()
+                .map(|a| (a.producer_id.0, a.first_offset))
+                .collect();
+            assert_eq!(aborted, vec![(7, 3), (9, 4)]);
             assert_eq!(parts[1].error_code, codes::OFFSET_OUT_OF_RANGE);
             if version >= 5 {
                 assert_eq!(parts[0].log_start_offset, 2);

@@ -28,6 +28,7 @@ use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::offsets::Committed;
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub fn find_coordinator(
     b: &Arc<KafkaBroker>,
@@ -35,8 +36,8 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
-    // Transactions are not built, so there is no transaction coordinator to find.
-    let code = if req.key_type == KEY_TYPE_GROUP {
+    // This node coordinates every group and every transactional id.
+    let code = if req.key_type == KEY_TYPE_GROUP || req.key_type == KEY_TYPE_TRANSACTION {
         codes::NONE
     } else {
         codes::COORDINATOR_NOT_AVAILABLE
@@ -278,6 +279,15 @@ pub fn offset_fetch(
     version: i16,
 ) -> OffsetFetchResponse {
     let mut r = OffsetFetchResponse::default();
+    // KIP-447: offsets an open transaction will commit are not answered to a consumer
+    // that asks for stable ones (UNSTABLE_OFFSET_COMMIT, which it retries).
+    let pending = |group: &str| {
+        if req.require_stable {
+            b.txns.pending_offsets(group)
+        } else {
+            Default::default()
+        }
+    };
     // Topics the principal may not describe are left out of the answer.
     let visible = |name: &str| authz.describes(Resource::Topic(name));
     if version >= 8 {
@@ -296,17 +306,25 @@ pub fn offset_fetch(
             });
             let mut out = OffsetFetchResponseGroup::default();
             out.group_id = g.group_id.clone();
-            out.topics = fetch_group(b, g.group_id.0.as_str(), wanted)
+            let group = g.group_id.0.as_str();
+            let pending = pending(group);
+            out.topics = fetch_group(b, group, wanted)
                 .into_iter()
                 .filter(|(name, _)| visible(name))
                 .map(|(name, parts)| {
                     let mut t = OffsetFetchResponseTopics::default();
-                    t.name = TopicName(str(name));
+                    t.name = TopicName(str(name.clone()));
                     t.partitions = parts
                         .into_iter()
                         .map(|(index, c)| {
                             let mut p = OffsetFetchResponsePartitions::default();
                             p.partition_index = index;
+                            if pending.contains(&(name.clone(), index)) {
+                                p.error_code = codes::UNSTABLE_OFFSET_COMMIT;
+                                p.committed_offset = -1;
+                                p.committed_leader_epoch = -1;
+                                return p;
+                            }
                             p.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
                             p.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
                             p.metadata = Some(str(c.and_then(|c| c.metadata).unwrap_or_default()));
@@ -329,17 +347,24 @@ pub fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
+    let pending = pending(req.group_id.0.as_str());
     r.topics = fetch_group(b, req.group_id.0.as_str(), wanted)
         .into_iter()
         .filter(|(name, _)| visible(name))
         .map(|(name, parts)| {
             let mut t = OffsetFetchResponseTopic::default();
-            t.name = TopicName(str(name));
+            t.name = TopicName(str(name.clone()));
             t.partitions = parts
                 .into_iter()
                 .map(|(index, c)| {
                     let mut p = OffsetFetchResponsePartition::default();
                     p.partition_index = index;
+                    if pending.contains(&(name.clone(), index)) {
+                        p.error_code = codes::UNSTABLE_OFFSET_COMMIT;
+                        p.committed_offset = -1;
+                        p.committed_leader_epoch = -1;
+                        return p;
+                    }
                     p.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
                     p.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
                     p.metadata = Some(str(c.and_then(|c| c.metadata).unwrap_or_default()));

@@ -1,4 +1,5 @@
 //! ListOffsets: earliest (-2), latest (-1), or the first record at or after a timestamp.
+//! For `read_committed` (isolation level 1) the latest offset is the last stable one.
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub fn list_offsets(
     req: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
+    let committed = req.isolation_level == 1;
     for lt in req.topics {
         let denied = !authz.describes(Resource::Topic(&lt.name));
         let topic = b.topics.get(lt.name.0.as_str()).filter(|_| !denied);
@@ -48,6 +50,7 @@ pub fn list_offsets(
             };
             let (start, end) = partition.offsets();
             match lp.timestamp {
+                LATEST if committed => p.offset = partition.last_stable(),
                 LATEST => p.offset = end,
                 EARLIEST => p.offset = start,
                 ts if ts >= 0 => match partition.offset_for_time(ts) {

@@ -8,6 +8,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 pub mod security;
+mod txn;
 
 use std::sync::Arc;
 
@@ -58,6 +59,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -271,10 +278,58 @@ pub async fn handle(
             )
         }
         ApiKey::InitProducerId => {
+            let req: InitProducerIdRequest = decode(frame, version)?;
+            match req.transactional_id.as_ref() {
+                Some(id) => {
+                    let id = id.0.to_string();
+                    respond!(
+                        InitProducerIdResponse,
+                        txn::init_producer_id(b, authz, &id, &req, version).await
+                    )
+                }
+                None => respond!(
+                    InitProducerIdResponse,
+                    produce::init_producer_id(b, req).await
+                ),
+            }
+        }
+        ApiKey::AddPartitionsToTxn => {
             let req = decode(frame, version)?;
             respond!(
-                InitProducerIdResponse,
-                produce::init_producer_id(b, req).await
+                AddPartitionsToTxnResponse,
+                txn::add_partitions(b, authz, req, version).await
+            )
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let req = decode(frame, version)?;
+            respond!(
+                AddOffsetsToTxnResponse,
+                txn::add_offsets(b, authz, req, version).await
+            )
+        }
+        ApiKey::TxnOffsetCommit => {
+            let req = decode(frame, version)?;
+            respond!(
+                TxnOffsetCommitResponse,
+                txn::txn_offset_commit(b, authz, req).await
+            )
+        }
+        ApiKey::EndTxn => {
+            let req = decode(frame, version)?;
+            respond!(EndTxnResponse, txn::end_txn(b, authz, req, version).await)
+        }
+        ApiKey::DescribeTransactions => {
+            let req = decode(frame, version)?;
+            respond!(
+                DescribeTransactionsResponse,
+                txn::describe_transactions(b, authz, req)
+            )
+        }
+        ApiKey::ListTransactions => {
+            let req = decode(frame, version)?;
+            respond!(
+                ListTransactionsResponse,
+                txn::list_transactions(b, authz, req)
             )
         }
         ApiKey::FindCoordinator => {

@@ -1,4 +1,4 @@
-//! Produce and InitProducerId.
+//! Produce and InitProducerId for idempotent producers (transactional ones: `txn`).
 
 use std::sync::Arc;
 
@@ -29,6 +29,10 @@ pub async fn produce(
     _version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
+    let txn_id = req.transactional_id.as_ref().map(|id| id.0.as_str());
+    let txn_denied =
+        txn_id.is_some_and(|id| !authz.allows(Operation::Write, Resource::TransactionalId(id)));
+    let txn = txn_id.and_then(|id| b.txns.lookup(id));
     let mut infos: Vec<BatchInfo> = Vec::new();
     let mut r = ProduceResponse::default();
     for topic_data in req.topic_data {
@@ -50,7 +54,7 @@ pub async fn produce(
                     .push(fail(codes::INVALID_REQUIRED_ACKS));
                 continue;
             }
-            if req.transactional_id.is_some() {
+            if txn_denied {
                 t.partition_responses
                     .push(fail(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
                 continue;
@@ -77,16 +81,54 @@ pub async fn produce(
                 t.partition_responses.push(fail(codes::MESSAGE_TOO_LARGE));
                 continue;
             }
-            if infos.iter().any(|i| i.transactional) {
-                t.partition_responses
-                    .push(fail(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
-                continue;
-            }
             let append_time = match config.timestamp_type {
                 TimestampType::LogAppendTime => Some(b.clock.now_ms()),
                 TimestampType::CreateTime => None,
             };
-            let produced = match partition.append(&records, &infos, append_time) {
+            let appended = match infos.iter().find(|i| i.transactional) {
+                None => partition.append(&records, &infos, append_time),
+                Some(first) => {
+                    // Transactional records need the transactional id's open transaction
+                    // to hold this partition (KIP-890's check), held while they are
+                    // appended so the transaction cannot end in between.
+                    let Some(entry) = &txn else {
+                        let code = if txn_id.is_some() {
+                            codes::INVALID_PRODUCER_ID_MAPPING
+                        } else {
+                            codes::INVALID_RECORD
+                        };
+                        t.partition_responses.push(fail(code));
+                        continue;
+                    };
+                    let mixed = infos.iter().any(|i| {
+                        !i.transactional
+                            || i.producer_id != first.producer_id
+                            || i.producer_epoch != first.producer_epoch
+                    });
+                    if mixed {
+                        t.partition_responses.push(fail(codes::INVALID_RECORD));
+                        continue;
+                    }
+                    match b.txns.verify(
+                        entry,
+                        first.producer_id,
+                        first.producer_epoch,
+                        &topic.name,
+                        index,
+                    ) {
+                        Ok(guard) => {
+                            let appended = partition.append(&records, &infos, append_time);
+                            drop(guard);
+                            appended
+                        }
+                        Err(code) => {
+                            t.partition_responses.push(fail(code));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let produced = match appended {
                 Ok(p) => p,
                 Err(e) => {
                     t.partition_responses.push(fail(codes::of_append(e)));
@@ -120,11 +162,6 @@ pub async fn init_producer_id(
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
-    if req.transactional_id.is_some() {
-        // Transactions are not built: refuse them up front rather than half-work.
-        r.error_code = codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-        return r;
-    }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
         // KIP-360: an idempotent producer bumps its epoch and keeps its id.
         r.producer_id = req.producer_id;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use sluice_core::clock::{Clock, SystemClock};
 
 use crate::config::KafkaConfig;
+use crate::fetch_session::FetchSessions;
 use crate::groups::Coordinator;
 use crate::security::{Open, Security};
 use crate::txn::Transactions;
@@ -32,6 +33,8 @@ pub struct KafkaBroker {
     pub groups: Coordinator,
     /// The transaction coordinator.
     pub txns: Transactions,
+    /// Incremental fetch sessions (KIP-227).
+    pub fetch_sessions: FetchSessions,
     pub clock: Arc<dyn Clock>,
     /// Users, credentials and permissions (`security::Open` when there are none).
     pub security: Arc<dyn Security>,
@@ -87,11 +90,13 @@ impl KafkaBroker {
             config.group_max_session_timeout_ms,
         );
         let reserved = read_reserved(dir);
+        let fetch_sessions = FetchSessions::new(config.fetch_session_cache_slots);
         Ok(KafkaBroker {
             config,
             topics: Arc::new(topics),
             groups,
             txns,
+            fetch_sessions,
             clock,
             security: Arc::new(Open),
             dir: dir.to_path_buf(),

@@ -42,6 +42,9 @@ pub struct KafkaConfig {
     /// The longest `transaction.timeout.ms` a producer may ask for
     /// (`transaction.max.timeout.ms`).
     pub transaction_max_timeout_ms: i32,
+    /// Incremental fetch sessions kept at once (`max.incremental.fetch.session.cache.slots`);
+    /// 0: none, every fetch is a full one.
+    pub fetch_session_cache_slots: usize,
 }
 
 impl Default for KafkaConfig {
@@ -65,6 +68,7 @@ impl Default for KafkaConfig {
             security_protocol: crate::security::Protocol::Plaintext,
             reauth: None,
             transaction_max_timeout_ms: 900_000,
+            fetch_session_cache_slots: 1000,
         }
     }
 }

@@ -301,6 +301,11 @@ impl<'a> Authz<'a> {
         }
     }
 
+    /// The authenticated user, `None` for the anonymous principal.
+    pub fn user(&self) -> Option<&'a str> {
+        self.user
+    }
+
     /// Whether the request comes over a listener without SASL.
     pub fn is_anonymous(&self) -> bool {
         self.user.is_none()

@@ -56,6 +56,7 @@ pub struct Config {
     /// How long a Kafka SASL login lasts before re-authentication (KIP-368); 0: forever.
     pub kafka_reauth_ms: u64,
     pub kafka_transaction_max_timeout_ms: u64,
+    pub kafka_fetch_session_cache_slots: u64,
     /// The RocketMQ gRPC listener speaks TLS only.
     pub rocketmq_tls: bool,
     /// RocketMQ access keys and their secrets, `key:secret` separated by commas; each key
@@ -126,6 +127,7 @@ impl Default for Config {
             kafka_security_protocol: sluice_kafka::Protocol::Plaintext,
             kafka_reauth_ms: 0,
             kafka_transaction_max_timeout_ms: 900_000,
+            kafka_fetch_session_cache_slots: 1000,
             rocketmq_tls: false,
             rocketmq_credentials: String::new(),
             http_tls: false,
@@ -328,6 +330,15 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.kafka_transaction_max_timeout_ms = parse_positive(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.fetch_session_cache_slots",
+        env: "SLUICE_KAFKA_FETCH_SESSION_CACHE_SLOTS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_fetch_session_cache_slots = parse_u64(v)?;
             Ok(())
         },
     },

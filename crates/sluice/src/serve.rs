@@ -120,6 +120,8 @@ fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
         reauth: (config.kafka_reauth_ms > 0).then(|| Duration::from_millis(config.kafka_reauth_ms)),
         transaction_max_timeout_ms: i32::try_from(config.kafka_transaction_max_timeout_ms)
             .unwrap_or(i32::MAX),
+        fetch_session_cache_slots: usize::try_from(config.kafka_fetch_session_cache_slots)
+            .unwrap_or(usize::MAX),
         ..KafkaConfig::default()
     }
 }

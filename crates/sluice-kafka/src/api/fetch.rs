@@ -1,7 +1,7 @@
 //! Fetch with long polling: answer once `min_bytes` are there or `max_wait_ms` passed,
-//! woken by appends to any requested partition. No fetch sessions: the response's session
-//! id 0 tells clients to keep sending full requests. `read_committed` fetches stop at the
-//! last stable offset and name the aborted transactions in what they return.
+//! woken by appends to any requested partition, with incremental fetch sessions (KIP-227,
+//! `crate::fetch_session`). `read_committed` fetches stop at the last stable offset and
+//! name the aborted transactions in what they return.
 //!
 //! Record data is not copied: the partition hands out file ranges of the stored batches
 //! and the response goes out as encoded bytes interleaved with those ranges, which the
@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::broker::KafkaBroker;
 use crate::codes;
+use crate::fetch_session::{Session, SessionError};
 use crate::security::{Authz, Operation, Resource};
 use sluice_engine::stream::partition::Partition;
 
@@ -52,27 +53,137 @@ struct PartitionOut {
 }
 
 pub struct FetchOut {
+    error: i16,
+    session_id: i32,
     topics: Vec<(String, Vec<PartitionOut>)>,
 }
 
-pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) -> FetchOut {
-    let mut names = Vec::with_capacity(req.topics.len());
-    let mut wanted = Vec::new();
-    for (ti, ft) in req.topics.iter().enumerate() {
-        let denied = !authz.allows(Operation::Read, Resource::Topic(&ft.topic));
-        let topic = b.topics.get(ft.topic.0.as_str()).filter(|_| !denied);
-        names.push(ft.topic.0.to_string());
-        for fp in &ft.partitions {
-            wanted.push(Wanted {
-                topic: ti,
-                denied,
-                partition: topic.as_ref().and_then(|t| t.partition(fp.partition)),
-                index: fp.partition,
-                offset: fp.fetch_offset,
-                max_bytes: fp.partition_max_bytes,
-            });
+impl FetchOut {
+    fn refused(error: i16) -> FetchOut {
+        FetchOut {
+            error,
+            session_id: 0,
+            topics: Vec::new(),
         }
     }
+}
+
+/// The session epoch of a sessionless fetch, or of one that closes its session.
+const FINAL_EPOCH: i32 = -1;
+
+/// Resolves partitions by topic, looking each topic up (and authorizing it) once per run
+/// of the same name.
+struct Resolver<'a> {
+    b: &'a KafkaBroker,
+    authz: Authz<'a>,
+    names: Vec<String>,
+    last: Option<(usize, bool, Option<Arc<sluice_engine::stream::Topic>>)>,
+}
+
+impl Resolver<'_> {
+    fn want(&mut self, topic: &str, index: i32, offset: i64, max_bytes: i32) -> Wanted {
+        let same =
+            matches!(&self.last, Some((ti, ..)) if self.names.get(*ti).is_some_and(|n| n == topic));
+        if !same {
+            let ti = match self.names.iter().position(|n| n == topic) {
+                Some(ti) => ti,
+                None => {
+                    self.names.push(topic.to_string());
+                    self.names.len() - 1
+                }
+            };
+            let denied = !self.authz.allows(Operation::Read, Resource::Topic(topic));
+            let t = self.b.topics.get(topic).filter(|_| !denied);
+            self.last = Some((ti, denied, t));
+        }
+        let (ti, denied, t) = match &self.last {
+            Some((ti, denied, t)) => (*ti, *denied, t.as_ref()),
+            None => (0, true, None),
+        };
+        Wanted {
+            topic: ti,
+            denied,
+            partition: t.and_then(|t| t.partition(index)),
+            index,
+            offset,
+            max_bytes,
+        }
+    }
+}
+
+pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) -> FetchOut {
+    let user = authz.user();
+    let mut resolver = Resolver {
+        b,
+        authz,
+        names: Vec::with_capacity(req.topics.len()),
+        last: None,
+    };
+    let mut wanted = Vec::new();
+    // KIP-227: `session` is the session this fetch uses or starts, `incremental` whether it
+    // answers only what changed.
+    let sessions = &b.fetch_sessions;
+    let (mut session, session_id, incremental) = match (req.session_id, req.session_epoch) {
+        (id, FINAL_EPOCH) => {
+            if id != 0 {
+                sessions.remove(id);
+            }
+            (None, None, false)
+        }
+        (id, 0) => {
+            if id != 0 {
+                sessions.remove(id);
+            }
+            let new = sessions
+                .enabled()
+                .then(|| Session::new(user.map(str::to_string)));
+            (new, None, false)
+        }
+        (id, epoch) => match sessions.take(id, epoch, user) {
+            Ok(s) => (Some(s), Some(id), true),
+            Err(SessionError::NotFound) => {
+                return FetchOut::refused(codes::FETCH_SESSION_ID_NOT_FOUND);
+            }
+            Err(SessionError::InvalidEpoch) => {
+                return FetchOut::refused(codes::INVALID_FETCH_SESSION_EPOCH);
+            }
+        },
+    };
+    match &mut session {
+        Some(s) => {
+            for ft in &req.forgotten_topics_data {
+                for p in &ft.partitions {
+                    s.forget(ft.topic.0.as_str(), *p);
+                }
+            }
+            for ft in &req.topics {
+                for fp in &ft.partitions {
+                    s.upsert(
+                        ft.topic.0.as_str(),
+                        fp.partition,
+                        fp.fetch_offset,
+                        fp.partition_max_bytes,
+                    );
+                }
+            }
+            for p in &s.parts {
+                wanted.push(resolver.want(&p.topic, p.index, p.offset, p.max_bytes));
+            }
+        }
+        None => {
+            for ft in &req.topics {
+                for fp in &ft.partitions {
+                    wanted.push(resolver.want(
+                        ft.topic.0.as_str(),
+                        fp.partition,
+                        fp.fetch_offset,
+                        fp.partition_max_bytes,
+                    ));
+                }
+            }
+        }
+    }
+    let names = resolver.names;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -90,12 +201,39 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
         if total >= min_bytes.max(1) || errors || now >= deadline {
             let mut topics: Vec<(String, Vec<PartitionOut>)> =
                 names.into_iter().map(|n| (n, Vec::new())).collect();
-            for (w, p) in wanted.iter().zip(parts) {
+            for (i, (w, p)) in wanted.iter().zip(parts).enumerate() {
+                if let Some(s) = &mut session
+                    && let Some(sp) = s.parts.get_mut(i)
+                {
+                    let now = (p.high_watermark, p.last_stable, p.log_start);
+                    let changed = sp.answered != now;
+                    sp.answered = now;
+                    // An incremental response leaves out what the client already knows.
+                    if incremental && !changed && p.slices.is_empty() && p.error == codes::NONE {
+                        continue;
+                    }
+                }
                 if let Some(t) = topics.get_mut(w.topic) {
                     t.1.push(p);
                 }
             }
-            return FetchOut { topics };
+            topics.retain(|(_, parts)| !parts.is_empty() || !incremental);
+            let session_id = match session {
+                Some(mut s) => {
+                    s.next_epoch = if incremental {
+                        req.session_epoch.wrapping_add(1).max(1)
+                    } else {
+                        1
+                    };
+                    sessions.put(session_id, s)
+                }
+                None => 0,
+            };
+            return FetchOut {
+                error: codes::NONE,
+                session_id,
+                topics,
+            };
         }
         if !registered {
             // Register, then read again: an append between the read and the
@@ -189,8 +327,8 @@ pub fn encode(out: FetchOut, correlation_id: i32, version: i16) -> Vec<Chunk> {
     }
     head.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        head.put_i16(codes::NONE);
-        head.put_i32(0); // session_id: no session
+        head.put_i16(out.error);
+        head.put_i32(out.session_id);
     }
     let array_len = |head: &mut BytesMut, n: usize| {
         if flexible {
@@ -299,6 +437,8 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&*file, b"0123456789", 0).unwrap();
         for version in 4..=12 {
             let out = FetchOut {
+                error: 0,
+                session_id: 7,
                 topics: vec![(
                     "t".into(),
                     vec![

@@ -138,6 +138,11 @@ impl KafkaBroker {
         self.topics.apply_retention();
     }
 
+    /// Cleans the compacted topics that are due (blocking).
+    pub fn clean_logs(&self) {
+        self.topics.clean_due(&self.config.cleaner);
+    }
+
     /// Writes and fsyncs everything (clean shutdown; blocking).
     pub fn close(&self) {
         self.topics.sync_all();

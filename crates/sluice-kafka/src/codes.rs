@@ -55,6 +55,7 @@ pub const RESOURCE_NOT_FOUND: i16 = 91;
 pub const DUPLICATE_RESOURCE: i16 = 92;
 pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+pub const FENCED_LEADER_EPOCH: i16 = 74;
 
 use sluice_engine::stream::batch::BatchError;
 use sluice_engine::stream::{AppendError, ReadStatus, RefusalKind};

@@ -45,6 +45,10 @@ pub struct KafkaConfig {
     /// Incremental fetch sessions kept at once (`max.incremental.fetch.session.cache.slots`);
     /// 0: none, every fetch is a full one.
     pub fetch_session_cache_slots: usize,
+    /// How often compacted topics are checked for cleaning (`log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff: Duration,
+    /// The cleaner's I/O rate and map size.
+    pub cleaner: sluice_engine::stream::compact::CleanerLimits,
 }
 
 impl Default for KafkaConfig {
@@ -69,6 +73,8 @@ impl Default for KafkaConfig {
             reauth: None,
             transaction_max_timeout_ms: 900_000,
             fetch_session_cache_slots: 1000,
+            log_cleaner_backoff: Duration::from_millis(15_000),
+            cleaner: Default::default(),
         }
     }
 }

@@ -102,7 +102,7 @@ const SPECS: &[Spec] = &[
         "delete.retention.ms",
         TYPE_LONG,
         Some("log.cleaner.delete.retention.ms"),
-        Value::Fixed("86400000"),
+        Value::Topic,
     ),
     spec(
         "file.delete.delay.ms",
@@ -157,7 +157,7 @@ const SPECS: &[Spec] = &[
         "max.compaction.lag.ms",
         TYPE_LONG,
         Some("log.cleaner.max.compaction.lag.ms"),
-        Value::Fixed(LONG_MAX),
+        Value::Topic,
     ),
     spec(
         "max.message.bytes",
@@ -206,13 +206,13 @@ const SPECS: &[Spec] = &[
         "min.cleanable.dirty.ratio",
         TYPE_DOUBLE,
         Some("log.cleaner.min.cleanable.ratio"),
-        Value::Fixed("0.5"),
+        Value::Topic,
     ),
     spec(
         "min.compaction.lag.ms",
         TYPE_LONG,
         Some("log.cleaner.min.compaction.lag.ms"),
-        Value::Fixed("0"),
+        Value::Topic,
     ),
     spec(
         "min.insync.replicas",

@@ -7,7 +7,8 @@
 //! or protocols: a Kafka record batch or an AMQP message is just a payload here.
 //!
 //! Invariants:
-//! - offsets only grow; a batch is readable at every offset it covers;
+//! - offsets only grow; a batch is readable at every offset it covers (compaction may
+//!   leave gaps between batches and segments: a read from a gap starts at the next batch);
 //! - a read never returns bytes whose CRC does not match;
 //! - after a crash the log reopens at the last whole, valid batch of each segment,
 //!   scanning only the active segment and sealed segments whose indexes are damaged;
@@ -23,6 +24,7 @@ mod group;
 mod index;
 pub mod io;
 mod log;
+mod rewrite;
 mod scan;
 mod segment;
 mod sendfile;
@@ -34,4 +36,5 @@ pub use error::LogError;
 pub use group::{GroupCommit, SharedLog};
 pub use io::{Fault, FaultyIo, FileIo, Io};
 pub use log::{Appended, Batch, Log, LogStats, SyncJob, Synced, TruncateJob};
+pub use rewrite::{Rewrite, Rewritten, SealedInfo, read_segment};
 pub use sendfile::{FileSlice, send_file_slice};

@@ -126,11 +126,11 @@ impl SyncJob {
 
 #[derive(Debug)]
 pub struct Log {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     clock: Arc<dyn Clock>,
     /// Sealed segments in offset order.
-    sealed: Vec<Segment>,
+    pub(crate) sealed: Vec<Segment>,
     active: Segment,
     /// Bytes of the active segment written to its file; the rest sits in `buffer`.
     written: u64,
@@ -185,6 +185,7 @@ impl Log {
         }
         bases.sort_unstable();
         remove_orphan_indexes(&dir, &bases)?;
+        crate::rewrite::remove_leftovers(&dir)?;
 
         let mut sealed = Vec::new();
         let mut active = None;

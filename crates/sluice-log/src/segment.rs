@@ -51,7 +51,12 @@ fn open_rw(path: &Path) -> Result<File, LogError> {
 }
 
 impl Segment {
-    fn empty(path: PathBuf, base_offset: u64, created_ms: i64, file: Option<Arc<File>>) -> Self {
+    pub(crate) fn empty(
+        path: PathBuf,
+        base_offset: u64,
+        created_ms: i64,
+        file: Option<Arc<File>>,
+    ) -> Self {
         Segment {
             base_offset,
             next_offset: base_offset,
@@ -182,7 +187,7 @@ impl Segment {
 
     /// Scans a segment file, verifying every batch, truncates it after the last valid
     /// batch and rebuilds its indexes in memory. Batches must be contiguous from
-    /// `base_offset` and end at or before `next_base` when given. `None` if the file
+    /// `base_offset` (gaps allowed: compaction leaves them) and end at or before `next_base` when given. `None` if the file
     /// header itself is not ours.
     pub fn recover(
         dir: &Path,
@@ -207,7 +212,7 @@ impl Segment {
             loop {
                 match scanner.next(true)? {
                     Ok((position, header, _)) => {
-                        let in_order = header.base_offset == segment.next_offset;
+                        let in_order = header.base_offset >= segment.next_offset;
                         let in_range = next_base.is_none_or(|n| header.next_offset() <= n);
                         let rel_fits = header.next_offset() - base_offset <= u64::from(u32::MAX);
                         if !in_order || !in_range || !rel_fits {

@@ -57,6 +57,8 @@ pub struct Config {
     pub kafka_reauth_ms: u64,
     pub kafka_transaction_max_timeout_ms: u64,
     pub kafka_fetch_session_cache_slots: u64,
+    pub kafka_log_cleaner_backoff_ms: u64,
+    pub kafka_log_cleaner_io_max_bytes_per_second: u64,
     /// The RocketMQ gRPC listener speaks TLS only.
     pub rocketmq_tls: bool,
     /// RocketMQ access keys and their secrets, `key:secret` separated by commas; each key
@@ -128,6 +130,8 @@ impl Default for Config {
             kafka_reauth_ms: 0,
             kafka_transaction_max_timeout_ms: 900_000,
             kafka_fetch_session_cache_slots: 1000,
+            kafka_log_cleaner_backoff_ms: 15_000,
+            kafka_log_cleaner_io_max_bytes_per_second: 64 * 1024 * 1024,
             rocketmq_tls: false,
             rocketmq_credentials: String::new(),
             http_tls: false,
@@ -339,6 +343,24 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.kafka_fetch_session_cache_slots = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.log_cleaner_backoff_ms",
+        env: "SLUICE_KAFKA_LOG_CLEANER_BACKOFF_MS",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_log_cleaner_backoff_ms = parse_positive(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "kafka.log_cleaner_io_max_bytes_per_second",
+        env: "SLUICE_KAFKA_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND",
+        flag: None,
+        set: |d, v| {
+            d.config.kafka_log_cleaner_io_max_bytes_per_second = parse_u64(v)?;
             Ok(())
         },
     },

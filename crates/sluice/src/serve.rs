@@ -122,6 +122,11 @@ fn kafka_config(config: &Config, bound: SocketAddr) -> KafkaConfig {
             .unwrap_or(i32::MAX),
         fetch_session_cache_slots: usize::try_from(config.kafka_fetch_session_cache_slots)
             .unwrap_or(usize::MAX),
+        log_cleaner_backoff: Duration::from_millis(config.kafka_log_cleaner_backoff_ms),
+        cleaner: sluice_engine::stream::compact::CleanerLimits {
+            io_bytes_per_second: config.kafka_log_cleaner_io_max_bytes_per_second,
+            ..Default::default()
+        },
         ..KafkaConfig::default()
     }
 }
@@ -264,6 +269,7 @@ async fn listen_until_signal(
         never = expiry_loop(Arc::clone(&broker)) => match never {},
         never = kafka_group_loop(Arc::clone(&kafka_broker)) => match never {},
         never = kafka_txn_loop(Arc::clone(&kafka_broker)) => match never {},
+        never = kafka_cleaner_loop(Arc::clone(&kafka_broker)) => match never {},
         never = retention_loop(
             Arc::clone(&broker),
             Arc::clone(&kafka_broker),
@@ -392,6 +398,18 @@ async fn kafka_group_loop(kafka: Arc<KafkaBroker>) -> Infallible {
         tick.tick().await;
         kafka.groups.tick();
         kafka.groups.persist_groups().await;
+    }
+}
+
+/// Cleans compacted topics every `kafka.log_cleaner_backoff_ms`, on a blocking thread.
+async fn kafka_cleaner_loop(kafka: Arc<KafkaBroker>) -> Infallible {
+    let mut tick = tokio::time::interval(kafka.config.log_cleaner_backoff);
+    loop {
+        tick.tick().await;
+        let k = Arc::clone(&kafka);
+        if let Err(e) = tokio::task::spawn_blocking(move || k.clean_logs()).await {
+            warn!(error = %e, "log cleaner round failed");
+        }
     }
 }
 

@@ -53,3 +53,32 @@ def test_offset_for_leader_epoch_answers_where_the_epoch_ends(clients, create_to
         (UNKNOWN_LEADER_EPOCH, 0, -1, -1),    # the client knows a newer leader than this
         (UNKNOWN_TOPIC_OR_PARTITION, 9, -1, -1),
     ]
+
+
+def test_fetch_and_list_offsets_check_the_current_leader_epoch(clients, create_topic, bootstrap):
+    """KIP-320: Fetch (v9+) and ListOffsets (v4+) carry the leader epoch the client last
+    saw; an epoch newer than the partition's is UNKNOWN_LEADER_EPOCH, -1 and the current
+    one are served."""
+    topic = create_topic()
+    produce(clients, "confluent", topic, [{"value": b"e"}])
+    conn = wire.RawConnection.to(bootstrap)
+    try:
+        for cid, epoch, expected in ((1, 1, UNKNOWN_LEADER_EPOCH), (2, 0, 0), (3, -1, 0)):
+            body = wire.i32(-1) + wire.i32(0) + wire.i32(0) + wire.i32(1 << 20) + wire.i8(0)
+            body += wire.i32(0) + wire.i32(-1)  # sessionless
+            body += wire.array([wire.string(topic) + wire.array(
+                [wire.i32(0) + wire.i32(epoch) + wire.i64(0) + wire.i64(-1) + wire.i32(1 << 20)])])
+            body += wire.array([])
+            r = wire.Reader(conn.call(wire.request(1, 9, cid, body), cid))
+            r.i32(), r.i16(), r.i32()  # throttle, error, session id
+            assert r.i32() == 1 and r.string() == topic and r.i32() == 1
+            assert (r.i32(), r.i16()) == (0, expected), f"fetch with epoch {epoch}"
+        for cid, epoch, expected in ((4, 1, UNKNOWN_LEADER_EPOCH), (5, 0, 0)):
+            body = wire.i32(-1) + wire.i8(0)
+            body += wire.array([wire.string(topic) + wire.array([wire.i32(0) + wire.i32(epoch) + wire.i64(-1)])])
+            r = wire.Reader(conn.call(wire.request(2, 4, cid, body), cid))
+            r.i32()
+            assert r.i32() == 1 and r.string() == topic and r.i32() == 1
+            assert (r.i32(), r.i16()) == (0, expected), f"list offsets with epoch {epoch}"
+    finally:
+        conn.close()

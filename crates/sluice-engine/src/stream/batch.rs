@@ -50,7 +50,7 @@ pub enum BatchError {
     OldMagic,
 }
 
-fn i16_at(b: &[u8], at: usize) -> i16 {
+pub(crate) fn i16_at(b: &[u8], at: usize) -> i16 {
     let mut x = [0u8; 2];
     if let Some(s) = b.get(at..at + 2) {
         x.copy_from_slice(s);
@@ -58,7 +58,7 @@ fn i16_at(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes(x)
 }
 
-fn i32_at(b: &[u8], at: usize) -> i32 {
+pub(crate) fn i32_at(b: &[u8], at: usize) -> i32 {
     let mut x = [0u8; 4];
     if let Some(s) = b.get(at..at + 4) {
         x.copy_from_slice(s);
@@ -66,7 +66,7 @@ fn i32_at(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes(x)
 }
 
-fn i64_at(b: &[u8], at: usize) -> i64 {
+pub(crate) fn i64_at(b: &[u8], at: usize) -> i64 {
     let mut x = [0u8; 8];
     if let Some(s) = b.get(at..at + 8) {
         x.copy_from_slice(s);
@@ -184,6 +184,32 @@ fn walk_records(records: &[u8], count: i32) -> Result<(), BatchError> {
     } else {
         Err(BatchError::Corrupt)
     }
+}
+
+/// Whether an uncompressed batch of a produce request (checked by [`split`]) holds a
+/// record without a key, which a compacted topic refuses. Compressed batches are not
+/// opened here and count as keyed.
+pub fn has_null_key(records: &[u8], info: &BatchInfo) -> bool {
+    let Some(batch) = records.get(info.start..info.start + info.len) else {
+        return false;
+    };
+    if i16_at(batch, ATTRIBUTES_AT) as u16 & COMPRESSION_MASK != 0 {
+        return false;
+    }
+    let mut at = HEADER_BYTES;
+    for _ in 0..info.offsets {
+        let Some(len) = varint(batch, &mut at) else {
+            return false;
+        };
+        let mut r = at + 1; // attributes
+        let _ = varint(batch, &mut r); // timestamp delta
+        let _ = varint(batch, &mut r); // offset delta
+        if varint(batch, &mut r) == Some(-1) {
+            return true;
+        }
+        at = at.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+    }
+    false
 }
 
 /// Rewrites a batch for log-append time: the timestamp type bit set, `maxTimestamp` =
@@ -430,6 +456,20 @@ pub(crate) mod tests {
         let mut old = batch(1, -1, -1);
         old[MAGIC_AT] = 1;
         assert_eq!(split(&old, &mut out), Err(BatchError::OldMagic));
+    }
+
+    #[test]
+    fn null_keys_are_found_in_uncompressed_batches() {
+        let records = batch(3, -1, -1); // null keys
+        let mut infos = Vec::new();
+        split(&records, &mut infos).unwrap();
+        assert!(has_null_key(&records, &infos[0]));
+        let mut b = crate::stream::record::BatchBuilder::default();
+        b.push(1, Some(b"k"), Some(b"v"), std::iter::empty());
+        b.push(1, Some(b"k2"), None, std::iter::empty());
+        let keyed = b.finish();
+        split(&keyed, &mut infos).unwrap();
+        assert!(!has_null_key(&keyed, &infos[0]));
     }
 
     #[test]

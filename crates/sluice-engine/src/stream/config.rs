@@ -24,6 +24,14 @@ pub struct TopicConfig {
     pub timestamp_type: TimestampType,
     /// What RocketMQ messages the topic accepts (RocketMQ's topic message type).
     pub message_type: MessageType,
+    /// `cleanup.policy`: `delete` (retention), `compact`, or both.
+    pub delete: bool,
+    pub compact: bool,
+    /// `min.cleanable.dirty.ratio`, in millionths.
+    pub min_cleanable_dirty_ratio_ppm: u32,
+    pub min_compaction_lag_ms: u64,
+    pub max_compaction_lag_ms: u64,
+    pub delete_retention_ms: u64,
 }
 
 /// A topic's RocketMQ message type: the one kind of message it accepts, or all of them.
@@ -71,8 +79,23 @@ impl Default for TopicConfig {
             flush_sync: false,
             timestamp_type: TimestampType::CreateTime,
             message_type: MessageType::Mixed,
+            delete: true,
+            compact: false,
+            min_cleanable_dirty_ratio_ppm: 500_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX as u64,
+            delete_retention_ms: 86_400_000,
         }
     }
+}
+
+fn parse_ms(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| format!("invalid value {value:?}: expected a non-negative number"))
 }
 
 fn parse_limit(value: &str) -> Result<Option<u64>, String> {
@@ -91,12 +114,33 @@ impl TopicConfig {
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "cleanup.policy" => {
-                if value != "delete" {
-                    return Err(format!(
-                        "cleanup.policy {value:?} is not supported: only \"delete\" (log compaction is not built)"
-                    ));
+                let mut delete = false;
+                let mut compact = false;
+                for p in value.split(',').map(str::trim) {
+                    match p {
+                        "delete" => delete = true,
+                        "compact" => compact = true,
+                        _ => return Err(format!("invalid cleanup.policy {value:?}")),
+                    }
                 }
+                if !delete && !compact {
+                    return Err(format!("invalid cleanup.policy {value:?}"));
+                }
+                self.delete = delete;
+                self.compact = compact;
             }
+            "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+                Ok(v) if (0.0..=1.0).contains(&v) => {
+                    self.min_cleanable_dirty_ratio_ppm = (v * 1e6).round() as u32;
+                }
+                _ => return Err(format!("invalid min.cleanable.dirty.ratio {value:?}")),
+            },
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms = parse_ms(value)?,
+            "max.compaction.lag.ms" => match parse_ms(value)? {
+                0 => return Err(format!("invalid max.compaction.lag.ms {value:?}")),
+                v => self.max_compaction_lag_ms = v,
+            },
+            "delete.retention.ms" => self.delete_retention_ms = parse_ms(value)?,
             "retention.ms" => self.retention_ms = parse_limit(value)?,
             "retention.bytes" => self.retention_bytes = parse_limit(value)?,
             "segment.bytes" => match value.parse::<u64>() {
@@ -145,7 +189,17 @@ impl TopicConfig {
     pub fn get(&self, name: &str) -> Option<String> {
         let limit = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
         Some(match name {
-            "cleanup.policy" => "delete".into(),
+            "cleanup.policy" => match (self.compact, self.delete) {
+                (true, true) => "compact,delete".into(),
+                (true, false) => "compact".into(),
+                _ => "delete".into(),
+            },
+            "min.cleanable.dirty.ratio" => {
+                format!("{}", f64::from(self.min_cleanable_dirty_ratio_ppm) / 1e6)
+            }
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "retention.ms" => limit(self.retention_ms),
             "retention.bytes" => limit(self.retention_bytes),
             "segment.bytes" => self.segment_bytes.to_string(),
@@ -160,12 +214,23 @@ impl TopicConfig {
         })
     }
 
+    /// The compaction settings, for the cleaner.
+    pub fn compact_config(&self) -> super::compact::CompactConfig {
+        super::compact::CompactConfig {
+            min_cleanable_dirty_ratio: f64::from(self.min_cleanable_dirty_ratio_ppm) / 1e6,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+            max_compaction_lag_ms: self.max_compaction_lag_ms,
+            delete_retention_ms: self.delete_retention_ms,
+        }
+    }
+
     /// The log settings for one partition of a topic with these configs.
     pub fn log_config(&self, base: &LogConfig) -> LogConfig {
         let mut log = base.clone();
         log.segment_bytes = self.segment_bytes.max(1024);
-        log.retention_bytes = self.retention_bytes;
-        log.retention_ms = self.retention_ms;
+        // A compacted topic without `delete` keeps every segment the cleaner leaves.
+        log.retention_bytes = self.retention_bytes.filter(|_| self.delete);
+        log.retention_ms = self.retention_ms.filter(|_| self.delete);
         // Room for the largest batch plus its frame, whatever max.message.bytes says.
         log.batch_bytes_max = sluice_core::limits::BATCH_BYTES_MAX;
         log.flush = if self.flush_sync {

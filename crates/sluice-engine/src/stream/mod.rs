@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod codec;
+pub mod compact;
 pub mod config;
 pub mod offsets;
 pub mod partition;

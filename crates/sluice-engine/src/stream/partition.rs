@@ -67,6 +67,18 @@ pub struct Partition {
     state: Mutex<PartitionState>,
 }
 
+impl PartitionState {
+    /// The last stable offset of a log ending at `end`.
+    pub fn txn_last_stable(&self, end: u64) -> u64 {
+        self.txn.last_stable(end)
+    }
+
+    /// The aborted transactions still in the log.
+    pub fn txn_aborted(&self) -> &[super::txn::Aborted] {
+        self.txn.aborted()
+    }
+}
+
 /// What a Kafka fetch of one partition gets: the stored batches as file ranges and the
 /// offsets around them.
 #[derive(Debug)]

@@ -335,6 +335,37 @@ impl Topics {
         }
     }
 
+    /// Cleans the partitions of compacted topics that are due (`stream::compact`).
+    /// Blocking.
+    pub fn clean_due(&self, limits: &super::compact::CleanerLimits) {
+        for t in self.all() {
+            let config = t.config();
+            if !config.compact {
+                continue;
+            }
+            let compact = config.compact_config();
+            let partitions = t.read().partitions.clone();
+            for p in partitions {
+                let now = self.clock.now_ms();
+                match super::compact::clean(&p, &compact, limits, now) {
+                    Ok(Some(done)) if done.segments > 0 => tracing::info!(
+                        topic = %t.name,
+                        partition = p.index,
+                        segments = done.segments,
+                        bytes_before = done.bytes_before,
+                        bytes_after = done.bytes_after,
+                        records_removed = done.records_removed,
+                        "log cleaned"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(topic = %t.name, partition = p.index, error = %e, "log clean failed")
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes and fsyncs every partition (clean shutdown). Blocking.
     pub fn sync_all(&self) {
         for p in self.all_partitions() {

@@ -112,6 +112,10 @@ impl TxnIndex {
         }
     }
 
+    pub fn aborted(&self) -> &[Aborted] {
+        &self.aborted
+    }
+
     pub fn aborted_count(&self) -> usize {
         self.aborted.len()
     }

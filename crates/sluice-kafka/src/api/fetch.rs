@@ -39,6 +39,19 @@ struct Wanted {
     index: i32,
     offset: i64,
     max_bytes: i32,
+    /// KIP-320: the leader epoch the client named is not the partition's.
+    epoch_error: Option<i16>,
+}
+
+/// KIP-320: a `current_leader_epoch` newer than the partition's is unknown here, an
+/// older one fenced; -1 skips the check.
+fn epoch_error(current_leader_epoch: i32) -> Option<i16> {
+    use sluice_engine::stream::partition::LEADER_EPOCH;
+    match current_leader_epoch {
+        e if e < 0 || e == LEADER_EPOCH => None,
+        e if e > LEADER_EPOCH => Some(codes::UNKNOWN_LEADER_EPOCH),
+        _ => Some(codes::FENCED_LEADER_EPOCH),
+    }
 }
 
 struct PartitionOut {
@@ -107,6 +120,7 @@ impl Resolver<'_> {
             index,
             offset,
             max_bytes,
+            epoch_error: None,
         }
     }
 }
@@ -169,16 +183,32 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
             for p in &s.parts {
                 wanted.push(resolver.want(&p.topic, p.index, p.offset, p.max_bytes));
             }
+            // Partitions this request names are checked against the epoch it names.
+            for ft in &req.topics {
+                for fp in &ft.partitions {
+                    if let Some(code) = epoch_error(fp.current_leader_epoch)
+                        && let Some(at) = s
+                            .parts
+                            .iter()
+                            .position(|p| p.index == fp.partition && p.topic == ft.topic.0.as_str())
+                        && let Some(w) = wanted.get_mut(at)
+                    {
+                        w.epoch_error = Some(code);
+                    }
+                }
+            }
         }
         None => {
             for ft in &req.topics {
                 for fp in &ft.partitions {
-                    wanted.push(resolver.want(
+                    let mut w = resolver.want(
                         ft.topic.0.as_str(),
                         fp.partition,
                         fp.fetch_offset,
                         fp.partition_max_bytes,
-                    ));
+                    );
+                    w.epoch_error = epoch_error(fp.current_leader_epoch);
+                    wanted.push(w);
                 }
             }
         }
@@ -271,15 +301,16 @@ fn read_all(
     let mut total = 0usize;
     let mut errors = false;
     for w in wanted {
-        let Some(partition) = &w.partition else {
+        let refusal = match (&w.partition, w.epoch_error) {
+            (None, _) if w.denied => Some(codes::TOPIC_AUTHORIZATION_FAILED),
+            (None, _) => Some(codes::UNKNOWN_TOPIC_OR_PARTITION),
+            (Some(_), e) => e,
+        };
+        let (Some(partition), None) = (&w.partition, refusal) else {
             errors = true;
             parts.push(PartitionOut {
                 index: w.index,
-                error: if w.denied {
-                    codes::TOPIC_AUTHORIZATION_FAILED
-                } else {
-                    codes::UNKNOWN_TOPIC_OR_PARTITION
-                },
+                error: refusal.unwrap_or(codes::UNKNOWN_SERVER_ERROR),
                 high_watermark: -1,
                 last_stable: -1,
                 log_start: -1,

@@ -48,6 +48,12 @@ pub fn list_offsets(
                 t.partitions.push(p);
                 continue;
             };
+            // KIP-320: a newer current epoch than the partition's is unknown here.
+            if lp.current_leader_epoch > sluice_engine::stream::partition::LEADER_EPOCH {
+                p.error_code = codes::UNKNOWN_LEADER_EPOCH;
+                t.partitions.push(p);
+                continue;
+            }
             let (start, end) = partition.offsets();
             match lp.timestamp {
                 LATEST if committed => p.offset = partition.last_stable(),

@@ -81,6 +81,11 @@ pub async fn produce(
                 t.partition_responses.push(fail(codes::MESSAGE_TOO_LARGE));
                 continue;
             }
+            // Kafka: "Compacted topic cannot accept message without key".
+            if config.compact && infos.iter().any(|i| batch::has_null_key(&records, i)) {
+                t.partition_responses.push(fail(codes::INVALID_RECORD));
+                continue;
+            }
             let append_time = match config.timestamp_type {
                 TimestampType::LogAppendTime => Some(b.clock.now_ms()),
                 TimestampType::CreateTime => None,

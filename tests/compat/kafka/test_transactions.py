@@ -30,6 +30,7 @@ API_ADD_PARTITIONS_TO_TXN = 24
 API_END_TXN = 26
 API_DESCRIBE_TRANSACTIONS = 65
 API_LIST_TRANSACTIONS = 66
+UNKNOWN_TOPIC_OR_PARTITION = 3
 INVALID_TXN_STATE = 48
 INVALID_PRODUCER_ID_MAPPING = 49
 TRANSACTIONAL_ID_NOT_FOUND = 105
@@ -613,3 +614,39 @@ def test_open_and_decided_transactions_survive_a_restart(clients, create_topic, 
     p.commit_transaction(30)
     assert [v for _, _, v in read_all(bootstrap, topic, [0], "read_committed")] == [b"open"]
     assert sorted(v for _, _, v in read_all(bootstrap, topic, [0], "read_uncommitted")) == [b"aborted", b"open"]
+
+
+def test_offsets_of_missing_partitions_are_refused_in_a_transaction(create_topic, bootstrap, name):
+    """TxnOffsetCommit answers UNKNOWN_TOPIC_OR_PARTITION for a partition that does not
+    exist, as Kafka's group coordinator does, and stores the others."""
+    topic, group = create_topic(), name("group")
+    txn_id = f"off-{uuid.uuid4().hex[:8]}"
+    conn = wire.RawConnection.to(bootstrap)
+    try:
+        r = wire.Reader(conn.call(wire.request(wire.API_INIT_PRODUCER_ID, 1, 1, wire.string(txn_id) + wire.i32(60000)), 1))
+        r.i32()
+        error, pid, epoch = r.i16(), r.i64(), r.i16()
+        assert error == 0
+        # AddOffsetsToTxn v1.
+        body = wire.string(txn_id) + wire.i64(pid) + wire.i16(epoch) + wire.string(group)
+        r = wire.Reader(conn.call(wire.request(25, 1, 2, body), 2))
+        r.i32()
+        assert r.i16() == 0
+        # TxnOffsetCommit v2: the real partition and one of a topic that does not exist.
+        part = lambda p, o: wire.i32(p) + wire.i64(o) + wire.i32(-1) + wire.string(None)
+        body = wire.string(txn_id) + wire.string(group) + wire.i64(pid) + wire.i16(epoch)
+        body += wire.array([wire.string(topic) + wire.array([part(0, 5)]),
+                            wire.string("no-such-topic-" + txn_id) + wire.array([part(0, 5)])])
+        r = wire.Reader(conn.call(wire.request(28, 2, 3, body), 3))
+        r.i32()
+        codes = {}
+        for _ in range(r.i32()):
+            t = r.string()
+            for _ in range(r.i32()):
+                partition, error = r.i32(), r.i16()
+                codes[(t, partition)] = error
+        assert codes == {(topic, 0): 0, ("no-such-topic-" + txn_id, 0): UNKNOWN_TOPIC_OR_PARTITION}
+        (d,) = describe_transactions(bootstrap, [txn_id])
+        assert d[1] == "Ongoing"
+    finally:
+        conn.close()

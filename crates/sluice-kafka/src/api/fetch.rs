@@ -213,6 +213,18 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
             }
         }
     }
+    // A session holds at most as many partitions as the broker may have; one that grows
+    // past that is dropped (the client starts over, and a full fetch that large gets no
+    // session: it keeps sending full requests).
+    let too_big = session
+        .as_ref()
+        .is_some_and(|s| s.parts.len() > b.config.partitions_max.max(0) as usize);
+    if too_big {
+        session = None;
+        if incremental {
+            return FetchOut::refused(codes::FETCH_SESSION_ID_NOT_FOUND);
+        }
+    }
     let names = resolver.names;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;

@@ -186,7 +186,16 @@ pub async fn txn_offset_commit(
             denied_topics.push(t.name.0.to_string());
             continue;
         }
+        // Offsets of partitions that do not exist are refused, as Kafka does.
+        let topic = b.topics.get(t.name.0.as_str());
         for p in &t.partitions {
+            if topic
+                .as_ref()
+                .and_then(|t| t.partition(p.partition_index))
+                .is_none()
+            {
+                continue;
+            }
             offsets.push((
                 t.name.0.to_string(),
                 p.partition_index,
@@ -229,7 +238,16 @@ pub async fn txn_offset_commit(
                 .map(|p| {
                     let mut x = TxnOffsetCommitResponsePartition::default();
                     x.partition_index = p.partition_index;
-                    x.error_code = code;
+                    let exists = b
+                        .topics
+                        .get(t.name.0.as_str())
+                        .and_then(|t| t.partition(p.partition_index))
+                        .is_some();
+                    x.error_code = if exists || code != codes::NONE {
+                        code
+                    } else {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    };
                     x
                 })
                 .collect();

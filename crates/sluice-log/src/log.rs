@@ -181,11 +181,14 @@ impl Log {
             let Some(name) = name.to_str() else { continue };
             if let Some(base) = parse_segment_name(name, "log") {
                 bases.push(base);
+            } else if crate::rewrite::is_leftover(name) {
+                // A rewrite a crash interrupted before its swap: the old segment stands.
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(LogError::io(&path))?;
             }
         }
         bases.sort_unstable();
         remove_orphan_indexes(&dir, &bases)?;
-        crate::rewrite::remove_leftovers(&dir)?;
 
         let mut sealed = Vec::new();
         let mut active = None;

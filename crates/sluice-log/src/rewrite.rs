@@ -135,16 +135,9 @@ pub fn cleaned_path(path: &Path) -> PathBuf {
     path.with_extension(CLEANED_EXT)
 }
 
-/// Deletes the `.cleaned` files a crash left in `dir`.
-pub fn remove_leftovers(dir: &Path) -> Result<(), LogError> {
-    for entry in std::fs::read_dir(dir).map_err(LogError::io(dir))? {
-        let entry = entry.map_err(LogError::io(dir))?;
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == CLEANED_EXT) {
-            std::fs::remove_file(&path).map_err(LogError::io(&path))?;
-        }
-    }
-    Ok(())
+/// Whether a file name is a rewrite's `.cleaned` file.
+pub fn is_leftover(name: &str) -> bool {
+    name.ends_with(".cleaned")
 }
 
 impl Log {

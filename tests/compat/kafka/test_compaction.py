@@ -25,9 +25,9 @@ COMPACT = {"cleanup.policy": "compact", "segment.bytes": "1024", "min.cleanable.
 # at least one batch.
 
 
-def read_from_start(clients, topic, partition=0, timeout=15.0):
+def read_from_start(clients, topic, partition=0, timeout=15.0, isolation="read_committed"):
     """Every record from the log start to the end: [(offset, key, value)]."""
-    c = clients.consumer(**{"enable.partition.eof": True})
+    c = clients.consumer(**{"enable.partition.eof": True, "isolation.level": isolation})
     c.assign([TopicPartition(topic, partition, 0)])
     out, deadline = [], Deadline(timeout)
     try:
@@ -189,3 +189,30 @@ def test_a_kill9_at_any_point_of_a_clean_keeps_every_latest_value(clients, creat
     # Cleaned at full speed, the log is smaller and still has every latest value.
     records = wait_cleaned(clients, topic, 30 * 100 // 2, timeout=30)
     assert latest_by_key(records) == expected
+
+
+def test_the_cleaner_drops_aborted_transactions_and_keeps_committed_ones(clients, create_topic, bootstrap):
+    """Records of an aborted transaction are never a key's latest value for the cleaner
+    (Kafka's cleaner discards aborted records): after a clean, even a read_uncommitted
+    consumer no longer sees them, and the committed value of the key stays."""
+    topic = create_topic(1, COMPACT)
+    p = clients.producer(**{"transactional.id": f"compact-{topic}"})
+    p.init_transactions(15)
+    for rnd in range(20):
+        p.begin_transaction()
+        p.produce(topic, key=b"k", value=f"committed-{rnd}".encode(), partition=0)
+        p.commit_transaction(15)
+        p.begin_transaction()
+        p.produce(topic, key=b"k", value=f"aborted-{rnd}".encode(), partition=0)
+        p.flush(15)
+        p.abort_transaction(15)
+    # Later writes of another key, so that the transactions above are in sealed segments.
+    produce_keys(clients, topic, 20, [b"filler"])
+    deadline = Deadline(20)
+    while True:
+        values = [v for _, k, v in read_from_start(clients, topic, isolation="read_uncommitted") if k == b"k"]
+        if values == [b"committed-19"]:
+            break
+        assert not deadline.passed(), f"not cleaned to the last committed value: {values}"
+        time.sleep(0.3)
+    assert [v for _, k, v in read_from_start(clients, topic) if k == b"k"] == [b"committed-19"]

@@ -231,7 +231,8 @@ impl Log {
             sealed,
             active,
             written,
-            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            // Grown on demand: an idle log (most queues) holds no buffer memory.
+            buffer: Vec::new(),
             start_offset,
             durable_offset: next,
             unsynced_files: Vec::new(),

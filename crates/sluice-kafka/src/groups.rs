@@ -958,10 +958,7 @@ impl Coordinator {
             tracing::error!(error = %e, "offset commit not stored");
             return codes::COORDINATOR_NOT_AVAILABLE;
         }
-        let mut inner = self.lock();
-        for c in changes {
-            apply(&mut inner.offsets, c);
-        }
+        self.apply_stored(changes);
         codes::NONE
     }
 
@@ -1112,13 +1109,11 @@ impl Coordinator {
             tracing::error!(error = %e, "offset deletion not stored");
             return;
         }
-        let mut inner = self.lock();
-        for c in changes {
-            apply(&mut inner.offsets, c);
-        }
+        self.apply_stored(changes);
     }
 
-    /// Makes committed offsets that are already stored (by a transaction's commit) visible.
+    /// Makes committed offsets that are already stored (by a commit, a deletion or a
+    /// transaction's commit) visible.
     pub fn apply_stored(&self, changes: Vec<Change>) {
         let mut inner = self.lock();
         for c in changes {

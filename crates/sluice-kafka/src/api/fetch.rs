@@ -8,6 +8,7 @@
 //! connection sends with `sendfile(2)`. The response is encoded here by hand (versions
 //! 4 to 12) because the codec can only encode records it holds in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ struct Resolver<'a> {
     b: &'a KafkaBroker,
     authz: Authz<'a>,
     names: Vec<String>,
+    /// Position of each name in `names`.
+    index: HashMap<String, usize>,
     last: Option<(usize, bool, Option<Arc<sluice_engine::stream::Topic>>)>,
 }
 
@@ -98,10 +101,11 @@ impl Resolver<'_> {
         let same =
             matches!(&self.last, Some((ti, ..)) if self.names.get(*ti).is_some_and(|n| n == topic));
         if !same {
-            let ti = match self.names.iter().position(|n| n == topic) {
-                Some(ti) => ti,
+            let ti = match self.index.get(topic) {
+                Some(&ti) => ti,
                 None => {
                     self.names.push(topic.to_string());
+                    self.index.insert(topic.to_string(), self.names.len() - 1);
                     self.names.len() - 1
                 }
             };
@@ -131,6 +135,7 @@ pub async fn fetch(b: &Arc<KafkaBroker>, authz: Authz<'_>, req: FetchRequest) ->
         b,
         authz,
         names: Vec::with_capacity(req.topics.len()),
+        index: HashMap::new(),
         last: None,
     };
     let mut wanted = Vec::new();

@@ -180,6 +180,7 @@ pub async fn txn_offset_commit(
         )
     };
     let mut offsets = Vec::new();
+    let mut missing = std::collections::HashSet::new();
     let mut denied_topics = Vec::new();
     for t in &req.topics {
         if !authz.allows(Operation::Read, Resource::Topic(&t.name)) {
@@ -194,6 +195,7 @@ pub async fn txn_offset_commit(
                 .and_then(|t| t.partition(p.partition_index))
                 .is_none()
             {
+                missing.insert((t.name.0.as_str(), p.partition_index));
                 continue;
             }
             offsets.push((
@@ -238,15 +240,11 @@ pub async fn txn_offset_commit(
                 .map(|p| {
                     let mut x = TxnOffsetCommitResponsePartition::default();
                     x.partition_index = p.partition_index;
-                    let exists = b
-                        .topics
-                        .get(t.name.0.as_str())
-                        .and_then(|t| t.partition(p.partition_index))
-                        .is_some();
-                    x.error_code = if exists || code != codes::NONE {
-                        code
-                    } else {
+                    let gone = missing.contains(&(t.name.0.as_str(), p.partition_index));
+                    x.error_code = if gone && code == codes::NONE {
                         codes::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        code
                     };
                     x
                 })

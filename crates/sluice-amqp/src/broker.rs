@@ -548,11 +548,11 @@ impl Broker {
         }
     }
 
-    /// Runs the fsyncs that are due in every durable queue and in the stream queues the
-    /// vhosts keep themselves. Blocking.
+    /// Runs the journals' background work and the fsyncs that are due in the stream
+    /// queues the vhosts keep themselves. Blocking.
     pub fn flush_due(&self) {
-        for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
-            queue.flush_due();
+        for vhost in self.vhosts.values() {
+            vhost.flush_journal();
         }
         for topics in self.vhosts.values().filter_map(|v| v.own_streams()) {
             topics.flush_due();
@@ -572,8 +572,8 @@ impl Broker {
         for vhost in self.vhosts.values() {
             vhost.save_definitions();
         }
-        for queue in self.vhosts.values().flat_map(|v| v.durable_queues()) {
-            queue.close_store();
+        for vhost in self.vhosts.values() {
+            vhost.close_journal();
         }
         for topics in self.vhosts.values().filter_map(|v| v.own_streams()) {
             topics.sync_all();

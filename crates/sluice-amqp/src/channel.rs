@@ -11,7 +11,7 @@ use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchang
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 use sluice_core::{Message, Table, Value};
-use sluice_engine::queue::{Accepted, Consumer, ConsumerId, Entry, MessageId};
+use sluice_engine::queue::{Consumer, ConsumerId, Entry, MessageId};
 use sluice_engine::routing::{Binding, Destination};
 use sluice_engine::stream::{Partition, RefusalKind, Topic, valid_name};
 
@@ -169,6 +169,8 @@ pub struct Channel {
     unacked: BTreeMap<u64, Unacked>,
     stream_unacked: BTreeMap<u64, StreamUnacked>,
     routed: Vec<Arc<str>>,
+    /// The classic queues among `routed`, for one publish to all of them.
+    routed_queues: Vec<Arc<QueueCell>>,
 }
 
 fn short(s: &str) -> ShortString {
@@ -217,6 +219,7 @@ impl Channel {
             unacked: BTreeMap::new(),
             stream_unacked: BTreeMap::new(),
             routed: Vec::new(),
+            routed_queues: Vec::new(),
         }
     }
 
@@ -1559,19 +1562,10 @@ impl Channel {
         let mut delivered = 0;
         let mut waiting = 0u32;
         let mut rejected = false;
+        self.routed_queues.clear();
         for name in &self.routed {
             if let Some(queue) = ctx.vhost.queue(name) {
-                let confirm = (self.confirm && message.persistent && queue.store_id.is_some())
-                    .then(|| Confirm {
-                        confirms: Arc::clone(ctx.confirms),
-                        channel: self.id,
-                        seq,
-                    });
-                let (stored, accepted) = queue.publish(Arc::clone(&message), confirm);
-                if stored {
-                    waiting += 1;
-                }
-                rejected |= accepted == Accepted::Rejected;
+                self.routed_queues.push(queue);
                 delivered += 1;
             } else if let Some((topic, partition)) = ctx.vhost.stream(name) {
                 delivered += 1;
@@ -1593,6 +1587,20 @@ impl Channel {
                     Err(_) => rejected = true,
                 }
             }
+        }
+        if !self.routed_queues.is_empty() {
+            // One write of a persistent message for every durable queue it reached.
+            let confirm = (self.confirm && message.persistent).then(|| Confirm {
+                confirms: Arc::clone(ctx.confirms),
+                channel: self.id,
+                seq,
+            });
+            let (taken, refused) = ctx.vhost.publish_to(&message, &self.routed_queues, confirm);
+            self.routed_queues.clear();
+            if taken {
+                waiting += 1;
+            }
+            rejected |= refused;
         }
         if self.confirm && rejected {
             // A queue at its limit refused it (`reject-publish`): nack, even if other

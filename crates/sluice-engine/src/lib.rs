@@ -18,6 +18,7 @@
 //! dead-letter hand-off, expiry timers, definitions and stream queues.
 
 pub mod delay;
+pub mod journal;
 pub mod queue;
 mod ready;
 pub mod routing;

@@ -551,6 +551,14 @@ impl Queue {
         self.dispatch(reserve, out);
     }
 
+    /// Where every stored message the queue holds (ready or unacked) is stored.
+    pub fn stored_offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ready
+            .iter()
+            .filter_map(|e| e.stored)
+            .chain(self.unacked.values().filter_map(|(e, _)| e.stored))
+    }
+
     /// Drops every ready message; unacked ones are untouched. Returns them.
     pub fn purge(&mut self) -> Vec<Entry> {
         self.ready.drain()

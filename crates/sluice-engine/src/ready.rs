@@ -121,6 +121,11 @@ impl Ready {
         self.expiry.first().map(|&(at, _, _)| at)
     }
 
+    /// Every ready message, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.levels.iter().flatten()
+    }
+
     pub fn drain(&mut self) -> Vec<Entry> {
         self.len = 0;
         self.bytes = 0;

@@ -76,7 +76,7 @@ pub struct QueueStore<W> {
 
 /// Encodes a message for the log: version, exchange, routing key, flags, priority,
 /// expiration, expiry time, properties, body.
-fn encode(message: &Message, expires_at: Option<i64>, out: &mut Vec<u8>) {
+pub(crate) fn encode(message: &Message, expires_at: Option<i64>, out: &mut Vec<u8>) {
     out.clear();
     out.push(ENCODING_VERSION);
     for s in [&message.exchange, &message.routing_key] {
@@ -93,7 +93,7 @@ fn encode(message: &Message, expires_at: Option<i64>, out: &mut Vec<u8>) {
     out.extend_from_slice(&message.body);
 }
 
-fn decode(mut bytes: Bytes) -> Option<(Message, Option<i64>)> {
+pub(crate) fn decode(mut bytes: Bytes) -> Option<(Message, Option<i64>)> {
     let take_str = |b: &mut Bytes| -> Option<Arc<str>> {
         let len = usize::from(*b.first()?);
         b.advance(1);

@@ -1,5 +1,6 @@
-//! Deterministic simulation of a durable queue: the engine's queue state machine and its
-//! store, driven by random commands from several producers and consumers on a manual
+//! Deterministic simulation of a durable queue: the engine's queue state machine and the
+//! journal it shares with other queues (here a second queue, which half the messages are
+//! also routed to and which is deleted and created again now and then), driven by random commands from several producers and consumers on a manual
 //! clock, with crashes (the process dies without flushing anything of its own; what it
 //! wrote to files survives, as after `kill -9`) and recovery. After every step it checks:
 //!
@@ -8,7 +9,10 @@
 //! - nothing is delivered twice without the redelivered flag;
 //! - order: a consumer's first deliveries come in publish order;
 //! - TTL: no message is delivered at or after its expiry, and every ready message whose
-//!   expiry has passed is gone once the clock reaches it.
+//!   expiry has passed is gone once the clock reaches it;
+//! - the other queue gets back only messages published to it since it was last created;
+//! - the journal frees what is settled: at the end, with everything settled, it holds
+//!   no message.
 //!
 //! Writes and fsyncs fail or tear now and then (a fault-injecting I/O backend): a failed
 //! fsync confirms nothing, and a store that failed is restarted, as the broker is.
@@ -29,10 +33,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_core::Message;
 use sluice_core::clock::{Clock, ManualClock};
+use sluice_engine::journal::Journal;
 use sluice_engine::queue::{Consumer, ConsumerId, Dead, Delivery, MessageId, Queue};
-use sluice_engine::store::{Fault, FaultyIo, Io, LogConfig, QueueStore};
+use sluice_engine::store::{Fault, FaultyIo, Io, LogConfig};
 
 const SEEDS: u64 = 40;
+/// The simulated queue's id in the journal, and the other queue's.
+const SIM: u64 = 1;
+const OTHER: u64 = 2;
 const STEPS: usize = 1_500;
 
 /// SplitMix64: small, fast and the same everywhere.
@@ -66,6 +74,11 @@ struct Oracle {
     delivered: HashSet<u64>,
     /// Last first-time delivery per consumer, for the order check.
     last_fresh: HashMap<ConsumerId, u64>,
+    /// Messages published to the other queue since it was last created (and the
+    /// creation reached the file), by seq, with their offsets.
+    other: BTreeMap<u64, u64>,
+    /// The other queue's creation was written: only messages from `other` may return.
+    other_created: bool,
     /// `SIM_TRACE=<seq>`: print what happens to that message.
     trace: Option<u64>,
 }
@@ -85,7 +98,7 @@ struct Node {
     /// A write or fsync failed: the node restarts after this step.
     failed: bool,
     queue: Queue,
-    store: QueueStore<u64>,
+    store: Journal<u64>,
     /// Message id in the queue → publish seq and store offset.
     ids: HashMap<MessageId, (u64, u64)>,
     /// Delivered and not yet acknowledged: (consumer, message id).
@@ -118,14 +131,34 @@ impl Node {
     ) -> Node {
         io.disarm();
         let mut recovered = Vec::new();
-        let store = QueueStore::<u64>::open_with_io(
+        let mut other = BTreeMap::new();
+        let store = Journal::<u64>::open_with_io(
             dir,
             config(),
             Arc::clone(&clock) as Arc<dyn Clock>,
             Arc::clone(&io) as Arc<dyn Io>,
-            |r| recovered.push(r),
+            |r| {
+                if r.queue == SIM {
+                    recovered.push(r);
+                } else {
+                    assert_eq!(r.queue, OTHER);
+                    other.insert(seq_of(&r.message), r.offset);
+                }
+                true
+            },
         )
         .unwrap();
+        if oracle.other_created {
+            for seq in other.keys() {
+                assert!(
+                    oracle.other.contains_key(seq),
+                    "message {seq} came back to the other queue from before it was created"
+                );
+            }
+        }
+        // The other queue keeps what came back (settling none of it until it is
+        // deleted).
+        oracle.other = other;
         let mut queue = Queue::new("sim".into());
         let mut ids = HashMap::new();
         let mut ready = BTreeSet::new();
@@ -138,7 +171,7 @@ impl Node {
                 oracle.published.contains_key(&seq),
                 "message {seq} never published"
             );
-            let id = queue.push(Arc::new(r.message), Some(r.offset), true, r.expires_at);
+            let id = queue.push(r.message, Some(r.offset), true, r.expires_at);
             ids.insert(id, (seq, r.offset));
             ready.insert(id);
         }
@@ -233,7 +266,7 @@ impl Node {
             oracle.note(seq, format_args!("expired, settled at offset {offset}"));
             offsets.push(offset);
         }
-        if self.store.settle(&offsets).is_err() {
+        if self.store.settle(SIM, &offsets).is_err() {
             self.failed = true;
         }
     }
@@ -261,7 +294,13 @@ impl Node {
             expiration_ms: ttl.map(|t| t as u64),
         });
         oracle.published.insert(seq, expires_at);
-        let Ok(offset) = self.store.append(&message, expires_at) else {
+        let fan_out = rng.below(2) == 0;
+        let targets: &[(u64, Option<i64>)] = if fan_out {
+            &[(SIM, expires_at), (OTHER, None)]
+        } else {
+            &[(SIM, expires_at)]
+        };
+        let Ok(offset) = self.store.append(&message, targets) else {
             // Refused (the publisher is nacked): nothing was queued.
             self.failed = true;
             return;
@@ -271,6 +310,9 @@ impl Node {
             format_args!("published at offset {offset}, expires {expires_at:?}"),
         );
         self.store.wait(offset, seq).unwrap();
+        if fan_out {
+            oracle.other.insert(seq, offset);
+        }
         let (mut out, mut dead) = (Vec::new(), Vec::new());
         let now = self.now();
         let id = match self.queue.publish(
@@ -316,29 +358,44 @@ impl Node {
     }
 
     fn background(&mut self, oracle: &mut Oracle) {
-        let planned = self
-            .store
-            .write_settlements()
-            .and_then(|()| self.store.maintenance());
-        let Ok(maintenance) = planned else {
+        if self.store.write_buffered().is_err() {
             self.failed = true;
             return;
-        };
-        for job in maintenance {
+        }
+        if let Some(job) = self.store.maintenance() {
             job.run().unwrap();
         }
-        let Ok(jobs) = self.store.flush_jobs() else {
+        let Ok(job) = self.store.flush_job() else {
             self.failed = true;
             return;
         };
-        for (which, job) in jobs {
+        if let Some(job) = job {
             let result = job.run();
             self.failed |= result.is_err();
-            for (seq, ok) in self.store.flushed(which, result) {
+            for (seq, ok) in self.store.flushed(result) {
                 if ok {
                     oracle.note(seq, format_args!("confirmed by a flush"));
                     oracle.confirmed.insert(seq);
                 }
+            }
+        }
+    }
+
+    /// The other queue is deleted and created again under the same id, as a queue id
+    /// used again after a restart would be.
+    fn recreate_other(&mut self, oracle: &mut Oracle) {
+        let held: Vec<u64> = oracle.other.values().copied().collect();
+        let done = self
+            .store
+            .deleted(OTHER, &held)
+            .and_then(|()| self.store.created(OTHER))
+            .and_then(|()| self.store.write_buffered());
+        oracle.other.clear();
+        match done {
+            Ok(()) => oracle.other_created = true,
+            Err(_) => {
+                oracle.other_created = false;
+                self.failed = true;
             }
         }
     }
@@ -414,7 +471,7 @@ impl Node {
             let (seq, offset) = self.ids[&id];
             oracle.settled.insert(seq);
             oracle.note(seq, format_args!("acked, settled at offset {offset}"));
-            self.failed |= self.store.settle(&[offset]).is_err();
+            self.failed |= self.store.settle(SIM, &[offset]).is_err();
         } else {
             self.ready.insert(id);
             self.queue
@@ -438,6 +495,18 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// Every ready message is acknowledged and the other queue deleted.
+    fn drain(&mut self, oracle: &mut Oracle) {
+        let mut offsets = Vec::new();
+        while let Some(entry) = self.queue.get(true) {
+            offsets.push(self.ids[&entry.id].1);
+        }
+        self.store.settle(SIM, &offsets).unwrap();
+        let held: Vec<u64> = oracle.other.values().copied().collect();
+        self.store.deleted(OTHER, &held).unwrap();
+        oracle.other.clear();
     }
 
     /// `kill -9`: nothing of the process survives but what it wrote to its files.
@@ -476,6 +545,7 @@ fn run(seed: u64) -> u64 {
             72..77 => "requeue",
             77..92 => "advance",
             92..93 => "crash",
+            93..94 if rng.below(2) == 0 => "recreate",
             93..96 => "fault",
             _ => "idle",
         };
@@ -493,6 +563,7 @@ fn run(seed: u64) -> u64 {
             "requeue" => node.settle_one(&mut rng, &mut oracle, false),
             "advance" => node.advance(&mut rng, &mut oracle),
             "fault" => node.fault(&mut rng),
+            "recreate" => node.recreate_other(&mut oracle),
             _ => {}
         }));
         if let Err(e) = step {
@@ -514,7 +585,10 @@ fn run(seed: u64) -> u64 {
     }
     // A last crash: everything confirmed and unsettled is still there.
     node.sync(&mut oracle);
-    let node = node.crash(&mut oracle);
+    let mut node = node.crash(&mut oracle);
+    // Everything settled everywhere: the journal holds nothing.
+    node.drain(&mut oracle);
+    assert_eq!(node.store.live_messages(), 0, "settled messages still held");
     node.io.injected()
 }
 

@@ -235,9 +235,7 @@ fn durable_delayed_messages_survive_a_reopen_and_fire_on_time() {
         );
         vhost.save_definitions();
         // Synced and closed, as a clean shutdown does.
-        for q in vhost.durable_queues() {
-            q.close_store();
-        }
+        vhost.close_journal();
     }
     clock.advance_ms(THIRTY_MINUTES - 1);
     let vhost = open(&clock);

@@ -19,6 +19,7 @@
 
 pub mod config;
 mod error;
+pub mod files;
 mod format;
 mod group;
 mod index;

@@ -290,7 +290,7 @@ impl Log {
             appends: self.appends,
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             segments: self.sealed.len() + 1,
-            open_segments: 1 + self.sealed.iter().filter(|s| s.file.is_some()).count(),
+            open_segments: 1 + self.sealed.iter().filter(|s| s.is_open()).count(),
             bytes: self.sealed.iter().map(|s| s.size).sum::<u64>() + self.active.size,
         }
     }
@@ -340,7 +340,7 @@ impl Log {
             let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
             slices.push(&encoded);
             slices.extend_from_slice(parts);
-            if let Err(e) = self.io.write_vectored_at(file, &slices, position) {
+            if let Err(e) = self.io.write_vectored_at(&file, &slices, position) {
                 self.failed.store(true, Ordering::Release);
                 return Err(LogError::io(&self.active.path)(e));
             }
@@ -363,7 +363,7 @@ impl Log {
 
     fn write_at(&self, bytes: &[u8], position: u64) -> Result<(), LogError> {
         let file = self.active_file()?;
-        self.io.write_at(file, bytes, position).map_err(|e| {
+        self.io.write_at(&file, bytes, position).map_err(|e| {
             self.failed.store(true, Ordering::Release);
             LogError::io(&self.active.path)(e)
         })
@@ -384,11 +384,8 @@ impl Log {
         self.failed.load(Ordering::Acquire)
     }
 
-    fn active_file(&self) -> Result<&Arc<File>, LogError> {
-        self.active.file.as_ref().ok_or_else(|| LogError::Io {
-            path: self.active.path.clone(),
-            source: std::io::Error::other("active segment not open"),
-        })
+    fn active_file(&self) -> Result<Arc<File>, LogError> {
+        self.active.file()
     }
 
     /// Writes buffered appends to the segment file without an fsync: after this, a crash
@@ -432,9 +429,8 @@ impl Log {
         let next = Segment::create(&self.dir, self.active.next_offset, now)?;
         let mut old = std::mem::replace(&mut self.active, next);
         old.seal()?;
-        if let Some(file) = &old.file {
-            self.unsynced_files
-                .push((old.path.clone(), Arc::clone(file)));
+        if let Some(file) = old.file.current() {
+            self.unsynced_files.push((old.path.clone(), file));
         }
         old.last_used = self.bump();
         self.sealed.push(old);
@@ -452,14 +448,14 @@ impl Log {
     /// Closes the least recently used sealed segments beyond `open_segments_max`.
     fn enforce_open_limit(&mut self) {
         loop {
-            let open = self.sealed.iter().filter(|s| s.file.is_some()).count();
+            let open = self.sealed.iter().filter(|s| s.is_open()).count();
             if open <= self.config.open_segments_max {
                 return;
             }
             let lru = self
                 .sealed
                 .iter_mut()
-                .filter(|s| s.file.is_some())
+                .filter(|s| s.is_open())
                 .min_by_key(|s| s.last_used);
             match lru {
                 Some(s) => s.close(),
@@ -479,7 +475,7 @@ impl Log {
             return Ok(None);
         }
         let mut files = std::mem::take(&mut self.unsynced_files);
-        files.push((self.active.path.clone(), Arc::clone(self.active_file()?)));
+        files.push((self.active.path.clone(), self.active_file()?));
         let dir = self.dir_dirty.then(|| self.dir.clone());
         self.dir_dirty = false;
         self.unsynced_bytes = 0;
@@ -607,14 +603,12 @@ impl Log {
                 }
             };
             let ranges = segment.payload_ranges(offset, max_bytes, end)?;
-            let Some(file) = segment.file.as_ref() else {
-                return Ok(Vec::new());
-            };
+            let file = segment.file()?;
             if !ranges.is_empty() || end == self.written {
                 return Ok(ranges
                     .into_iter()
                     .map(|(position, h)| FileSlice {
-                        file: Arc::clone(file),
+                        file: Arc::clone(&file),
                         position,
                         len: u64::from(h.len),
                         base_offset: h.base_offset,

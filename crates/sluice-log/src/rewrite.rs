@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::LogError;
+use crate::files::FileSlot;
 use crate::format::{BatchHeader, FILE_HEADER_BYTES, SEGMENT_MAGIC, file_header};
 use crate::log::{Batch, Log};
 use crate::scan::{Scanner, Stop};
@@ -167,7 +168,7 @@ impl Log {
             .map_err(LogError::io(&tmp))?;
         file.write_all_at(&file_header(SEGMENT_MAGIC), 0)
             .map_err(LogError::io(&tmp))?;
-        let segment = Segment::empty(info.path.clone(), info.base_offset, 0, None);
+        let segment = Segment::empty(info.path.clone(), info.base_offset, 0, FileSlot::new(false));
         Ok(Rewrite {
             segment,
             tmp,
@@ -213,7 +214,7 @@ impl Log {
         // Reopened lazily, from the files just written.
         drop(file);
         segment.indexes = None;
-        segment.file = None;
+        segment.file.close();
         if let Some(old) = self.sealed.get_mut(at) {
             segment.last_used = old.last_used;
             *old = segment;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::LogError;
+use crate::files::FileSlot;
 use crate::format::{
     BATCH_HEADER_BYTES, BatchHeader, FILE_HEADER_BYTES, INDEX_ENTRY_BYTES, SEGMENT_MAGIC,
     TIME_ENTRY_BYTES, check_file_header, file_header, segment_file_name,
@@ -30,7 +31,8 @@ pub struct Segment {
     pub max_timestamp_ms: i64,
     pub created_ms: i64,
     pub path: PathBuf,
-    pub file: Option<Arc<File>>,
+    /// The file, opened on use and closed when the process-wide budget needs it.
+    pub file: Arc<FileSlot>,
     pub indexes: Option<Indexes>,
     /// Batch bytes since the last index entry.
     since_index: u64,
@@ -55,7 +57,7 @@ impl Segment {
         path: PathBuf,
         base_offset: u64,
         created_ms: i64,
-        file: Option<Arc<File>>,
+        file: Arc<FileSlot>,
     ) -> Self {
         Segment {
             base_offset,
@@ -87,7 +89,7 @@ impl Segment {
             path,
             base_offset,
             now_ms,
-            Some(Arc::new(file)),
+            FileSlot::with(file, true),
         ))
     }
 
@@ -161,7 +163,7 @@ impl Segment {
         if let Some(seal) = read_seal(&path)? {
             let next_offset = base_offset.saturating_add(u64::from(seal.next_rel));
             if seal.size == size && next_offset <= next_base {
-                let mut segment = Segment::empty(path, base_offset, 0, None);
+                let mut segment = Segment::empty(path, base_offset, 0, FileSlot::new(false));
                 segment.next_offset = next_offset;
                 segment.size = size;
                 segment.max_timestamp_ms = seal.max_timestamp_ms;
@@ -174,7 +176,7 @@ impl Segment {
         match segment {
             Some(mut s) if !s.is_empty() => {
                 s.seal()?;
-                s.file = None;
+                s.file = FileSlot::new(false);
                 s.indexes = None;
                 Ok(Some(s))
             }
@@ -206,7 +208,7 @@ impl Segment {
         if !head_ok {
             return Ok(None);
         }
-        let mut segment = Segment::empty(path.clone(), base_offset, now_ms, None);
+        let mut segment = Segment::empty(path.clone(), base_offset, now_ms, FileSlot::new(true));
         let stop = {
             let mut scanner = Scanner::new(&file, &path, FILE_HEADER_BYTES, len);
             loop {
@@ -235,13 +237,13 @@ impl Segment {
             file.set_len(segment.size).map_err(LogError::io(&path))?;
             file.sync_all().map_err(LogError::io(&path))?;
         }
-        segment.file = Some(Arc::new(file));
+        segment.file = FileSlot::with(file, true);
         Ok(Some(segment))
     }
 
     /// Opens the file and loads the indexes of a sealed segment, rebuilding damaged ones.
     pub fn ensure_open(&mut self, interval: u32) -> Result<(), LogError> {
-        if self.file.is_some() && self.indexes.is_some() {
+        if self.indexes.is_some() {
             return Ok(());
         }
         let offsets_path = index_path(&self.path, "index");
@@ -257,11 +259,7 @@ impl Segment {
         };
         match parsed {
             Some(indexes) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .open(&self.path)
-                    .map_err(LogError::io(&self.path))?;
-                self.file = Some(Arc::new(file));
+                self.file.get(&self.path)?;
                 self.indexes = Some(indexes);
             }
             None => {
@@ -289,15 +287,18 @@ impl Segment {
 
     /// Closes the file and drops the loaded indexes of a sealed segment.
     pub fn close(&mut self) {
-        self.file = None;
+        self.file.close();
         self.indexes = None;
     }
 
-    fn file(&self) -> Result<&Arc<File>, LogError> {
-        self.file.as_ref().ok_or_else(|| LogError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other("segment not open"),
-        })
+    /// Whether the indexes are loaded (for the per-log bound on open segments; the file
+    /// itself is under the process-wide budget).
+    pub fn is_open(&self) -> bool {
+        self.indexes.is_some()
+    }
+
+    pub fn file(&self) -> Result<Arc<File>, LogError> {
+        self.file.get(&self.path)
     }
 
     /// Position of the first batch holding `offset` or later, scanning from the index.
@@ -310,7 +311,7 @@ impl Segment {
             .as_ref()
             .map_or(FILE_HEADER_BYTES, |i| i.position_for(rel));
         let file = self.file()?;
-        let mut scanner = Scanner::new(file, &self.path, start, end);
+        let mut scanner = Scanner::new(&file, &self.path, start, end);
         loop {
             match scanner.next(false)? {
                 Ok((position, header, _)) if header.next_offset() > offset => {
@@ -393,7 +394,7 @@ impl Segment {
             return Ok(Vec::new());
         };
         let file = self.file()?;
-        let mut scanner = Scanner::new(file, &self.path, start, end);
+        let mut scanner = Scanner::new(&file, &self.path, start, end);
         let mut out = Vec::new();
         let mut total = 0u64;
         while let Ok((position, header, _)) = scanner.next(false)? {
@@ -424,7 +425,7 @@ impl Segment {
             .as_ref()
             .map_or(FILE_HEADER_BYTES, |i| i.position_for(rel));
         let file = self.file()?;
-        let mut scanner = Scanner::new(file, &self.path, start, end);
+        let mut scanner = Scanner::new(&file, &self.path, start, end);
         while let Ok((_, header, _)) = scanner.next(false)? {
             if header.next_offset() > from.max(scan_from) && header.max_timestamp_ms >= timestamp_ms
             {

@@ -107,6 +107,9 @@ pub struct Config {
     pub kafka_connections_max_idle_ms: u64,
     /// How often retention runs over topics and stream queues.
     pub retention_check_interval_ms: u64,
+    /// Log segment files open at once, across every queue journal, partition and
+    /// stream; `None`: half the process's open-file limit.
+    pub open_files_max: Option<usize>,
 }
 
 impl Default for Config {
@@ -154,6 +157,7 @@ impl Default for Config {
             kafka_partitions_max: 100_000,
             kafka_connections_max_idle_ms: 600_000,
             retention_check_interval_ms: 30_000,
+            open_files_max: None,
         }
     }
 }
@@ -624,6 +628,16 @@ pub const SETTINGS: &[Setting] = &[
         flag: None,
         set: |d, v| {
             d.config.storage.open_segments_max = parse_usize(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.open_files_max",
+        env: "SLUICE_STORAGE_OPEN_FILES_MAX",
+        flag: None,
+        set: |d, v| {
+            d.config.open_files_max =
+                parse_optional_u64(v)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX).max(16));
             Ok(())
         },
     },

@@ -42,6 +42,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     info!(data_dir = %config.data_dir.display(), "data directory locked");
     debug!(storage = ?config.storage, "storage defaults");
+    let open_files_max = config
+        .open_files_max
+        .unwrap_or_else(|| (open_files_limit() / 2).clamp(64, 65_536));
+    sluice_log::files::set_open_files_max(open_files_max);
+    info!(open_files_max, "log files open at most");
     let amqp_dir = config.data_dir.join("amqp");
     let broker = Broker::open(
         &amqp_dir,
@@ -669,6 +674,20 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
         }
+    }
+}
+
+/// The process's soft limit on open files.
+fn open_files_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills in the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
     }
 }
 

@@ -104,3 +104,18 @@ def sluice():
     yield s
     s.stop()
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def small_budget_sluice():
+    """A broker allowed 256 open segment files: with thousands of queues and
+    partitions, files are closed and opened again all the time."""
+    if not os.path.exists(SLUICE_BIN):
+        pytest.fail(f"{SLUICE_BIN} not found: build it (cargo build) or set SLUICE_BIN", pytrace=False)
+    data = tempfile.mkdtemp(prefix="sluice-crash-")
+    s = Sluice(data, {"SLUICE_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+                      "SLUICE_STORAGE_OPEN_FILES_MAX": "256"})
+    s.start()
+    yield s
+    s.stop()
+    shutil.rmtree(data, ignore_errors=True)

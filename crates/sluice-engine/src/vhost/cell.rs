@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sluice_core::{Clock, Message, Table};
 
 use super::flow::{ChannelCredit, Confirm, Flow};
+use super::journal::SharedJournal;
 use crate::queue::{
     Accepted, Consumer, ConsumerId, Dead, DeathReason, Delivery, Entry, MessageId, Overflow, Queue,
     QueueError,
 };
-use crate::store::{QueueStore, Synced};
 
 pub type ConnectionId = u64;
 
@@ -93,9 +93,8 @@ pub struct QueueState {
     pub queue: Queue,
     pub(super) links: HashMap<ConsumerId, Link>,
     pub deleted: bool,
-    /// Disk storage of a durable queue's persistent messages.
-    pub(super) store: Option<QueueStore<Confirm>>,
-    pub(super) syncing: bool,
+    /// Where a durable queue's persistent messages are stored.
+    pub(super) store: Option<Stored>,
     /// Messages that left the queue during the current operation.
     pub(super) dead: Vec<Dead>,
     /// Messages taken in, handed to consumers or gets, and acknowledged, since the
@@ -111,16 +110,34 @@ pub struct QueueCounts {
     pub acknowledged: u64,
 }
 
+/// A durable queue's place in its vhost's journal.
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    pub(super) journal: Arc<SharedJournal>,
+    pub(super) id: u64,
+}
+
 impl QueueState {
-    /// Records settled entries in the store (acknowledged, dropped or auto-acked).
+    /// Records settled entries in the journal (acknowledged, dropped or auto-acked).
     fn settle(&mut self, entries: impl IntoIterator<Item = Option<u64>>) {
-        let Some(store) = self.store.as_mut() else {
+        let Some(store) = self.store.as_ref() else {
             return;
         };
-        let offsets: Vec<u64> = entries.into_iter().flatten().collect();
-        if let Err(e) = store.settle(&offsets) {
-            tracing::error!(error = %e, "cannot record settled messages");
+        let mut offsets = [0u64; 16];
+        let mut n = 0;
+        for o in entries.into_iter().flatten() {
+            if n == offsets.len() {
+                store.journal.settle(store.id, &offsets);
+                n = 0;
+            }
+            if let Some(slot) = offsets.get_mut(n) {
+                *slot = o;
+                n += 1;
+            }
         }
+        store
+            .journal
+            .settle(store.id, offsets.get(..n).unwrap_or_default());
     }
 }
 
@@ -285,10 +302,10 @@ impl QueueCell {
         if !entry.paged {
             return true;
         }
-        let (Some(store), Some(offset)) = (state.store.as_mut(), entry.stored) else {
+        let (Some(store), Some(offset)) = (state.store.as_ref(), entry.stored) else {
             return false;
         };
-        match store.read(offset) {
+        match store.journal.read(offset) {
             Ok(message) => {
                 entry.message = Arc::new(message);
                 entry.paged = false;
@@ -346,9 +363,9 @@ impl QueueCell {
         }
     }
 
-    /// Enqueues a message. A persistent message in a durable queue is written to its log
-    /// first; `confirm` is then told when it is on disk. Returns whether `confirm` was
-    /// taken (otherwise the publish needs no wait for this queue).
+    /// Enqueues a message. A persistent message in a durable queue is written to the
+    /// journal first; `confirm` is then told when it is on disk. Returns whether
+    /// `confirm` was taken (otherwise the publish needs no wait for this queue).
     pub fn publish(
         self: &Arc<Self>,
         message: Arc<Message>,
@@ -365,19 +382,46 @@ impl QueueCell {
         confirm: Option<Confirm>,
         due_at: Option<i64>,
     ) -> (bool, Accepted) {
-        let mut out = Vec::new();
+        let Some(expires_at) = self.admit(&message, due_at) else {
+            return (false, Accepted::Rejected);
+        };
+        let mut stored = None;
+        let mut taken = false;
+        if message.persistent
+            && let Some(store) = self.store()
+        {
+            taken = confirm.is_some();
+            stored = store
+                .journal
+                .append(&message, &[(store.id, expires_at)], confirm);
+        }
+        (taken, self.enqueue(message, stored, expires_at))
+    }
+
+    /// The queue's place in the journal, if it is durable.
+    pub(super) fn store(&self) -> Option<Stored> {
+        self.lock().store.clone()
+    }
+
+    /// The first step of a publish: expires what is due and checks the length limits.
+    /// Returns the message's expiry time, or `None` when `reject-publish` refuses it
+    /// (dead-lettered first under `reject-publish-dlx`).
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        message: &Arc<Message>,
+        due_at: Option<i64>,
+    ) -> Option<Option<i64>> {
         let mut state = self.lock();
         self.expire(&mut state);
         let now = self.clock.now_ms();
-        let expires_at = due_at.or_else(|| state.queue.expiry_for(&message, now));
-        if state.queue.would_reject(&message) {
+        if state.queue.would_reject(message) {
             if state.queue.limits().overflow == Overflow::RejectPublishDlx {
                 state.dead.push(Dead {
                     entry: Entry {
                         id: 0,
                         size: u32::try_from(message.body_len()).unwrap_or(u32::MAX),
                         paged: false,
-                        message,
+                        message: Arc::clone(message),
                         redelivered: false,
                         stored: None,
                         expires_at: None,
@@ -385,34 +429,29 @@ impl QueueCell {
                     },
                     reason: DeathReason::MaxLen,
                 });
-                self.hand_over_dead(&mut state);
             }
-            return (false, Accepted::Rejected);
+            self.hand_over_dead(&mut state);
+            return None;
         }
-        let mut stored = None;
-        let mut waiting = false;
-        if message.persistent
-            && let Some(store) = state.store.as_mut()
-        {
-            match store.append(&message, expires_at) {
-                Ok(offset) => {
-                    stored = Some(offset);
-                    if let Some(c) = confirm {
-                        match store.wait(offset, c) {
-                            Ok(()) => waiting = true,
-                            Err(c) => c.done(false),
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot store message");
-                    if let Some(c) = confirm {
-                        c.done(false);
-                        waiting = true;
-                    }
-                }
-            }
+        Some(due_at.or_else(|| state.queue.expiry_for(message, now)))
+    }
+
+    /// The last step of a publish: the message, stored at `stored` if it is, joins the
+    /// queue and is dispatched. A queue deleted or filled since [`QueueCell::admit`]
+    /// settles it at once.
+    pub(super) fn enqueue(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        stored: Option<u64>,
+        expires_at: Option<i64>,
+    ) -> Accepted {
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        if state.deleted {
+            return Accepted::Rejected;
         }
+        self.expire(&mut state);
+        let now = self.clock.now_ms();
         let accepted = {
             let QueueState {
                 queue, links, dead, ..
@@ -428,154 +467,20 @@ impl QueueCell {
                 dead,
             )
         };
-        state.counts.published += 1;
+        if accepted == Accepted::Rejected {
+            state.settle([stored]);
+        } else {
+            state.counts.published += 1;
+        }
         self.send_all(&mut state, out);
         self.hand_over_dead(&mut state);
-        if waiting {
-            self.start_sync(&mut state);
-        }
-        (waiting, accepted)
+        accepted
     }
 
-    /// Starts the next group fsync if writers wait and none runs.
-    fn start_sync(self: &Arc<Self>, state: &mut QueueState) {
-        if state.syncing {
-            return;
-        }
-        let Some(store) = state.store.as_mut() else {
-            return;
-        };
-        match store.sync_job() {
-            Ok(Some(job)) => {
-                state.syncing = true;
-                let cell = Arc::clone(self);
-                tokio::task::spawn_blocking(move || cell.run_syncs(job));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
-                for c in store.sync_failed() {
-                    c.done(false);
-                }
-            }
-        }
-    }
-
-    /// Runs group fsyncs on this blocking thread while writers wait: each finished one
-    /// releases the confirms it covers, and the next is taken here rather than handed to
-    /// another thread, which saves a thread hand-off per fsync on the confirm path.
-    fn run_syncs(self: &Arc<Self>, mut job: crate::store::SyncJob) {
-        loop {
-            let result = job.run();
-            let mut state = self.lock();
-            self.finish_sync(&mut state, result);
-            let Some(store) = state.store.as_mut() else {
-                return;
-            };
-            match store.sync_job() {
-                Ok(Some(next)) => {
-                    state.syncing = true;
-                    job = next;
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot start fsync");
-                    for c in store.sync_failed() {
-                        c.done(false);
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn finish_sync(&self, state: &mut QueueState, result: Result<Synced, crate::store::LogError>) {
-        state.syncing = false;
-        let Some(store) = state.store.as_mut() else {
-            return;
-        };
-        let waiters = match result {
-            Ok(synced) => store
-                .synced(synced)
-                .into_iter()
-                .map(|c| (c, true))
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "fsync failed");
-                store
-                    .sync_failed()
-                    .into_iter()
-                    .map(|c| (c, false))
-                    .collect()
-            }
-        };
-        for (c, ok) in waiters {
-            c.done(ok);
-        }
-    }
-
-    /// Runs the background work of the queue's storage: buffered settlements written,
-    /// segments below the settled head freed, the settlement log compacted, and the
-    /// fsyncs that are due (async flush policy, settlements), recorded so they release
-    /// the confirms they cover. File work runs outside the queue's lock. Blocking: called
-    /// from the flusher's blocking thread, one round at a time.
-    pub fn flush_due(self: &Arc<Self>) {
-        let (jobs, maintenance) = {
-            let mut state = self.lock();
-            let Some(store) = state.store.as_mut() else {
-                return;
-            };
-            if let Err(e) = store.write_settlements() {
-                tracing::error!(queue = %self.name, error = %e, "cannot write settlements");
-            }
-            let maintenance = store.maintenance().unwrap_or_else(|e| {
-                tracing::error!(queue = %self.name, error = %e, "cannot plan storage maintenance");
-                Vec::new()
-            });
-            match store.flush_jobs() {
-                Ok(jobs) => (jobs, maintenance),
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot flush");
-                    (Vec::new(), maintenance)
-                }
-            }
-        };
-        // Segment deletions and start-offset writes, outside the queue's lock.
-        for job in maintenance {
-            if let Err(e) = job.run() {
-                tracing::error!(queue = %self.name, error = %e, "storage maintenance failed");
-            }
-        }
-        if jobs.is_empty() {
-            return;
-        }
-        let results: Vec<_> = jobs
-            .into_iter()
-            .map(|(which, job)| (which, job.run()))
-            .collect();
-        let mut state = self.lock();
-        let Some(store) = state.store.as_mut() else {
-            return;
-        };
-        let mut waiters = Vec::new();
-        for (which, result) in results {
-            waiters.extend(store.flushed(which, result));
-        }
-        for (c, ok) in waiters {
-            c.done(ok);
-        }
-        // Writers that came after the flush job started wait for a job of their own.
-        self.start_sync(&mut state);
-    }
-
-    /// Makes the queue's storage durable (clean shutdown). Blocking.
-    pub fn close_store(&self) {
-        let mut state = self.lock();
-        if let Some(store) = state.store.as_mut()
-            && let Err(e) = store.close()
-        {
-            tracing::error!(queue = %self.name, error = %e, "cannot close queue storage");
-        }
+    /// The offsets of every stored message the queue holds (ready and unacked), for the
+    /// journal when the queue is deleted.
+    pub(super) fn held_offsets(state: &QueueState) -> Vec<u64> {
+        state.queue.stored_offsets().collect()
     }
 
     pub fn dispatch(self: &Arc<Self>) {

@@ -10,6 +10,7 @@
 
 mod cell;
 mod flow;
+mod journal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,10 @@ pub use cell::{
     QueueState, QueueStats, Sink, Timers,
 };
 pub use flow::{ChannelCredit, Confirm, Confirms, FLOW_BUFFERED_MAX, Flow};
+pub use journal::SharedJournal;
 
-use crate::queue::{DeathReason, Queue};
+use crate::journal::Journal;
+use crate::queue::{Accepted, DeathReason, Queue};
 use crate::routing::{Binding, Destination, ExchangeDef, Router, RouterLimits};
 use crate::store::{LogConfig, QueueStore, StoreError};
 use crate::stream::{Partition, Topic, Topics};
@@ -67,7 +70,7 @@ pub trait Reply: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueRecord {
     pub name: String,
-    /// Directory of the queue's storage under `queues/`.
+    /// The queue's id in the journal.
     pub id: u64,
     pub auto_delete: bool,
     pub arguments: Table,
@@ -98,18 +101,6 @@ fn delay_settings(exchange: &str) -> QueueSettings {
     }
 }
 
-/// Runs file work (directories, opens, fsyncs) that a connection's task cannot avoid:
-/// on a multi-threaded runtime its worker first hands its other tasks to another
-/// (`block_in_place`), so one slow disk does not stall unrelated connections.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 /// The stream queue `name` in `topics`: a stream of one partition.
 pub fn stream_partition(topics: &Topics, name: &str) -> Option<(Arc<Topic>, Arc<Partition>)> {
     let topic = topics.get(name)?;
@@ -123,13 +114,13 @@ pub fn stream_partition(topics: &Topics, name: &str) -> Option<(Arc<Topic>, Arc<
 #[derive(Debug)]
 struct Storage {
     dir: PathBuf,
-    log: LogConfig,
-    clock: Arc<dyn Clock>,
     /// A definitions write is scheduled and has not read the state yet.
     definitions_pending: AtomicBool,
     /// Serialises definitions writes.
     definitions_lock: Mutex<()>,
     next_store_id: AtomicU64,
+    /// Every durable queue's persistent messages.
+    journal: Arc<SharedJournal>,
 }
 
 /// One virtual host: its routing table and queues.
@@ -408,8 +399,7 @@ impl VHost {
         face: Arc<dyn Face>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(dir.join("queues"))
-            .map_err(|e| OpenError::Io(dir.to_path_buf(), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_path_buf(), e))?;
         let path = dir.join("definitions");
         let defs = face
             .load_definitions(&path)
@@ -419,14 +409,6 @@ impl VHost {
         let own_streams = (name != "/")
             .then(|| open_vhost_streams(dir, &log, Arc::clone(&clock)))
             .transpose()?;
-        vhost.storage = Some(Storage {
-            dir: dir.to_path_buf(),
-            log,
-            clock,
-            definitions_pending: AtomicBool::new(false),
-            definitions_lock: Mutex::new(()),
-            next_store_id: AtomicU64::new(next_id),
-        });
         {
             let mut router = vhost.router_mut();
             for e in defs.exchanges {
@@ -436,9 +418,63 @@ impl VHost {
                 }
             }
         }
-        for q in defs.queues {
-            vhost.restore_queue(q)?;
+        let journal_dir = dir.join("journal");
+        migrate_queue_stores(dir, &journal_dir, &log, &clock, &defs.queues)?;
+        // The queues first, empty; the journal then hands each its messages in order.
+        // Messages beyond the resident share are paged out as they are read back, so a
+        // long queue comes back without its bodies in memory.
+        let mut queues: HashMap<u64, (QueueRecord, QueueSettings, Queue, usize)> = defs
+            .queues
+            .into_iter()
+            .map(|record| {
+                let settings = match record.arguments.get(DELAY_ARGUMENT).and_then(Value::as_str) {
+                    Some(exchange) => delay_settings(exchange),
+                    None => vhost
+                        .face
+                        .queue_settings(&record.arguments, record.auto_delete),
+                };
+                let mut queue =
+                    Queue::with_limits(record.name.as_str().into(), settings.limits.clone());
+                queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
+                (record.id, (record, settings, queue, 0))
+            })
+            .collect();
+        let journal = Journal::open(&journal_dir, log.clone(), Arc::clone(&clock), |r| {
+            let Some((_, _, queue, count)) = queues.get_mut(&r.queue) else {
+                return false;
+            };
+            *count += 1;
+            // Whether it was delivered before the restart is not recorded: flag it as
+            // possibly seen, as the AMQP `redelivered` bit allows.
+            queue.push(r.message, Some(r.offset), true, r.expires_at);
+            true
+        })
+        .map_err(|e| OpenError::Store(journal_dir.clone(), e))?;
+        let journal = Arc::new(SharedJournal::new(journal));
+        vhost.storage = Some(Storage {
+            dir: dir.to_path_buf(),
+            definitions_pending: AtomicBool::new(false),
+            definitions_lock: Mutex::new(()),
+            next_store_id: AtomicU64::new(next_id),
+            journal: Arc::clone(&journal),
+        });
+        let mut restored = 0usize;
+        for (id, (record, settings, queue, count)) in queues {
+            restored += count;
+            let def = QueueDef {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: record.auto_delete,
+                arguments: record.arguments,
+                settings,
+            };
+            let stored = cell::Stored {
+                journal: Arc::clone(&journal),
+                id,
+            };
+            vhost.insert_queue(record.name.into(), def, Some(stored), queue);
         }
+        tracing::info!(vhost = name, messages = restored, "durable queues restored");
         // Vhost `/` shares the Kafka face's topics (attached later); the others keep
         // their stream queues themselves.
         if let Some(topics) = own_streams {
@@ -464,50 +500,12 @@ impl VHost {
         Ok(vhost)
     }
 
-    fn restore_queue(&self, record: QueueRecord) -> Result<(), OpenError> {
-        let Some(storage) = &self.storage else {
-            return Ok(());
-        };
-        let dir = storage.dir.join("queues").join(record.id.to_string());
-        let name: Arc<str> = record.name.as_str().into();
-        let settings = match record.arguments.get(DELAY_ARGUMENT).and_then(Value::as_str) {
-            Some(exchange) => delay_settings(exchange),
-            None => self
-                .face
-                .queue_settings(&record.arguments, record.auto_delete),
-        };
-        let mut queue = Queue::with_limits(Arc::clone(&name), settings.limits.clone());
-        // Messages beyond the resident share are paged out as they are read back, so a
-        // long queue comes back without its bodies in memory.
-        queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
-        let mut count = 0usize;
-        let store =
-            QueueStore::open_each(&dir, storage.log.clone(), Arc::clone(&storage.clock), |r| {
-                count += 1;
-                // Whether it was delivered before the restart is not recorded: flag it as
-                // possibly seen, as the AMQP `redelivered` bit allows.
-                queue.push(Arc::new(r.message), Some(r.offset), true, r.expires_at);
-            })
-            .map_err(|e| OpenError::Store(dir.clone(), e))?;
-        tracing::info!(queue = %name, messages = count, "durable queue restored");
-        let def = QueueDef {
-            durable: true,
-            exclusive_owner: None,
-            auto_delete: record.auto_delete,
-            arguments: record.arguments,
-            settings,
-        };
-        self.insert_queue(name, def, Some(record.id), queue, Some(store));
-        Ok(())
-    }
-
     fn insert_queue(
         &self,
         name: Arc<str>,
         def: QueueDef,
-        store_id: Option<u64>,
+        store: Option<cell::Stored>,
         mut queue: Queue,
-        store: Option<QueueStore<Confirm>>,
     ) -> Arc<QueueCell> {
         if store.is_some() {
             queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
@@ -515,13 +513,12 @@ impl VHost {
         let cell = Arc::new(QueueCell {
             name: Arc::clone(&name),
             def,
-            store_id,
+            store_id: store.as_ref().map(|s| s.id),
             state: Mutex::new(QueueState {
                 queue,
                 links: HashMap::new(),
                 deleted: false,
                 store,
-                syncing: false,
                 dead: Vec::new(),
                 counts: QueueCounts::default(),
             }),
@@ -559,6 +556,70 @@ impl VHost {
             .filter(|c| c.store_id.is_some())
             .cloned()
             .collect()
+    }
+
+    /// Runs the journal's background work (written records, freed segments, the `async`
+    /// flush). Blocking.
+    pub fn flush_journal(&self) {
+        if let Some(storage) = &self.storage {
+            storage.journal.flush_due();
+        }
+    }
+
+    /// Makes the journal durable (clean shutdown). Blocking.
+    pub fn close_journal(&self) {
+        if let Some(storage) = &self.storage {
+            storage.journal.close();
+        }
+    }
+
+    /// The vhost's journal, if it stores durable queues.
+    pub fn journal(&self) -> Option<&Arc<SharedJournal>> {
+        self.storage.as_ref().map(|s| &s.journal)
+    }
+
+    /// Publishes `message` to `queues` (the classic queues it was routed to). A
+    /// persistent message is stored once for every durable queue among them, and
+    /// `confirm` is told when that one write is on disk. Returns whether `confirm` was
+    /// taken and whether a queue refused the message (`reject-publish`).
+    pub fn publish_to(
+        &self,
+        message: &Arc<Message>,
+        queues: &[Arc<QueueCell>],
+        confirm: Option<Confirm>,
+    ) -> (bool, bool) {
+        if let [queue] = queues {
+            let (taken, accepted) = queue.publish(Arc::clone(message), confirm);
+            return (taken, accepted == Accepted::Rejected);
+        }
+        let mut rejected = false;
+        let mut admitted = Vec::with_capacity(queues.len());
+        let mut targets = Vec::new();
+        let mut journal = None;
+        for queue in queues {
+            let Some(expires_at) = queue.admit(message, None) else {
+                rejected = true;
+                continue;
+            };
+            if message.persistent
+                && let Some(store) = queue.store()
+            {
+                targets.push((store.id, expires_at));
+                journal.get_or_insert(store.journal);
+            }
+            admitted.push((queue, expires_at));
+        }
+        let mut taken = false;
+        let mut stored = None;
+        if let Some(journal) = journal {
+            taken = confirm.is_some();
+            stored = journal.append(message, &targets, confirm);
+        }
+        for (queue, expires_at) in admitted {
+            let at = stored.filter(|_| queue.store_id.is_some());
+            rejected |= queue.enqueue(Arc::clone(message), at, expires_at) == Accepted::Rejected;
+        }
+        (taken, rejected)
     }
 
     /// The durable definitions as they are now.
@@ -682,24 +743,22 @@ impl VHost {
             )));
         }
         let mut store = None;
-        let mut store_id = None;
         if def.durable
             && def.exclusive_owner.is_none()
             && let Some(storage) = &self.storage
         {
             let id = storage.next_store_id.fetch_add(1, Ordering::Relaxed);
-            let dir = storage.dir.join("queues").join(id.to_string());
-            let (s, _) = blocking(|| {
-                // A directory left by a queue deleted before a crash holds nothing we want.
-                let _ = std::fs::remove_dir_all(&dir);
-                QueueStore::open(&dir, storage.log.clone(), Arc::clone(&storage.clock))
-            })
-            .map_err(|e| OpenError::Store(dir.clone(), e))?;
-            store = Some(s);
-            store_id = Some(id);
+            storage
+                .journal
+                .created(id)
+                .map_err(|e| OpenError::Store(storage.dir.join("journal"), e))?;
+            store = Some(cell::Stored {
+                journal: Arc::clone(&storage.journal),
+                id,
+            });
         }
         let queue = Queue::with_limits(Arc::clone(&name), def.settings.limits.clone());
-        Ok((self.insert_queue(name, def, store_id, queue, store), true))
+        Ok((self.insert_queue(name, def, store, queue), true))
     }
 
     /// Deletes a queue: unbinds it, tells its consumers' connections, returns how many
@@ -727,16 +786,11 @@ impl VHost {
         let mut state = cell.lock();
         state.deleted = true;
         let count = state.queue.message_count();
-        state.queue.purge();
         if let Some(store) = state.store.take() {
-            let dir = store.dir().to_path_buf();
-            drop(store);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted queue's storage");
-                }
-            });
+            let held = QueueCell::held_offsets(&state);
+            store.journal.deleted(store.id, &held);
         }
+        state.queue.purge();
         for (consumer, link) in state.links.drain() {
             link.sink.cancelled(consumer);
         }
@@ -813,6 +867,57 @@ pub enum OpenError {
     /// The vhost holds `queues_max` queues already (406, RabbitMQ's `max-queues` text).
     #[error("{0}")]
     Limit(String),
+}
+
+/// Moves the messages of queues stored in the earlier layout (two logs per queue under
+/// `queues/<id>`) into the journal, then removes those directories. A crash midway is
+/// safe: each queue's copy starts with its creation record, which drops a partial copy.
+fn migrate_queue_stores(
+    dir: &Path,
+    journal_dir: &Path,
+    log: &LogConfig,
+    clock: &Arc<dyn Clock>,
+    records: &[QueueRecord],
+) -> Result<(), OpenError> {
+    let old = dir.join("queues");
+    let Ok(entries) = std::fs::read_dir(&old) else {
+        return Ok(());
+    };
+    let dirs: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+    if dirs.is_empty() {
+        let _ = std::fs::remove_dir(&old);
+        return Ok(());
+    }
+    let store_err = |e| OpenError::Store(journal_dir.to_path_buf(), e);
+    let mut journal: Journal<()> =
+        Journal::open(journal_dir, log.clone(), Arc::clone(clock), |_| true).map_err(store_err)?;
+    for record in records {
+        let queue_dir = old.join(record.id.to_string());
+        if !queue_dir.is_dir() {
+            continue;
+        }
+        journal.created(record.id).map_err(store_err)?;
+        let mut failed = None;
+        let store = QueueStore::<()>::open_each(&queue_dir, log.clone(), Arc::clone(clock), |r| {
+            if failed.is_none()
+                && let Err(e) = journal.append(&r.message, &[(record.id, r.expires_at)])
+            {
+                failed = Some(e);
+            }
+        })
+        .map_err(|e| OpenError::Store(queue_dir.clone(), e))?;
+        drop(store);
+        if let Some(e) = failed {
+            return Err(store_err(e));
+        }
+        tracing::info!(queue = %record.name, "queue storage moved into the journal");
+    }
+    journal.close().map_err(store_err)?;
+    for d in dirs {
+        std::fs::remove_dir_all(&d).map_err(|e| OpenError::Io(d.clone(), e))?;
+    }
+    std::fs::remove_dir(&old).map_err(|e| OpenError::Io(old.clone(), e))?;
+    Ok(())
 }
 
 /// Stream queues of a vhost other than `/`, under its directory: topics of one

@@ -13,7 +13,7 @@ use sluice_engine::queue::{ConsumerId, DeathReason, Entry};
 use sluice_engine::routing::RouterLimits;
 use sluice_engine::store::LogConfig;
 use sluice_engine::stream::{Partition, Topics};
-use sluice_engine::vhost::{self, Definitions, Face, QueueSettings};
+use sluice_engine::vhost::{self, Definitions, Face, QueueRecord, QueueSettings};
 use tokio::sync::mpsc;
 
 pub use sluice_engine::vhost::{
@@ -170,6 +170,17 @@ impl Face for AmqpFace {
 
     fn save_definitions(&self, definitions: &Definitions, path: &Path) -> std::io::Result<()> {
         crate::definitions::save(definitions, path)
+    }
+
+    fn encode_queue(&self, record: &QueueRecord) -> Vec<u8> {
+        crate::definitions::encode(&Definitions {
+            queues: vec![record.clone()],
+            ..Definitions::default()
+        })
+    }
+
+    fn decode_queue(&self, bytes: &[u8]) -> Option<QueueRecord> {
+        crate::definitions::decode(bytes)?.queues.pop()
     }
 }
 

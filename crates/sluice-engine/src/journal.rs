@@ -16,11 +16,13 @@
 //! |---|---|
 //! | 1 publish | `1 u8 \| n u32 \| (queue u64 \| expires_at i64)*n \| message` |
 //! | 2 settle | `2 u8 \| queue u64 \| offset u64*` |
-//! | 3 created | `3 u8 \| queue u64` |
+//! | 3 created | `3 u8 \| queue u64 \| definition` |
 //! | 4 deleted | `4 u8 \| queue u64` |
 //!
 //! Integers are little-endian; `expires_at` is `i64::MIN` for none; the message is the
-//! queue store's encoding (`crate::store`).
+//! queue store's encoding (`crate::store`); the definition is the face's encoding of the
+//! queue's declaration (name, arguments), so a queue declared since the definitions file
+//! was last written comes back from the journal (see [`Journal::definitions_saved`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,9 @@ pub struct Journal<W> {
     group: GroupCommit<W>,
     /// Stored messages not yet settled by every queue they went to: offset → queues.
     live: BTreeMap<u64, u32>,
+    /// The definitions file reflects every queue record below this offset: the journal
+    /// keeps everything from here on.
+    definitions_at: u64,
     header: Vec<u8>,
     scratch: Vec<u8>,
 }
@@ -67,8 +72,31 @@ pub struct Journal<W> {
 enum Record {
     Publish { targets: Bytes, message: Bytes },
     Settle { queue: u64, offsets: Bytes },
-    Created(u64),
+    Created(u64, Bytes),
     Deleted(u64),
+}
+
+/// A queue created or deleted, as the journal recorded it.
+#[derive(Debug)]
+pub enum QueueChange<'a> {
+    Created { queue: u64, definition: &'a [u8] },
+    Deleted { queue: u64 },
+}
+
+/// What opening a journal hands back: first every queue change in log order, then every
+/// message a queue still holds, in log order.
+pub trait Replay {
+    fn queue_changed(&mut self, change: QueueChange<'_>);
+    /// `false` when the queue no longer exists: its messages are dropped.
+    fn keep(&mut self, restored: Restored) -> bool;
+}
+
+impl<F: FnMut(Restored) -> bool> Replay for F {
+    fn queue_changed(&mut self, _change: QueueChange<'_>) {}
+
+    fn keep(&mut self, restored: Restored) -> bool {
+        self(restored)
+    }
 }
 
 fn parse(mut payload: Bytes) -> Option<Record> {
@@ -102,16 +130,18 @@ fn parse(mut payload: Bytes) -> Option<Record> {
                 offsets: payload,
             })
         }
-        CREATED | DELETED => {
-            if payload.len() != 8 {
+        CREATED => {
+            if payload.len() < 8 {
                 return None;
             }
             let queue = payload.get_u64_le();
-            Some(if kind == CREATED {
-                Record::Created(queue)
-            } else {
-                Record::Deleted(queue)
-            })
+            Some(Record::Created(queue, payload))
+        }
+        DELETED => {
+            if payload.len() != 8 {
+                return None;
+            }
+            Some(Record::Deleted(payload.get_u64_le()))
         }
         _ => None,
     }
@@ -144,9 +174,9 @@ impl<W> Journal<W> {
         dir: &Path,
         config: LogConfig,
         clock: Arc<dyn Clock>,
-        keep: impl FnMut(Restored) -> bool,
+        replay: &mut impl Replay,
     ) -> Result<Self, StoreError> {
-        Self::open_with_io(dir, config, clock, Arc::new(sluice_log::FileIo), keep)
+        Self::open_with_io(dir, config, clock, Arc::new(sluice_log::FileIo), replay)
     }
 
     /// [`Journal::open`] with writes and fsyncs going through `io` (a fault-injecting
@@ -156,7 +186,7 @@ impl<W> Journal<W> {
         config: LogConfig,
         clock: Arc<dyn Clock>,
         io: Arc<dyn sluice_log::Io>,
-        mut keep: impl FnMut(Restored) -> bool,
+        replay: &mut impl Replay,
     ) -> Result<Self, StoreError> {
         let mut log = Log::open_with_io(dir, config, clock, io)?;
         let undecodable = |offset| StoreError::Undecodable {
@@ -192,8 +222,16 @@ impl<W> Journal<W> {
                             }
                         }
                     }
-                    Record::Created(queue) | Record::Deleted(queue) => {
+                    Record::Created(queue, definition) => {
                         gone_before.insert(queue, at);
+                        replay.queue_changed(QueueChange::Created {
+                            queue,
+                            definition: &definition,
+                        });
+                    }
+                    Record::Deleted(queue) => {
+                        gone_before.insert(queue, at);
+                        replay.queue_changed(QueueChange::Deleted { queue });
                     }
                 }
             }
@@ -231,7 +269,7 @@ impl<W> Journal<W> {
                     if !qs.contains(&queue) {
                         continue;
                     }
-                    let kept = keep(Restored {
+                    let kept = replay.keep(Restored {
                         queue,
                         offset: at,
                         message: Arc::clone(&message),
@@ -253,19 +291,18 @@ impl<W> Journal<W> {
             log,
             group: GroupCommit::new(WAITERS_MAX),
             live,
+            definitions_at: start,
             header: Vec::new(),
             scratch: Vec::new(),
         };
         // A queue that is gone (deleted before a crash could record it) is recorded
         // deleted now, so a queue given its id later never sees its messages.
         for &queue in &refused {
-            journal.queue_record(DELETED, queue)?;
+            journal.queue_record(DELETED, queue, &[])?;
         }
         if !refused.is_empty() {
             journal.log.sync()?;
         }
-        let head = journal.head();
-        journal.log.truncate_prefix(head)?;
         Ok(journal)
     }
 
@@ -273,13 +310,38 @@ impl<W> Journal<W> {
         &self.dir
     }
 
-    /// Lowest offset a queue may still need.
+    /// Lowest offset a queue, or the definitions file, may still need.
     fn head(&self) -> u64 {
         self.live
             .keys()
             .next()
             .copied()
             .unwrap_or_else(|| self.log.next_offset())
+            .min(self.definitions_at)
+    }
+
+    /// The offset the next record gets.
+    pub fn next_offset(&self) -> u64 {
+        self.log.next_offset()
+    }
+
+    /// The definitions file now holds every queue change recorded below `offset` (the
+    /// caller read this offset before it took the definitions it saved).
+    pub fn definitions_saved(&mut self, offset: u64) {
+        self.definitions_at = self.definitions_at.max(offset);
+    }
+
+    /// Whether segments could be freed if the definitions file were written again.
+    pub fn definitions_hold_segments(&self) -> bool {
+        let live = self
+            .live
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or_else(|| self.log.next_offset());
+        self.log
+            .oldest_segment_end()
+            .is_some_and(|end| live >= end && self.definitions_at < end)
     }
 
     /// Stores `message` once for every queue in `queues` (each with its expiry time);
@@ -361,23 +423,24 @@ impl<W> Journal<W> {
         }
     }
 
-    /// Records a new queue: whatever an earlier queue of that id stored is not its.
-    pub fn created(&mut self, queue: u64) -> Result<(), StoreError> {
-        self.queue_record(CREATED, queue)
+    /// Records a new queue with its definition: whatever an earlier queue of that id
+    /// stored is not its.
+    pub fn created(&mut self, queue: u64, definition: &[u8]) -> Result<(), StoreError> {
+        self.queue_record(CREATED, queue, definition)
     }
 
     /// Records a deleted queue, which held the messages at `held`.
     pub fn deleted(&mut self, queue: u64, held: &[u64]) -> Result<(), StoreError> {
-        self.queue_record(DELETED, queue)?;
+        self.queue_record(DELETED, queue, &[])?;
         self.release(held);
         Ok(())
     }
 
-    fn queue_record(&mut self, kind: u8, queue: u64) -> Result<(), StoreError> {
-        let mut buf = [0u8; 9];
-        buf[0] = kind;
-        buf[1..].copy_from_slice(&queue.to_le_bytes());
-        self.log.append(&buf, 1, 0)?;
+    fn queue_record(&mut self, kind: u8, queue: u64, rest: &[u8]) -> Result<(), StoreError> {
+        let mut head = [0u8; 9];
+        head[0] = kind;
+        head[1..].copy_from_slice(&queue.to_le_bytes());
+        self.log.append_parts(&[&head, rest], 1, 0)?;
         Ok(())
     }
 
@@ -479,14 +542,19 @@ mod tests {
 
     fn open(dir: &Path, config: LogConfig) -> (Journal<u32>, Vec<(u64, u64, String)>) {
         let mut restored = Vec::new();
-        let journal = Journal::open(dir, config, Arc::new(ManualClock::new(0)), |r| {
-            restored.push((
-                r.queue,
-                r.offset,
-                String::from_utf8_lossy(&r.message.body).into_owned(),
-            ));
-            r.queue != 99
-        })
+        let journal = Journal::open(
+            dir,
+            config,
+            Arc::new(ManualClock::new(0)),
+            &mut |r: Restored| {
+                restored.push((
+                    r.queue,
+                    r.offset,
+                    String::from_utf8_lossy(&r.message.body).into_owned(),
+                ));
+                r.queue != 99
+            },
+        )
         .unwrap();
         (journal, restored)
     }
@@ -519,10 +587,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut j, _) = open(dir.path(), LogConfig::default());
-            j.created(7).unwrap();
+            j.created(7, b"def").unwrap();
             let a = j.append(&message("old"), &[(7, None), (8, None)]).unwrap();
             j.deleted(7, &[a]).unwrap();
-            j.created(7).unwrap();
+            j.created(7, b"def").unwrap();
             j.append(&message("new"), &[(7, None)]).unwrap();
             // A queue the caller no longer knows.
             j.append(&message("orphan"), &[(99, None)]).unwrap();
@@ -545,6 +613,61 @@ mod tests {
         assert!(restored.iter().all(|(q, _, _)| *q != 99), "{restored:?}");
     }
 
+    /// Queue records carry their definitions; segments holding records the definitions
+    /// file has not taken in yet are kept.
+    #[test]
+    fn queue_definitions_come_back_and_hold_segments_until_saved() {
+        struct Changes(Vec<String>);
+        impl Replay for Changes {
+            fn queue_changed(&mut self, change: QueueChange<'_>) {
+                self.0.push(match change {
+                    QueueChange::Created { queue, definition } => {
+                        format!("+{queue}:{}", String::from_utf8_lossy(definition))
+                    }
+                    QueueChange::Deleted { queue } => format!("-{queue}"),
+                });
+            }
+            fn keep(&mut self, _: Restored) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let clock = || Arc::new(ManualClock::new(0)) as Arc<dyn Clock>;
+        let mut j: Journal<u32> = Journal::open(
+            dir.path(),
+            config.clone(),
+            clock(),
+            &mut Changes(Vec::new()),
+        )
+        .unwrap();
+        j.created(1, b"orders").unwrap();
+        j.created(2, b"audit").unwrap();
+        j.deleted(1, &[]).unwrap();
+        for i in 0..40 {
+            let at = j.append(&message(&format!("m{i}")), &[(2, None)]).unwrap();
+            j.settle(2, &[at]).unwrap();
+        }
+        assert!(j.definitions_hold_segments());
+        assert!(j.maintenance().is_none(), "the queue records are kept");
+        j.close().unwrap();
+        drop(j);
+        let mut changes = Changes(Vec::new());
+        let mut j: Journal<u32> =
+            Journal::open(dir.path(), config.clone(), clock(), &mut changes).unwrap();
+        assert_eq!(changes.0, ["+1:orders", "+2:audit", "-1"]);
+        let mark = j.next_offset();
+        j.definitions_saved(mark);
+        j.maintenance().unwrap().run().unwrap();
+        drop(j);
+        let mut changes = Changes(Vec::new());
+        Journal::<u32>::open(dir.path(), config, clock(), &mut changes).unwrap();
+        assert!(changes.0.is_empty(), "{:?}", changes.0);
+    }
+
     #[test]
     fn settled_segments_are_freed_and_a_reopen_reads_only_what_is_held() {
         let dir = tempfile::tempdir().unwrap();
@@ -553,6 +676,8 @@ mod tests {
             ..LogConfig::default()
         };
         let (mut j, _) = open(dir.path(), config.clone());
+        // Nothing is kept for the definitions file in this test.
+        j.definitions_saved(u64::MAX);
         let offsets: Vec<u64> = (0..200)
             .map(|i| j.append(&message(&format!("m{i}")), &[(1, None)]).unwrap())
             .collect();

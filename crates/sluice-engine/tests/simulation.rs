@@ -33,7 +33,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_core::Message;
 use sluice_core::clock::{Clock, ManualClock};
-use sluice_engine::journal::Journal;
+use sluice_engine::journal::{Journal, Restored};
 use sluice_engine::queue::{Consumer, ConsumerId, Dead, Delivery, MessageId, Queue};
 use sluice_engine::store::{Fault, FaultyIo, Io, LogConfig};
 
@@ -137,7 +137,7 @@ impl Node {
             config(),
             Arc::clone(&clock) as Arc<dyn Clock>,
             Arc::clone(&io) as Arc<dyn Io>,
-            |r| {
+            &mut |r: Restored| {
                 if r.queue == SIM {
                     recovered.push(r);
                 } else {
@@ -362,6 +362,9 @@ impl Node {
             self.failed = true;
             return;
         }
+        // As the broker's definitions file would have been written by now.
+        let mark = self.store.next_offset();
+        self.store.definitions_saved(mark);
         if let Some(job) = self.store.maintenance() {
             job.run().unwrap();
         }
@@ -388,7 +391,7 @@ impl Node {
         let done = self
             .store
             .deleted(OTHER, &held)
-            .and_then(|()| self.store.created(OTHER))
+            .and_then(|()| self.store.created(OTHER, b"other"))
             .and_then(|()| self.store.write_buffered());
         oracle.other.clear();
         match done {

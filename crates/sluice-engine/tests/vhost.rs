@@ -14,7 +14,7 @@ use sluice_engine::queue::{DeathReason, Limits};
 use sluice_engine::routing::{Binding, Destination, ExchangeDef, ExchangeKind};
 use sluice_engine::store::LogConfig;
 use sluice_engine::stream::Partition;
-use sluice_engine::vhost::{Definitions, Face, QueueDef, QueueSettings, VHost};
+use sluice_engine::vhost::{Definitions, Face, QueueDef, QueueRecord, QueueSettings, VHost};
 
 const T0: i64 = 1_700_000_000_000;
 const THIRTY_MINUTES: i64 = 30 * 60 * 1000;
@@ -24,6 +24,8 @@ const THIRTY_MINUTES: i64 = 30 * 60 * 1000;
 #[derive(Debug, Default)]
 struct PlainFace {
     files: Mutex<HashMap<PathBuf, Definitions>>,
+    /// Queue records as the journal names them: by their index here.
+    records: Mutex<Vec<QueueRecord>>,
 }
 
 impl Face for PlainFace {
@@ -63,6 +65,18 @@ impl Face for PlainFace {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files.insert(path.to_path_buf(), definitions.clone());
         Ok(())
+    }
+
+    fn encode_queue(&self, record: &QueueRecord) -> Vec<u8> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.push(record.clone());
+        (records.len() as u64 - 1).to_le_bytes().to_vec()
+    }
+
+    fn decode_queue(&self, bytes: &[u8]) -> Option<QueueRecord> {
+        let index = u64::from_le_bytes(bytes.try_into().ok()?);
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.get(usize::try_from(index).ok()?).cloned()
     }
 }
 

@@ -186,3 +186,24 @@ def test_dead_letter_topology_survives(connect, name, restart_broker, crash_brok
     for n in (q, dlq):
         ch.queue_delete(n)
     ch.exchange_delete(dlx)
+
+
+def test_queues_declared_just_before_kill_9_keep_their_confirmed_messages(connect, name, crash_broker):
+    # The definitions file is rewritten in the background; a kill right after the last
+    # declare must still find every queue (recorded in the journal before declare-ok).
+    queues = [name(f"burst{i}") for i in range(300)]
+    ch = connect().channel()
+    ch.confirm_delivery()
+    for q in queues:
+        ch.queue_declare(q, durable=True)
+        ch.basic_publish("", q, q.encode(), PERSISTENT)
+
+    crash_broker()
+
+    ch = connect().channel()
+    for q in queues:
+        assert ch.queue_declare(q, durable=True, passive=True).method.message_count == 1, q
+    method, _, body = ch.basic_get(queues[-1], auto_ack=True)
+    assert body == queues[-1].encode()
+    for q in queues:
+        ch.queue_delete(q)

@@ -75,14 +75,35 @@ impl SharedJournal {
         }
     }
 
-    pub fn created(&self, queue: u64) -> Result<(), StoreError> {
-        self.lock().journal.created(queue)
+    /// Records a new queue, written to the file (not fsynced) before this returns.
+    pub fn created(&self, queue: u64, definition: &[u8]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.journal.created(queue, definition)?;
+        state.journal.write_buffered()
     }
 
+    /// Records a deleted queue (written to the file before this returns).
     pub fn deleted(&self, queue: u64, held: &[u64]) {
-        if let Err(e) = self.lock().journal.deleted(queue, held) {
+        let mut state = self.lock();
+        let done = state
+            .journal
+            .deleted(queue, held)
+            .and_then(|()| state.journal.write_buffered());
+        if let Err(e) = done {
             tracing::error!(queue, error = %e, "cannot record a deleted queue");
         }
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.lock().journal.next_offset()
+    }
+
+    pub fn definitions_saved(&self, offset: u64) {
+        self.lock().journal.definitions_saved(offset);
+    }
+
+    pub fn definitions_hold_segments(&self) -> bool {
+        self.lock().journal.definitions_hold_segments()
     }
 
     pub fn read(&self, offset: u64) -> Result<Message, StoreError> {

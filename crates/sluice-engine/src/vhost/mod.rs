@@ -26,7 +26,7 @@ pub use cell::{
 pub use flow::{ChannelCredit, Confirm, Confirms, FLOW_BUFFERED_MAX, Flow};
 pub use journal::SharedJournal;
 
-use crate::journal::Journal;
+use crate::journal::{Journal, QueueChange, Replay, Restored};
 use crate::queue::{Accepted, DeathReason, Queue};
 use crate::routing::{Binding, Destination, ExchangeDef, Router, RouterLimits};
 use crate::store::{LogConfig, QueueStore, StoreError};
@@ -58,6 +58,9 @@ pub trait Face: Send + Sync + std::fmt::Debug {
     fn load_definitions(&self, path: &Path) -> std::io::Result<Definitions>;
     /// Replaces the definitions file, durably.
     fn save_definitions(&self, definitions: &Definitions, path: &Path) -> std::io::Result<()>;
+    /// One durable queue's declaration, as the journal records it.
+    fn encode_queue(&self, record: &QueueRecord) -> Vec<u8>;
+    fn decode_queue(&self, bytes: &[u8]) -> Option<QueueRecord>;
 }
 
 /// Where a direct reply goes (RabbitMQ's direct reply-to): a consumer's connection.
@@ -419,37 +422,28 @@ impl VHost {
             }
         }
         let journal_dir = dir.join("journal");
-        migrate_queue_stores(dir, &journal_dir, &log, &clock, &defs.queues)?;
-        // The queues first, empty; the journal then hands each its messages in order.
-        // Messages beyond the resident share are paged out as they are read back, so a
-        // long queue comes back without its bodies in memory.
-        let mut queues: HashMap<u64, (QueueRecord, QueueSettings, Queue, usize)> = defs
-            .queues
-            .into_iter()
-            .map(|record| {
-                let settings = match record.arguments.get(DELAY_ARGUMENT).and_then(Value::as_str) {
-                    Some(exchange) => delay_settings(exchange),
-                    None => vhost
-                        .face
-                        .queue_settings(&record.arguments, record.auto_delete),
-                };
-                let mut queue =
-                    Queue::with_limits(record.name.as_str().into(), settings.limits.clone());
-                queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
-                (record.id, (record, settings, queue, 0))
-            })
-            .collect();
-        let journal = Journal::open(&journal_dir, log.clone(), Arc::clone(&clock), |r| {
-            let Some((_, _, queue, count)) = queues.get_mut(&r.queue) else {
-                return false;
-            };
-            *count += 1;
-            // Whether it was delivered before the restart is not recorded: flag it as
-            // possibly seen, as the AMQP `redelivered` bit allows.
-            queue.push(r.message, Some(r.offset), true, r.expires_at);
-            true
-        })
+        migrate_queue_stores(dir, &journal_dir, &log, &clock, &*vhost.face, &defs.queues)?;
+        // The queues first, empty: those of the definitions file, then those the journal
+        // recorded since it was written; the journal then hands each its messages in
+        // order. Messages beyond the resident share are paged out as they are read back,
+        // so a long queue comes back without its bodies in memory.
+        let mut restoring = Restoring {
+            face: Arc::clone(&vhost.face),
+            queues: HashMap::new(),
+            by_name: HashMap::new(),
+        };
+        for record in defs.queues {
+            restoring.add(record);
+        }
+        let journal = Journal::open(
+            &journal_dir,
+            log.clone(),
+            Arc::clone(&clock),
+            &mut restoring,
+        )
         .map_err(|e| OpenError::Store(journal_dir.clone(), e))?;
+        let queues = restoring.queues;
+        let next_id = next_id.max(queues.keys().map(|id| id + 1).max().unwrap_or(1));
         let journal = Arc::new(SharedJournal::new(journal));
         vhost.storage = Some(Storage {
             dir: dir.to_path_buf(),
@@ -562,6 +556,11 @@ impl VHost {
     /// flush). Blocking.
     pub fn flush_journal(&self) {
         if let Some(storage) = &self.storage {
+            // Queue records the definitions file has not taken in keep segments that
+            // are otherwise free.
+            if storage.journal.definitions_hold_segments() {
+                self.save_definitions();
+            }
             storage.journal.flush_due();
         }
     }
@@ -695,9 +694,14 @@ impl VHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         storage.definitions_pending.store(false, Ordering::Release);
+        // Every queue record below this offset is in the snapshot taken next.
+        let mark = storage.journal.next_offset();
         let path = storage.dir.join("definitions");
-        if let Err(e) = self.face.save_definitions(&self.snapshot(), &path) {
-            tracing::error!(path = %path.display(), error = %e, "cannot save definitions");
+        match self.face.save_definitions(&self.snapshot(), &path) {
+            Ok(()) => storage.journal.definitions_saved(mark),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot save definitions");
+            }
         }
     }
 
@@ -748,9 +752,17 @@ impl VHost {
             && let Some(storage) = &self.storage
         {
             let id = storage.next_store_id.fetch_add(1, Ordering::Relaxed);
+            let definition = self.face.encode_queue(&QueueRecord {
+                name: name.to_string(),
+                id,
+                auto_delete: def.auto_delete,
+                arguments: def.arguments.clone(),
+            });
+            // In the journal's file before the declare is answered: a `kill -9` right
+            // after keeps the queue even before the definitions file is written again.
             storage
                 .journal
-                .created(id)
+                .created(id, &definition)
                 .map_err(|e| OpenError::Store(storage.dir.join("journal"), e))?;
             store = Some(cell::Stored {
                 journal: Arc::clone(&storage.journal),
@@ -869,6 +881,66 @@ pub enum OpenError {
     Limit(String),
 }
 
+/// The durable queues of a vhost being opened, as the definitions file and then the
+/// journal's queue records give them, filled with their messages by the journal.
+struct Restoring {
+    face: Arc<dyn Face>,
+    queues: HashMap<u64, (QueueRecord, QueueSettings, Queue, usize)>,
+    by_name: HashMap<String, u64>,
+}
+
+impl Restoring {
+    fn add(&mut self, record: QueueRecord) {
+        let settings = match record.arguments.get(DELAY_ARGUMENT).and_then(Value::as_str) {
+            Some(exchange) => delay_settings(exchange),
+            None => self
+                .face
+                .queue_settings(&record.arguments, record.auto_delete),
+        };
+        let mut queue = Queue::with_limits(record.name.as_str().into(), settings.limits.clone());
+        queue.set_paging(Some(RESIDENT_BYTES_PER_QUEUE));
+        // A name belongs to the queue declared last.
+        if let Some(old) = self.by_name.insert(record.name.clone(), record.id)
+            && old != record.id
+        {
+            self.queues.remove(&old);
+        }
+        self.queues.insert(record.id, (record, settings, queue, 0));
+    }
+}
+
+impl Replay for Restoring {
+    fn queue_changed(&mut self, change: QueueChange<'_>) {
+        match change {
+            QueueChange::Created { queue, definition } => {
+                match self.face.decode_queue(definition) {
+                    Some(mut record) => {
+                        record.id = queue;
+                        self.add(record);
+                    }
+                    None => tracing::warn!(queue, "queue record in the journal not readable"),
+                }
+            }
+            QueueChange::Deleted { queue } => {
+                if let Some((record, ..)) = self.queues.remove(&queue) {
+                    self.by_name.remove(&record.name);
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, r: Restored) -> bool {
+        let Some((_, _, queue, count)) = self.queues.get_mut(&r.queue) else {
+            return false;
+        };
+        *count += 1;
+        // Whether it was delivered before the restart is not recorded: flag it as
+        // possibly seen, as the AMQP `redelivered` bit allows.
+        queue.push(r.message, Some(r.offset), true, r.expires_at);
+        true
+    }
+}
+
 /// Moves the messages of queues stored in the earlier layout (two logs per queue under
 /// `queues/<id>`) into the journal, then removes those directories. A crash midway is
 /// safe: each queue's copy starts with its creation record, which drops a partial copy.
@@ -877,6 +949,7 @@ fn migrate_queue_stores(
     journal_dir: &Path,
     log: &LogConfig,
     clock: &Arc<dyn Clock>,
+    face: &dyn Face,
     records: &[QueueRecord],
 ) -> Result<(), OpenError> {
     let old = dir.join("queues");
@@ -889,14 +962,21 @@ fn migrate_queue_stores(
         return Ok(());
     }
     let store_err = |e| OpenError::Store(journal_dir.to_path_buf(), e);
-    let mut journal: Journal<()> =
-        Journal::open(journal_dir, log.clone(), Arc::clone(clock), |_| true).map_err(store_err)?;
+    let mut journal: Journal<()> = Journal::open(
+        journal_dir,
+        log.clone(),
+        Arc::clone(clock),
+        &mut |_: Restored| true,
+    )
+    .map_err(store_err)?;
     for record in records {
         let queue_dir = old.join(record.id.to_string());
         if !queue_dir.is_dir() {
             continue;
         }
-        journal.created(record.id).map_err(store_err)?;
+        journal
+            .created(record.id, &face.encode_queue(record))
+            .map_err(store_err)?;
         let mut failed = None;
         let store = QueueStore::<()>::open_each(&queue_dir, log.clone(), Arc::clone(clock), |r| {
             if failed.is_none()

@@ -177,6 +177,10 @@ fn short(s: &str) -> ShortString {
     ShortString::from(s.to_string())
 }
 
+/// Bodies and properties shorter than this are copied out of the read buffer they
+/// arrived in (see `finish_publish`).
+const COPY_BELOW: usize = 4096;
+
 fn ok(out: &mut BytesMut, channel: u16, method: AMQPClass) -> Result<(), AmqpError> {
     frame::write_method(out, channel, method);
     Ok(())
@@ -278,8 +282,11 @@ impl Channel {
                 ),
             )),
         };
-        // Exchange and queue methods may change durable definitions (auto-deletes too).
-        if result.is_ok() && (class == 40 || class == 50) {
+        // Exchange and queue methods may change durable definitions (auto-deletes too). A
+        // declared queue is recorded in the journal, which the definitions file catches
+        // up with in the background (`VHost::flush_journal`).
+        let queue_declare = class == 50 && method_id == 10;
+        if result.is_ok() && (class == 40 || class == 50) && !queue_declare {
             ctx.vhost.definitions_changed();
         }
         result.map_err(|e| e.during(class, method_id))
@@ -1453,10 +1460,17 @@ impl Channel {
             .during(60, 40));
         }
         let body = match p.first_body {
+            // A small body is a slice of the connection's read buffer: copied out, a
+            // message waiting in a queue holds its own bytes, not a whole buffer.
+            Some(b) if b.len() < COPY_BELOW => Bytes::copy_from_slice(&b),
             Some(b) => b,
             None => p.body.freeze(),
         };
-        let mut properties = p.properties;
+        let mut properties = if p.properties.len() < COPY_BELOW {
+            Bytes::copy_from_slice(&p.properties)
+        } else {
+            p.properties
+        };
         if p.known.reply_to.as_deref() == Some(REPLY_TO) {
             let Some((address, _)) = &self.reply_consumer else {
                 return Err(

@@ -285,6 +285,13 @@ impl Log {
         self.durable_offset
     }
 
+    /// Whether an fsync covered everything appended, sealed and created so far.
+    pub fn is_synced(&self) -> bool {
+        self.durable_offset >= self.next_offset()
+            && self.unsynced_files.is_empty()
+            && !self.dir_dirty
+    }
+
     pub fn stats(&self) -> LogStats {
         LogStats {
             appends: self.appends,

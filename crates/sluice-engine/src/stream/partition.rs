@@ -7,7 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 use sluice_core::clock::Clock;
@@ -65,6 +66,29 @@ const DURABLE_WAITERS_MAX: usize = 100_000;
 pub struct Partition {
     pub index: i32,
     state: Mutex<PartitionState>,
+    /// This partition and the list of partitions the flusher visits.
+    unsynced: OnceLock<(Weak<Partition>, Arc<Unsynced>)>,
+    /// On that list now.
+    listed: AtomicBool,
+}
+
+/// Partitions with appends not yet fsynced, for the background flusher: an idle
+/// partition is not visited at all.
+#[derive(Debug, Default)]
+pub struct Unsynced {
+    list: Mutex<Vec<Weak<Partition>>>,
+}
+
+impl Unsynced {
+    /// Every listed partition, taken off the list (a partition appended to from now on
+    /// is listed again).
+    pub fn take(&self) -> Vec<Arc<Partition>> {
+        let list = std::mem::take(&mut *self.list.lock().unwrap_or_else(|p| p.into_inner()));
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .inspect(|p| p.listed.store(false, Ordering::Release))
+            .collect()
+    }
 }
 
 impl PartitionState {
@@ -236,6 +260,8 @@ impl Partition {
         let txn = recover_transactions(&mut log)?;
         Ok(Partition {
             index,
+            unsynced: OnceLock::new(),
+            listed: AtomicBool::new(false),
             state: Mutex::new(PartitionState {
                 log,
                 producers,
@@ -245,6 +271,34 @@ impl Partition {
                 group: GroupCommit::new(DURABLE_WAITERS_MAX),
             }),
         })
+    }
+
+    /// Puts the partition on `list` whenever it holds appends not yet fsynced.
+    pub fn track_unsynced(self: &Arc<Self>, list: &Arc<Unsynced>) {
+        let _ = self.unsynced.set((Arc::downgrade(self), Arc::clone(list)));
+        self.relist_if_unsynced();
+    }
+
+    fn note_unsynced(&self) {
+        if self.listed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.unsynced.get() {
+            Some((me, list)) => list
+                .list
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Weak::clone(me)),
+            None => self.listed.store(false, Ordering::Release),
+        }
+    }
+
+    /// After a flush: back on the list if appends are still not fsynced (the `async`
+    /// policy's interval has not passed yet).
+    pub fn relist_if_unsynced(&self) {
+        if !self.lock().log.is_synced() {
+            self.note_unsynced();
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
@@ -264,6 +318,17 @@ impl Partition {
     /// The bytes reach the segment file (not the disk) before this returns, so a process
     /// crash loses nothing that was answered.
     pub fn append(
+        &self,
+        records: &Bytes,
+        batches: &[BatchInfo],
+        append_time: Option<i64>,
+    ) -> Result<Produced, AppendError> {
+        let produced = self.append_unlisted(records, batches, append_time);
+        self.note_unsynced();
+        produced
+    }
+
+    fn append_unlisted(
         &self,
         records: &Bytes,
         batches: &[BatchInfo],
@@ -444,6 +509,18 @@ impl Partition {
     /// coordinator sends itself here): the producer's open transaction in this partition
     /// ends, committed or aborted, and readers waiting for it are woken.
     pub fn write_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        now: i64,
+    ) -> Result<Produced, AppendError> {
+        let written = self.write_marker_unlisted(producer_id, producer_epoch, commit, now);
+        self.note_unsynced();
+        written
+    }
+
+    fn write_marker_unlisted(
         &self,
         producer_id: i64,
         producer_epoch: i16,
@@ -740,6 +817,35 @@ mod tests {
         let mut infos = Vec::new();
         split(&records, &mut infos).unwrap();
         p.append(&records, &infos, None)
+    }
+
+    /// Only partitions written since their last fsync are on the flusher's list, and
+    /// one stays there until an fsync covers its appends.
+    #[test]
+    fn the_flusher_visits_only_partitions_with_unsynced_appends() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let list = Arc::new(Unsynced::default());
+        let parts: Vec<Arc<Partition>> = dirs
+            .iter()
+            .map(|d| {
+                let p = Arc::new(open(d.path()));
+                p.track_unsynced(&list);
+                p
+            })
+            .collect();
+        assert!(list.take().is_empty(), "fresh partitions are synced");
+        produce(&parts[1], batch(2, -1, 0)).unwrap();
+        produce(&parts[1], batch(1, -1, 0)).unwrap();
+        let taken = list.take();
+        assert_eq!(taken.len(), 1, "listed once however often written");
+        assert!(Arc::ptr_eq(&taken[0], &parts[1]));
+        // Not fsynced yet: back on the list.
+        taken[0].relist_if_unsynced();
+        let taken = list.take();
+        assert_eq!(taken.len(), 1);
+        taken[0].lock().log.sync().unwrap();
+        taken[0].relist_if_unsynced();
+        assert!(list.take().is_empty(), "synced partitions leave the list");
     }
 
     /// acks=-1 writers and the background flusher share one fsync slot: a writer that

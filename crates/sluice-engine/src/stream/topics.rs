@@ -13,7 +13,7 @@ use sluice_log::LogConfig;
 use uuid::Uuid;
 
 use super::config::TopicConfig;
-use super::partition::Partition;
+use super::partition::{Partition, Unsynced};
 
 const META_FILE: &str = "topic.meta";
 const NAME_MAX: usize = 249;
@@ -156,6 +156,8 @@ pub struct Topics {
     partitions_max: i32,
     topics_max: usize,
     maps: RwLock<Maps>,
+    /// Partitions with appends not yet fsynced: the flusher visits these, not all.
+    unsynced: Arc<Unsynced>,
 }
 
 impl Topics {
@@ -179,6 +181,7 @@ impl Topics {
             partitions_max,
             topics_max,
             maps: RwLock::new(Maps::default()),
+            unsynced: Arc::new(Unsynced::default()),
         };
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
@@ -234,7 +237,7 @@ impl Topics {
             .map_err(std::io::Error::other)?;
         let mut partitions = Vec::with_capacity(count);
         for i in 0..count {
-            partitions.push(Arc::new(self.open_partition(dir, i as i32, &config)?));
+            partitions.push(self.open_partition(dir, i as i32, &config)?);
         }
         Ok(Arc::new(Topic {
             name: name.to_string(),
@@ -253,14 +256,18 @@ impl Topics {
         topic_dir: &Path,
         index: i32,
         config: &TopicConfig,
-    ) -> std::io::Result<Partition> {
-        Partition::open(
-            index,
-            &topic_dir.join(index.to_string()),
-            config.log_config(&self.log_base),
-            Arc::clone(&self.clock),
-        )
-        .map_err(std::io::Error::other)
+    ) -> std::io::Result<Arc<Partition>> {
+        let partition = Arc::new(
+            Partition::open(
+                index,
+                &topic_dir.join(index.to_string()),
+                config.log_config(&self.log_base),
+                Arc::clone(&self.clock),
+            )
+            .map_err(std::io::Error::other)?,
+        );
+        partition.track_unsynced(&self.unsynced);
+        Ok(partition)
     }
 
     pub fn defaults(&self) -> &TopicConfig {
@@ -306,12 +313,14 @@ impl Topics {
         Ok(())
     }
 
-    /// Runs the fsyncs due under the async flush policy. Blocking.
+    /// Runs the fsyncs due under the async flush policy, in the partitions written since
+    /// their last fsync (an idle partition costs nothing here). Blocking.
     pub fn flush_due(&self) {
-        for p in self.all_partitions() {
+        for p in self.unsynced.take() {
             if let Some(job) = p.flush_job() {
                 p.flush_done(job.run());
             }
+            p.relist_if_unsynced();
         }
     }
 
@@ -468,9 +477,7 @@ impl Topics {
         fs::create_dir_all(&dir).map_err(storage)?;
         let mut parts = Vec::with_capacity(partitions as usize);
         for i in 0..partitions {
-            parts.push(Arc::new(
-                self.open_partition(&dir, i, &config).map_err(storage)?,
-            ));
+            parts.push(self.open_partition(&dir, i, &config).map_err(storage)?);
         }
         let topic = Arc::new(Topic {
             name: name.to_string(),
@@ -540,10 +547,10 @@ impl Topics {
         let storage = |e: std::io::Error| refused(RefusalKind::Storage, e.to_string());
         for i in current..count {
             let config = st.config.clone();
-            st.partitions.push(Arc::new(
+            st.partitions.push(
                 self.open_partition(&topic.dir, i, &config)
                     .map_err(storage)?,
-            ));
+            );
         }
         topic.save_meta(&st).map_err(storage)
     }

@@ -121,6 +121,9 @@ struct Storage {
     definitions_pending: AtomicBool,
     /// Serialises definitions writes.
     definitions_lock: Mutex<()>,
+    /// Queues declared since the definitions file was last written (they are in the
+    /// journal meanwhile).
+    declared_since_save: AtomicUsize,
     next_store_id: AtomicU64,
     /// Every durable queue's persistent messages.
     journal: Arc<SharedJournal>,
@@ -449,6 +452,7 @@ impl VHost {
             dir: dir.to_path_buf(),
             definitions_pending: AtomicBool::new(false),
             definitions_lock: Mutex::new(()),
+            declared_since_save: AtomicUsize::new(0),
             next_store_id: AtomicU64::new(next_id),
             journal: Arc::clone(&journal),
         });
@@ -557,8 +561,12 @@ impl VHost {
     pub fn flush_journal(&self) {
         if let Some(storage) = &self.storage {
             // Queue records the definitions file has not taken in keep segments that
-            // are otherwise free.
-            if storage.journal.definitions_hold_segments() {
+            // are otherwise free, and each costs a decode at the next start: the file
+            // is written again once they are a tenth of the queues (so a storm of
+            // declares rewrites it a bounded number of times per queue).
+            let declared = storage.declared_since_save.load(Ordering::Relaxed);
+            let due = declared >= (self.queue_count() / 10).max(1000);
+            if due || storage.journal.definitions_hold_segments() {
                 self.save_definitions();
             }
             storage.journal.flush_due();
@@ -696,6 +704,7 @@ impl VHost {
         storage.definitions_pending.store(false, Ordering::Release);
         // Every queue record below this offset is in the snapshot taken next.
         let mark = storage.journal.next_offset();
+        storage.declared_since_save.store(0, Ordering::Relaxed);
         let path = storage.dir.join("definitions");
         match self.face.save_definitions(&self.snapshot(), &path) {
             Ok(()) => storage.journal.definitions_saved(mark),
@@ -764,6 +773,7 @@ impl VHost {
                 .journal
                 .created(id, &definition)
                 .map_err(|e| OpenError::Store(storage.dir.join("journal"), e))?;
+            storage.declared_since_save.fetch_add(1, Ordering::Relaxed);
             store = Some(cell::Stored {
                 journal: Arc::clone(&storage.journal),
                 id,

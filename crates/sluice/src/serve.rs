@@ -453,21 +453,28 @@ async fn retention_loop(
 const ALARM_TICK: Duration = Duration::from_millis(500);
 
 /// Raises and clears the memory and disk alarms that block publishers.
-/// How often freed heap memory is handed back to the system.
+/// How often freed heap memory may be handed back to the system, and how much resident
+/// memory must have grown since the last time.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
+const TRIM_AFTER_GROWTH: u64 = 32 << 20;
 
 async fn alarm_loop(broker: Arc<Broker>, data_dir: std::path::PathBuf) -> Infallible {
     let mut tick = tokio::time::interval(ALARM_TICK);
     let mut trimmed = tokio::time::Instant::now();
+    let mut floor = resources::resident_bytes().unwrap_or(0);
     loop {
         tick.tick().await;
-        if trimmed.elapsed() >= TRIM_EVERY {
+        let now_resident = resources::resident_bytes().unwrap_or(0);
+        floor = floor.min(now_resident);
+        if trimmed.elapsed() >= TRIM_EVERY && now_resident > floor + TRIM_AFTER_GROWTH {
             trimmed = tokio::time::Instant::now();
             // glibc keeps what threads free in their own arenas: after a burst (100,000
-            // queues declared) resident memory stayed three times what was in use.
+            // queues declared) resident memory stayed three times what was in use. Only
+            // after growth, so a steady load never waits on the arenas' locks for it.
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only releases free heap pages; it takes the arenas' locks.
             let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            floor = resources::resident_bytes().unwrap_or(now_resident);
         }
         let resident = resources::resident_bytes().unwrap_or(0);
         let free = resources::disk_free_bytes(&data_dir).unwrap_or(u64::MAX);

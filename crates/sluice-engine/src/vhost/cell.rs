@@ -382,20 +382,26 @@ impl QueueCell {
         confirm: Option<Confirm>,
         due_at: Option<i64>,
     ) -> (bool, Accepted) {
-        let Some(expires_at) = self.admit(&message, due_at) else {
+        // One queue: the whole publish under one hold of its lock (the journal's lock is
+        // taken inside it, never the other way round).
+        let mut state = self.lock();
+        let Some(expires_at) = self.admit_locked(&mut state, &message, due_at) else {
             return (false, Accepted::Rejected);
         };
         let mut stored = None;
         let mut taken = false;
         if message.persistent
-            && let Some(store) = self.store()
+            && let Some(store) = state.store.as_ref()
         {
             taken = confirm.is_some();
             stored = store
                 .journal
                 .append(&message, &[(store.id, expires_at)], confirm);
         }
-        (taken, self.enqueue(message, stored, expires_at))
+        (
+            taken,
+            self.enqueue_locked(&mut state, message, stored, expires_at),
+        )
     }
 
     /// The queue's place in the journal, if it is durable.
@@ -411,8 +417,16 @@ impl QueueCell {
         message: &Arc<Message>,
         due_at: Option<i64>,
     ) -> Option<Option<i64>> {
-        let mut state = self.lock();
-        self.expire(&mut state);
+        self.admit_locked(&mut self.lock(), message, due_at)
+    }
+
+    fn admit_locked(
+        self: &Arc<Self>,
+        state: &mut QueueState,
+        message: &Arc<Message>,
+        due_at: Option<i64>,
+    ) -> Option<Option<i64>> {
+        self.expire(state);
         let now = self.clock.now_ms();
         if state.queue.would_reject(message) {
             if state.queue.limits().overflow == Overflow::RejectPublishDlx {
@@ -430,7 +444,7 @@ impl QueueCell {
                     reason: DeathReason::MaxLen,
                 });
             }
-            self.hand_over_dead(&mut state);
+            self.hand_over_dead(state);
             return None;
         }
         Some(due_at.or_else(|| state.queue.expiry_for(message, now)))
@@ -445,12 +459,21 @@ impl QueueCell {
         stored: Option<u64>,
         expires_at: Option<i64>,
     ) -> Accepted {
+        self.enqueue_locked(&mut self.lock(), message, stored, expires_at)
+    }
+
+    fn enqueue_locked(
+        self: &Arc<Self>,
+        state: &mut QueueState,
+        message: Arc<Message>,
+        stored: Option<u64>,
+        expires_at: Option<i64>,
+    ) -> Accepted {
         let mut out = Vec::new();
-        let mut state = self.lock();
         if state.deleted {
             return Accepted::Rejected;
         }
-        self.expire(&mut state);
+        self.expire(state);
         let now = self.clock.now_ms();
         let accepted = {
             let QueueState {
@@ -472,8 +495,8 @@ impl QueueCell {
         } else {
             state.counts.published += 1;
         }
-        self.send_all(&mut state, out);
-        self.hand_over_dead(&mut state);
+        self.send_all(state, out);
+        self.hand_over_dead(state);
         accepted
     }
 

@@ -562,10 +562,10 @@ impl VHost {
         if let Some(storage) = &self.storage {
             // Queue records the definitions file has not taken in keep segments that
             // are otherwise free, and each costs a decode at the next start: the file
-            // is written again once they are a tenth of the queues (so a storm of
-            // declares rewrites it a bounded number of times per queue).
+            // is written again once they are half as many as the queues (so a storm of
+            // declares rewrites it a few times, not once per declare).
             let declared = storage.declared_since_save.load(Ordering::Relaxed);
-            let due = declared >= (self.queue_count() / 10).max(1000);
+            let due = declared >= (self.queue_count() / 2).max(1000);
             if due || storage.journal.definitions_hold_segments() {
                 self.save_definitions();
             }

@@ -567,7 +567,7 @@ def test_consume_transform_produce_is_exactly_once_across_kill9_kafka_python(
                 for r in records:
                     producer.send(dst, b"out-" + r.value, partition=r.partition)
                 offsets = {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in tps}
-                producer.send_offsets_to_transaction(offsets, group)
+                within(30, lambda: producer.send_offsets_to_transaction(offsets, group))
                 producer.commit_transaction()
                 committed_txns[0] += 1
             except Exception:
@@ -589,6 +589,30 @@ def test_consume_transform_produce_is_exactly_once_across_kill9_kafka_python(
         producer.close(timeout=5)
     assert killer.kills == 1, "the broker was not killed while the loop ran"
     check_exactly_once(bootstrap, dst, parts, n)
+
+
+def within(seconds, call):
+    """Runs `call`, raising TimeoutError if it takes longer. kafka-python's
+    send_offsets_to_transaction waits without a timeout, and once (CI, 2026-12-05) a
+    producer stayed stuck there after the broker came back ("Node coordinator-1 not
+    ready"); an application replaces such a producer like any failed one, which fences
+    it, and so does the loop above."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except Exception as e:  # handed to the caller
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {seconds} s")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 @sluice_only("restarts the broker")

@@ -500,12 +500,6 @@ impl QueueCell {
         accepted
     }
 
-    /// The offsets of every stored message the queue holds (ready and unacked), for the
-    /// journal when the queue is deleted.
-    pub(super) fn held_offsets(state: &QueueState) -> Vec<u64> {
-        state.queue.stored_offsets().collect()
-    }
-
     pub fn dispatch(self: &Arc<Self>) {
         self.run(|q, reserve, out| q.dispatch(reserve, out));
     }

@@ -809,7 +809,7 @@ impl VHost {
         state.deleted = true;
         let count = state.queue.message_count();
         if let Some(store) = state.store.take() {
-            let held = QueueCell::held_offsets(&state);
+            let held: Vec<u64> = state.queue.stored_offsets().collect();
             store.journal.deleted(store.id, &held);
         }
         state.queue.purge();
